@@ -1,0 +1,32 @@
+//! Dynamic batching: a bounded queue per model version feeding dedicated inference threads,
+//! each owning one ONNX Runtime session.
+//!
+//! A request becomes a [`Job`] on the queue ([`queue`]); a worker ([`worker`]) takes the first
+//! job, gathers more until `max_batch_size` rows or `max_queue_delay` after the first job was
+//! queued, concatenates them along the batch dimension ([`assemble`]), runs the session
+//! ([`ort_values`] converts tensors), splits the outputs back and answers each job on its
+//! oneshot channel.
+
+pub mod assemble;
+pub mod ort_values;
+pub mod queue;
+pub mod worker;
+
+use std::time::Duration;
+
+pub use queue::{BatchQueue, InferError, Job, JobOutput};
+
+/// How one model version is batched and run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchSettings {
+    /// Most rows in one batch; 0 runs every request alone.
+    pub max_batch_size: usize,
+    /// How long the first request of a batch may wait for others.
+    pub max_queue_delay: Duration,
+    /// Requests waiting beyond this are refused at once (503).
+    pub queue_capacity: usize,
+    /// Inference threads, each with its own session.
+    pub instances: usize,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_op_threads: usize,
+}

@@ -1,0 +1,88 @@
+//! The admission side of a model version's batch queue.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use crate::protocol::Tensor;
+
+/// A request waiting for inference: its inputs in the model's order.
+pub struct Job {
+    pub inputs: Vec<Tensor>,
+    /// Rows along the batch dimension (1 for unbatchable models).
+    pub rows: usize,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Result<JobOutput, InferError>>,
+}
+
+/// A job's answer: every model output for its rows, and where its time went.
+#[derive(Debug)]
+pub struct JobOutput {
+    pub outputs: Vec<Tensor>,
+    pub queue: Duration,
+    pub compute: Duration,
+    /// Rows in the batch this job ran in.
+    pub batch_rows: usize,
+}
+
+/// Why a job got no outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("queue of {model} version {version} is full ({capacity} requests waiting); retry later")]
+    QueueFull { model: String, version: u64, capacity: usize },
+    #[error("{model} version {version} is shutting down")]
+    Closed { model: String, version: u64 },
+    #[error("inference failed: {0}")]
+    Runtime(String),
+}
+
+impl InferError {
+    /// Stable machine name, used as a metric label.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            InferError::QueueFull { .. } => "queue_full",
+            InferError::Closed { .. } => "unavailable",
+            InferError::Runtime(_) => "inference_failed",
+        }
+    }
+}
+
+/// Cheap handle to a model version's queue; cloning shares the queue.
+#[derive(Clone)]
+pub struct BatchQueue {
+    pub(crate) tx: Sender<Job>,
+    model: String,
+    version: u64,
+    capacity: usize,
+}
+
+impl BatchQueue {
+    pub(crate) fn new(tx: Sender<Job>, model: &str, version: u64, capacity: usize) -> Self {
+        Self { tx, model: model.to_owned(), version, capacity }
+    }
+
+    /// Queues a job, or refuses at once when the queue is full: it never grows without bound.
+    pub fn submit(
+        &self,
+        inputs: Vec<Tensor>,
+        rows: usize,
+    ) -> Result<oneshot::Receiver<Result<JobOutput, InferError>>, InferError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job { inputs, rows, enqueued: Instant::now(), reply };
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => {
+                Err(InferError::QueueFull { model: self.model.clone(), version: self.version, capacity: self.capacity })
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                Err(InferError::Closed { model: self.model.clone(), version: self.version })
+            }
+        }
+    }
+
+    /// Requests waiting now.
+    pub fn depth(&self) -> usize {
+        self.tx.len()
+    }
+}

@@ -1,0 +1,143 @@
+//! Inference threads: gather a batch, run it on this thread's session, answer each job.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use ort::session::Session;
+use ort::session::SessionInputValue;
+
+use super::BatchSettings;
+use super::assemble::{merge_input, split_output};
+use super::ort_values::{from_ort, to_ort};
+use super::queue::{InferError, Job, JobOutput};
+use crate::metrics::VersionMetrics;
+use crate::model::signature::Signature;
+use crate::model::stats::{BatchTimes, ModelStats};
+use crate::protocol::Tensor;
+
+/// What every inference thread of one model version shares.
+pub struct WorkerContext {
+    pub signature: Signature,
+    pub settings: BatchSettings,
+    pub stats: Arc<ModelStats>,
+    pub metrics: VersionMetrics,
+}
+
+/// Runs until every queue handle is dropped and the queue is drained.
+pub fn run(mut session: Session, rx: Receiver<Job>, ctx: Arc<WorkerContext>) {
+    let max_rows = if ctx.signature.batchable { ctx.settings.max_batch_size.max(1) } else { 1 };
+    let mut carried: Option<Job> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        let (jobs, next) = gather(first, &rx, max_rows, ctx.settings.max_queue_delay);
+        carried = next;
+        let busy = Instant::now();
+        // A panic inside ONNX Runtime's bindings must fail this batch, not kill the thread.
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_batch(&mut session, jobs, &ctx)));
+        if outcome.is_err() {
+            tracing::error!("inference thread recovered from a panic; the batch's requests failed");
+        }
+        ctx.metrics.busy_seconds.increment(busy.elapsed().as_secs_f64());
+    }
+}
+
+/// Collects jobs after `first` until `max_rows` rows or the first job's deadline. A job that
+/// would overflow the batch is returned separately to start the next one.
+fn gather(first: Job, rx: &Receiver<Job>, max_rows: usize, delay: Duration) -> (Vec<Job>, Option<Job>) {
+    let deadline = first.enqueued + delay;
+    let mut rows = first.rows;
+    let mut jobs = vec![first];
+    while rows < max_rows {
+        let job = match rx.try_recv() {
+            Ok(job) => job,
+            Err(_) => match rx.recv_deadline(deadline) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        if rows + job.rows > max_rows {
+            return (jobs, Some(job));
+        }
+        rows += job.rows;
+        jobs.push(job);
+    }
+    (jobs, None)
+}
+
+fn run_batch(session: &mut Session, jobs: Vec<Job>, ctx: &WorkerContext) {
+    // A client that went away no longer needs its rows computed.
+    let (jobs, dropped): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| !j.reply.is_closed());
+    drop(dropped);
+    if jobs.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
+    let total_rows: usize = rows.iter().sum();
+    for job in &jobs {
+        let waited = started.duration_since(job.enqueued);
+        ctx.stats.record_queue(waited);
+        ctx.metrics.queue_seconds.record(waited.as_secs_f64());
+    }
+    let result = execute(session, &jobs, &rows, ctx);
+    let compute = started.elapsed();
+    ctx.metrics.batch_rows.record(total_rows as f64);
+    ctx.metrics.compute_seconds.record(compute.as_secs_f64());
+    match result {
+        Ok((per_job, times)) => {
+            ctx.stats.record_batch(jobs.len(), total_rows, times);
+            for (job, outputs) in jobs.into_iter().zip(per_job) {
+                let queue = started.duration_since(job.enqueued);
+                let _ = job.reply.send(Ok(JobOutput { outputs, queue, compute, batch_rows: total_rows }));
+            }
+        }
+        Err(message) => {
+            tracing::warn!(error = %message, requests = jobs.len(), "batch failed");
+            for job in jobs {
+                let _ = job.reply.send(Err(InferError::Runtime(message.clone())));
+            }
+        }
+    }
+}
+
+/// Merges, runs and splits one batch; returns each job's outputs in signature order.
+fn execute(
+    session: &mut Session,
+    jobs: &[Job],
+    rows: &[usize],
+    ctx: &WorkerContext,
+) -> Result<(Vec<Vec<Tensor>>, BatchTimes), String> {
+    let t0 = Instant::now();
+    let mut values: Vec<(String, SessionInputValue<'static>)> = Vec::with_capacity(ctx.signature.inputs.len());
+    for (index, spec) in ctx.signature.inputs.iter().enumerate() {
+        let parts: Vec<&Tensor> = jobs.iter().map(|j| &j.inputs[index]).collect();
+        let merged = if ctx.signature.batchable { merge_input(&parts)? } else { parts[0].clone() };
+        values.push((spec.name.clone(), to_ort(merged)?.into()));
+    }
+    let t1 = Instant::now();
+    let outputs = session.run(values).map_err(|e| e.to_string())?;
+    let t2 = Instant::now();
+    let mut per_job: Vec<Vec<Tensor>> =
+        (0..jobs.len()).map(|_| Vec::with_capacity(ctx.signature.outputs.len())).collect();
+    for spec in &ctx.signature.outputs {
+        let value = outputs.get(&spec.name).ok_or_else(|| format!("the model produced no output '{}'", spec.name))?;
+        let tensor = from_ort(&spec.name, value, spec.datatype)?;
+        if ctx.signature.batchable {
+            for (slot, piece) in per_job.iter_mut().zip(split_output(&tensor, rows)?) {
+                slot.push(piece);
+            }
+        } else {
+            per_job[0].push(tensor);
+        }
+    }
+    let times = BatchTimes { input: t1 - t0, infer: t2 - t1, output: t2.elapsed() };
+    Ok((per_job, times))
+}

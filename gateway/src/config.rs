@@ -1,0 +1,236 @@
+//! The gateway's TOML configuration: `read -> parse -> validate`, strict about unknown keys,
+//! with messages that name the file, key and value. Flags and environment variables override
+//! the file (see `main.rs`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::batch::BatchSettings;
+
+/// A config that cannot be used; the message names the key and value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("parsing config {path}: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("config {path}: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+/// The whole gateway configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Folder of `<model>/<version>/model.onnx`.
+    pub model_repository: Option<PathBuf>,
+    /// ONNX Runtime library file or folder; default: `.ort/lib` of the project.
+    pub ort_library: Option<PathBuf>,
+    /// Largest accepted request body.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(default = "default_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    /// Batching for every model unless overridden under `[models.<name>]`.
+    #[serde(default)]
+    pub batching: Batching,
+    /// Per-model overrides.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelOverrides>,
+}
+
+/// Batching and threading settings (all keys optional; defaults below).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Batching {
+    pub max_batch_size: usize,
+    pub max_queue_delay_us: u64,
+    pub queue_capacity: usize,
+    pub instances: usize,
+    pub intra_op_threads: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        // One instance with one intra-op thread leaves a 2-core machine one core for HTTP.
+        // No queue delay by default (Triton's default too): a lone request runs at once, and
+        // under load batches still form from what queues while the thread is busy.
+        Self { max_batch_size: 64, max_queue_delay_us: 0, queue_capacity: 1024, instances: 1, intra_op_threads: 1 }
+    }
+}
+
+/// Per-model overrides of [`Batching`]; unset keys inherit.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelOverrides {
+    pub max_batch_size: Option<usize>,
+    pub max_queue_delay_us: Option<u64>,
+    pub queue_capacity: Option<usize>,
+    pub instances: Option<usize>,
+    pub intra_op_threads: Option<usize>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8000))
+}
+fn default_max_body_bytes() -> usize {
+    64 << 20
+}
+fn default_grace_ms() -> u64 {
+    10_000
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            model_repository: None,
+            ort_library: None,
+            max_body_bytes: default_max_body_bytes(),
+            shutdown_grace_ms: default_grace_ms(),
+            batching: Batching::default(),
+            models: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: shown.clone(), reason: e.to_string() })?;
+        let config = Self::parse(&text).map_err(|reason| ConfigError::Parse { path: shown.clone(), reason })?;
+        config.validate().map_err(|reason| ConfigError::Invalid { path: shown, reason })?;
+        Ok(config)
+    }
+
+    /// Parses TOML text (no validation).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks every value; the first problem found is returned, naming its key.
+    pub fn validate(&self) -> Result<(), String> {
+        check_batching("batching", &self.batching)?;
+        for name in self.models.keys() {
+            if !crate::model::repository::valid_model_name(name) {
+                return Err(format!("models.{name}: model names use letters, digits, '_', '-' and '.'"));
+            }
+            check_batching(&format!("models.{name}"), &self.batching_for(name))?;
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(format!("max_body_bytes must be at least 1024, given {}", self.max_body_bytes));
+        }
+        if self.shutdown_grace_ms > 600_000 {
+            return Err(format!("shutdown_grace_ms must be at most 600000, given {}", self.shutdown_grace_ms));
+        }
+        Ok(())
+    }
+
+    /// The batching settings of `model`: its overrides over `[batching]`.
+    pub fn batching_for(&self, model: &str) -> Batching {
+        let base = self.batching.clone();
+        let Some(o) = self.models.get(model) else { return base };
+        Batching {
+            max_batch_size: o.max_batch_size.unwrap_or(base.max_batch_size),
+            max_queue_delay_us: o.max_queue_delay_us.unwrap_or(base.max_queue_delay_us),
+            queue_capacity: o.queue_capacity.unwrap_or(base.queue_capacity),
+            instances: o.instances.unwrap_or(base.instances),
+            intra_op_threads: o.intra_op_threads.unwrap_or(base.intra_op_threads),
+        }
+    }
+
+    /// The batch settings the model loader takes.
+    pub fn batch_settings_for(&self, model: &str) -> BatchSettings {
+        let b = self.batching_for(model);
+        BatchSettings {
+            max_batch_size: b.max_batch_size,
+            max_queue_delay: Duration::from_micros(b.max_queue_delay_us),
+            queue_capacity: b.queue_capacity,
+            instances: b.instances,
+            intra_op_threads: b.intra_op_threads,
+        }
+    }
+}
+
+fn check_batching(at: &str, b: &Batching) -> Result<(), String> {
+    let range = |key: &str, value: u64, lo: u64, hi: u64| {
+        if (lo..=hi).contains(&value) {
+            Ok(())
+        } else {
+            Err(format!("{at}.{key} must be in {lo}..={hi}, given {value}"))
+        }
+    };
+    range("max_batch_size", b.max_batch_size as u64, 0, 65_536)?;
+    range("max_queue_delay_us", b.max_queue_delay_us, 0, 1_000_000)?;
+    range("queue_capacity", b.queue_capacity as u64, 1, 1_000_000)?;
+    range("instances", b.instances as u64, 1, 64)?;
+    range("intra_op_threads", b.intra_op_threads as u64, 1, 256)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_config_parses_and_overrides_inherit() {
+        let c = Config::parse(
+            r#"
+            listen = "0.0.0.0:9000"
+            model_repository = "models"
+            [batching]
+            max_batch_size = 32
+            [models.fraud]
+            instances = 2
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        let fraud = c.batching_for("fraud");
+        assert_eq!((fraud.max_batch_size, fraud.instances), (32, 2));
+        assert_eq!(c.batching_for("other").instances, 1);
+    }
+
+    #[test]
+    fn each_bad_value_is_rejected_naming_key_and_value() {
+        let cases = [
+            ("[batching]\nmax_batch_size = 100000", "batching.max_batch_size must be in 0..=65536, given 100000"),
+            ("[batching]\nqueue_capacity = 0", "batching.queue_capacity must be in 1..=1000000, given 0"),
+            ("[models.m]\ninstances = 0", "models.m.instances must be in 1..=64, given 0"),
+            ("[models.m]\nmax_queue_delay_us = 5000000", "models.m.max_queue_delay_us"),
+            ("max_body_bytes = 10", "max_body_bytes must be at least 1024, given 10"),
+            ("[models.\"a/b\"]\ninstances = 1", "models.a/b"),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(text).unwrap().validate().unwrap_err();
+            assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_are_parse_errors() {
+        assert!(Config::parse("lisen = \"x\"").unwrap_err().contains("unknown field `lisen`"));
+        assert!(Config::parse("[batching]\nmax_batch = 3").unwrap_err().contains("max_batch"));
+        assert!(Config::parse("listen = \"not an address\"").is_err());
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(&path, "max_body_bytes = 1").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("g.toml") && err.contains("max_body_bytes"), "{err}");
+        assert!(Config::load(&dir.path().join("missing.toml")).unwrap_err().to_string().contains("missing.toml"));
+    }
+}

@@ -1,0 +1,90 @@
+//! `gateway`: flags → config → telemetry → serve.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use flywheel_gateway::app::{Gateway, shutdown_signal};
+use flywheel_gateway::config::Config;
+use tracing_subscriber::EnvFilter;
+
+/// Open Inference Protocol gateway over ONNX Runtime with dynamic batching.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// TOML config file (see configs/).
+    #[arg(long, env = "FLYWHEEL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address, overriding the config (port 0 picks a free port).
+    #[arg(long, env = "FLYWHEEL_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Model repository folder (`<model>/<version>/model.onnx`), overriding the config.
+    #[arg(long, env = "FLYWHEEL_MODEL_REPOSITORY")]
+    model_repository: Option<PathBuf>,
+    /// ONNX Runtime library file or folder, overriding the config (default: .ort/lib).
+    #[arg(long, env = "FLYWHEEL_ORT_LIBRARY")]
+    ort_library: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("FLYWHEEL_LOG").unwrap_or_else(|_| EnvFilter::new("info,ort=warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    // Two tokio workers: HTTP is light next to inference, which runs on its own threads.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let gateway = match Gateway::start(&config).await {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match gateway.listener.local_addr() {
+            // Tests and scripts read this line to find a port picked with :0.
+            Ok(addr) => println!("flywheel gateway listening on http://{addr}"),
+            Err(e) => tracing::warn!(error = %e, "could not read the bound address"),
+        }
+        if gateway.run(shutdown_signal()).await {
+            tracing::info!("shut down cleanly");
+            ExitCode::SUCCESS
+        } else {
+            tracing::warn!("grace period ended with requests still in flight");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+fn load_config(args: &Args) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = &args.model_repository {
+        config.model_repository = Some(dir.clone());
+    }
+    if let Some(lib) = &args.ort_library {
+        config.ort_library = Some(lib.clone());
+    }
+    config.validate().map_err(|e| format!("config: {e}"))?;
+    Ok(config)
+}

@@ -1,0 +1,121 @@
+//! Every metric the gateway exports: names, units, descriptions and histogram buckets in one
+//! place, plus the Prometheus recorder behind `GET /metrics`.
+
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests answered, by model, version and HTTP status code.
+pub const REQUESTS: &str = "flywheel_requests_total";
+/// Time from request start to response, per request.
+pub const REQUEST_SECONDS: &str = "flywheel_request_duration_seconds";
+/// Time a request waited in its batch queue.
+pub const QUEUE_SECONDS: &str = "flywheel_queue_duration_seconds";
+/// Time a batch took on its inference thread (merge, run, split).
+pub const COMPUTE_SECONDS: &str = "flywheel_compute_duration_seconds";
+/// Rows per executed batch.
+pub const BATCH_ROWS: &str = "flywheel_batch_rows";
+/// Requests waiting in a batch queue, sampled at each admission.
+pub const QUEUE_DEPTH: &str = "flywheel_queue_depth";
+/// Cumulative seconds inference threads spent working; `rate()` over it divided by
+/// `flywheel_inference_instances` is thread utilisation. A gauge only because the `metrics`
+/// crate's counters are integers; it never decreases.
+pub const BUSY_SECONDS: &str = "flywheel_inference_busy_seconds";
+/// Inference threads per model version.
+pub const INSTANCES: &str = "flywheel_inference_instances";
+/// Requests refused because a queue was full.
+pub const REJECTED: &str = "flywheel_rejected_total";
+/// Model versions that failed to load.
+pub const LOAD_FAILURES: &str = "flywheel_model_load_failures_total";
+
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process and returns the handle that renders it.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    if let Some(h) = HANDLE.get() {
+        return Some(h);
+    }
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &LATENCY_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_ROWS.to_owned()), &BATCH_BUCKETS));
+    let handle = match builder.and_then(|b| b.install_recorder()) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
+            return None;
+        }
+    };
+    describe();
+    Some(HANDLE.get_or_init(|| handle))
+}
+
+fn describe() {
+    describe_counter!(REQUESTS, "Inference requests answered, by status code");
+    describe_histogram!(REQUEST_SECONDS, Unit::Seconds, "Total time per inference request");
+    describe_histogram!(QUEUE_SECONDS, Unit::Seconds, "Time a request waited in its batch queue");
+    describe_histogram!(COMPUTE_SECONDS, Unit::Seconds, "Time a batch spent on its inference thread");
+    describe_histogram!(BATCH_ROWS, Unit::Count, "Rows per executed batch");
+    describe_gauge!(QUEUE_DEPTH, Unit::Count, "Requests waiting in the batch queue");
+    describe_gauge!(BUSY_SECONDS, Unit::Seconds, "Cumulative seconds inference threads spent busy");
+    describe_gauge!(INSTANCES, Unit::Count, "Inference threads per model version");
+    describe_counter!(REJECTED, "Requests refused because the queue was full");
+    describe_counter!(LOAD_FAILURES, "Model versions that failed to load");
+}
+
+/// Metric handles for one model version, registered once at load so the hot path does not
+/// build label sets per request.
+#[derive(Clone)]
+pub struct VersionMetrics {
+    model: String,
+    version: String,
+    pub ok: Counter,
+    pub request_seconds: Histogram,
+    pub queue_seconds: Histogram,
+    pub compute_seconds: Histogram,
+    pub batch_rows: Histogram,
+    pub busy_seconds: Gauge,
+    pub rejected: Counter,
+    pub queue_depth: Gauge,
+}
+
+impl VersionMetrics {
+    /// Registers the handles for `model` / `version`.
+    pub fn new(model: &str, version: u64) -> Self {
+        let labels = [("model", model.to_owned()), ("version", version.to_string())];
+        let with_code = [labels[0].clone(), labels[1].clone(), ("code", "200".to_owned())];
+        Self {
+            model: model.to_owned(),
+            version: version.to_string(),
+            ok: metrics::counter!(REQUESTS, &with_code),
+            request_seconds: metrics::histogram!(REQUEST_SECONDS, &labels),
+            queue_seconds: metrics::histogram!(QUEUE_SECONDS, &labels),
+            compute_seconds: metrics::histogram!(COMPUTE_SECONDS, &labels),
+            batch_rows: metrics::histogram!(BATCH_ROWS, &labels),
+            busy_seconds: metrics::gauge!(BUSY_SECONDS, &labels),
+            rejected: metrics::counter!(REJECTED, &labels),
+            queue_depth: metrics::gauge!(QUEUE_DEPTH, &labels),
+        }
+    }
+
+    /// Counts a request answered with `code`.
+    pub fn count_response(&self, code: u16) {
+        if code == 200 {
+            self.ok.increment(1);
+        } else {
+            metrics::counter!(REQUESTS, "model" => self.model.clone(), "version" => self.version.clone(), "code" => code.to_string())
+                .increment(1);
+        }
+    }
+
+    /// Sets the instance count gauge.
+    pub fn set_instances(&self, instances: usize) {
+        metrics::gauge!(INSTANCES, "model" => self.model.clone(), "version" => self.version.clone())
+            .set(instances as f64);
+    }
+}

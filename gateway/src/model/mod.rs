@@ -1,0 +1,109 @@
+//! Models: ONNX Runtime setup ([`runtime`]), the repository on disk ([`repository`]), signatures
+//! and request checks ([`signature`]), Triton-shaped statistics ([`stats`]) and the routing table
+//! that the server reads through one `ArcSwap` load per request ([`table`]).
+
+pub mod error;
+pub mod repository;
+pub mod runtime;
+pub mod signature;
+pub mod stats;
+pub mod table;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ort::environment::Environment;
+use ort::session::Session;
+
+pub use error::{ModelError, ValidationError};
+pub use signature::{Signature, TensorSpec};
+pub use table::{RouteError, RoutingTable};
+
+use crate::batch::worker::{self, WorkerContext};
+use crate::batch::{BatchQueue, BatchSettings};
+use crate::metrics::VersionMetrics;
+use stats::ModelStats;
+
+/// One loaded model version: its signature, its batch queue (and the threads behind it),
+/// statistics and metric handles. Dropping the last reference closes the queue; the threads
+/// finish what is queued and exit.
+pub struct ModelVersion {
+    pub model: String,
+    pub version: u64,
+    pub path: PathBuf,
+    pub signature: Signature,
+    pub settings: BatchSettings,
+    pub queue: BatchQueue,
+    pub stats: Arc<ModelStats>,
+    pub metrics: VersionMetrics,
+}
+
+impl ModelVersion {
+    /// The `max_batch_size` this version really batches to (0 when it cannot batch).
+    pub fn effective_max_batch_size(&self) -> usize {
+        if self.signature.batchable { self.settings.max_batch_size } else { 0 }
+    }
+}
+
+/// Loads `path` into `settings.instances` sessions and starts one inference thread per session.
+pub fn load_version(
+    env: &Environment,
+    model: &str,
+    version: u64,
+    path: &Path,
+    settings: BatchSettings,
+) -> Result<ModelVersion, ModelError> {
+    let fail = |reason: String| ModelError::Load {
+        model: model.to_owned(),
+        version,
+        path: path.display().to_string(),
+        reason,
+    };
+    let instances = settings.instances.max(1);
+    let sessions = (0..instances)
+        .map(|_| open_session(env, path, settings.intra_op_threads))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(fail)?;
+    let signature = Signature::from_session(&sessions[0]).map_err(fail)?;
+    let stats = Arc::new(ModelStats::default());
+    let metrics = VersionMetrics::new(model, version);
+    metrics.set_instances(instances);
+    let (tx, rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
+    let ctx = Arc::new(WorkerContext {
+        signature: signature.clone(),
+        settings: settings.clone(),
+        stats: Arc::clone(&stats),
+        metrics: metrics.clone(),
+    });
+    for (index, session) in sessions.into_iter().enumerate() {
+        let (rx, ctx) = (rx.clone(), Arc::clone(&ctx));
+        std::thread::Builder::new()
+            .name(format!("infer-{model}-{version}-{index}"))
+            .spawn(move || worker::run(session, rx, ctx))
+            .map_err(|e| fail(format!("starting inference thread: {e}")))?;
+    }
+    let queue = BatchQueue::new(tx, model, version, settings.queue_capacity);
+    tracing::info!(model, version, batchable = signature.batchable, instances, "model version loaded");
+    Ok(ModelVersion {
+        model: model.to_owned(),
+        version,
+        path: path.to_path_buf(),
+        signature,
+        settings,
+        queue,
+        stats,
+        metrics,
+    })
+}
+
+fn open_session(env: &Environment, path: &Path, intra_op_threads: usize) -> Result<Session, String> {
+    // ort's builder errors carry the builder and are not Send: turn them into text here.
+    Session::builder(env)
+        .map_err(|e| e.to_string())?
+        .with_intra_threads(intra_op_threads.max(1))
+        .map_err(|e| e.to_string())?
+        .with_inter_threads(1)
+        .map_err(|e| e.to_string())?
+        .commit_from_file(path)
+        .map_err(|e| e.to_string())
+}

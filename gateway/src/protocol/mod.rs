@@ -1,0 +1,12 @@
+//! Open Inference Protocol v2 types and codecs: datatypes, typed tensors, JSON and binary
+//! request/response bodies. Nothing here knows about models.
+
+pub mod codec;
+pub mod datatype;
+pub mod error;
+pub mod tensor;
+
+pub use codec::{EncodedResponse, InferRequest, RequestedOutput, ResponseHeader, decode_request, encode_response};
+pub use datatype::DataType;
+pub use error::ProtocolError;
+pub use tensor::{Element, Tensor, TensorData};

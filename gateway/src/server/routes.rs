@@ -1,0 +1,194 @@
+//! Request routing and the read-only endpoints: server and model metadata, readiness, Triton's
+//! model config and statistics, Prometheus metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use serde_json::{Value, json};
+
+use super::infer::infer;
+use super::{ApiError, AppState, HttpResponse};
+use crate::model::{ModelVersion, TensorSpec};
+
+/// Protocol extensions advertised on `GET /v2` (perf_analyzer reads this array).
+const EXTENSIONS: [&str; 4] = ["binary_tensor_data", "statistics", "model_configuration", "model_repository"];
+
+/// Entry point for every request.
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> HttpResponse {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let result = match (method.clone(), segments.as_slice()) {
+        (Method::POST, ["v2", "models", model, "infer"]) => return infer(&state, req, model, None).await,
+        (Method::POST, ["v2", "models", model, "versions", v, "infer"]) => {
+            return infer(&state, req, model, Some(v)).await;
+        }
+        (Method::GET, ["v2"]) => Ok(server_metadata()),
+        (Method::GET, ["v2", "health", "live"]) => Ok(json!({"live": true})),
+        (Method::GET, ["v2", "health", "ready"]) => server_ready(&state),
+        (Method::GET, ["v2", "models", "stats"]) => Ok(all_stats(&state)),
+        (Method::POST, ["v2", "repository", "index"]) => Ok(repository_index(&state)),
+        (_, ["v2", "models", .., "infer"]) => Err(wrong_method_or_path(&method, &path, &segments)),
+        (Method::GET, ["v2", "models", model, rest @ ..]) => model_get(&state, model, rest),
+        (_, ["metrics"]) if method == Method::GET => return metrics(&state),
+        (_, ["v2", ..]) | (_, ["metrics"]) => Err(wrong_method_or_path(&method, &path, &segments)),
+        _ => Err(ApiError::NotFound { method: method.to_string(), path: path.clone() }),
+    };
+    match result {
+        Ok(body) => json_response(200, &body),
+        Err(e) => error_response(&e),
+    }
+}
+
+fn wrong_method_or_path(method: &Method, path: &str, segments: &[&str]) -> ApiError {
+    let allowed = match segments.last() {
+        Some(&"infer") => Some("POST"),
+        Some(&"index") => Some("POST"),
+        _ if segments.len() >= 2 => Some("GET"),
+        _ => None,
+    };
+    match allowed {
+        Some(allowed) if allowed != method.as_str() => {
+            ApiError::MethodNotAllowed { method: method.to_string(), path: path.to_owned(), allowed }
+        }
+        _ => ApiError::NotFound { method: method.to_string(), path: path.to_owned() },
+    }
+}
+
+fn model_get(state: &AppState, model: &str, rest: &[&str]) -> Result<Value, ApiError> {
+    let (version, action) = match rest {
+        [] => (None, None),
+        [action] => (None, Some(*action)),
+        ["versions", v] => (Some(*v), None),
+        ["versions", v, action] => (Some(*v), Some(*action)),
+        _ => {
+            return Err(ApiError::NotFound {
+                method: "GET".into(),
+                path: format!("/v2/models/{model}/{}", rest.join("/")),
+            });
+        }
+    };
+    let table = state.table.load();
+    let mv = table.resolve(model, version)?;
+    match action {
+        None => Ok(model_metadata(mv, version.is_some(), &table.models[model].versions.keys().collect::<Vec<_>>())),
+        Some("ready") => Ok(json!({"name": model, "version": mv.version.to_string(), "ready": true})),
+        Some("config") => Ok(model_config(mv)),
+        Some("stats") => Ok(stats_of(
+            version
+                .map(|_| vec![mv.as_ref()])
+                .unwrap_or_else(|| table.models[model].versions.values().map(Arc::as_ref).collect()),
+        )),
+        Some(other) => Err(ApiError::NotFound { method: "GET".into(), path: format!("/v2/models/{model}/{other}") }),
+    }
+}
+
+fn server_metadata() -> Value {
+    json!({"name": "flywheel", "version": env!("CARGO_PKG_VERSION"), "extensions": EXTENSIONS})
+}
+
+fn server_ready(state: &AppState) -> Result<Value, ApiError> {
+    if !state.ready.load(Ordering::SeqCst) {
+        return Err(ApiError::NotReady("starting up or shutting down".into()));
+    }
+    if state.table.load().models.is_empty() {
+        return Err(ApiError::NotReady("no model is loaded".into()));
+    }
+    Ok(json!({"ready": true}))
+}
+
+fn tensor_metadata(specs: &[TensorSpec]) -> Value {
+    specs.iter().map(|s| json!({"name": s.name, "datatype": s.datatype.as_str(), "shape": s.shape})).collect()
+}
+
+fn model_metadata(mv: &ModelVersion, one_version: bool, versions: &[&u64]) -> Value {
+    let versions: Vec<String> =
+        if one_version { vec![mv.version.to_string()] } else { versions.iter().map(|v| v.to_string()).collect() };
+    json!({
+        "name": mv.model,
+        "versions": versions,
+        "platform": "onnxruntime_onnx",
+        "inputs": tensor_metadata(&mv.signature.inputs),
+        "outputs": tensor_metadata(&mv.signature.outputs),
+    })
+}
+
+/// Triton's model configuration; with batching, `dims` leave out the batch dimension.
+fn model_config(mv: &ModelVersion) -> Value {
+    let max_batch_size = mv.effective_max_batch_size();
+    let skip = usize::from(max_batch_size > 0);
+    let io = |specs: &[TensorSpec]| -> Value {
+        specs
+            .iter()
+            .map(|s| json!({"name": s.name, "data_type": s.datatype.triton_config_name(), "dims": s.shape[skip.min(s.shape.len())..]}))
+            .collect()
+    };
+    let mut config = json!({
+        "name": mv.model,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": max_batch_size,
+        "input": io(&mv.signature.inputs),
+        "output": io(&mv.signature.outputs),
+        "instance_group": [{"name": mv.model, "kind": "KIND_CPU", "count": mv.settings.instances}],
+    });
+    if max_batch_size > 0 {
+        config["dynamic_batching"] = json!({
+            "max_queue_delay_microseconds": mv.settings.max_queue_delay.as_micros() as u64,
+            "preferred_batch_size": [],
+        });
+    }
+    config
+}
+
+fn stats_of(versions: Vec<&ModelVersion>) -> Value {
+    json!({"model_stats": versions.iter().map(|mv| mv.stats.to_json(&mv.model, mv.version)).collect::<Vec<_>>()})
+}
+
+fn all_stats(state: &AppState) -> Value {
+    let table = state.table.load();
+    stats_of(table.models.values().flat_map(|m| m.versions.values().map(Arc::as_ref)).collect())
+}
+
+fn repository_index(state: &AppState) -> Value {
+    let table = state.table.load();
+    table
+        .models
+        .values()
+        .flat_map(|m| {
+            m.versions.keys().map(move |v| json!({"name": m.name, "version": v.to_string(), "state": "READY"}))
+        })
+        .collect()
+}
+
+fn metrics(state: &AppState) -> HttpResponse {
+    let text = state.metrics.map(|h| h.render()).unwrap_or_default();
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::from(text)))
+        .unwrap_or_default()
+}
+
+/// A JSON response with `status`.
+pub fn json_response(status: u16, body: &Value) -> HttpResponse {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap_or_default())))
+        .unwrap_or_default()
+}
+
+/// The protocol's error response for `e`.
+pub fn error_response(e: &ApiError) -> HttpResponse {
+    let mut builder = Response::builder().status(e.status()).header("content-type", "application/json");
+    if let Some(after) = e.retry_after() {
+        builder = builder.header("retry-after", after.as_secs().max(1).to_string());
+    }
+    builder.body(Full::new(Bytes::from(e.body()))).unwrap_or_default()
+}

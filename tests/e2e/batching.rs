@@ -1,0 +1,68 @@
+//! Dynamic batching under concurrency, and refusal when the queue is full.
+
+use serde_json::json;
+
+use crate::support::{Http, TestGateway, assert_close, output_f32, tiny_request, tiny_rows};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
+    // A long queue delay makes the batch wait for the other requests.
+    let gw = TestGateway::start("[models.tiny]\nmax_queue_delay_us = 200000\nmax_batch_size = 64\n");
+    let http = Http::new(false);
+    let url = format!("{}/v2/models/tiny/versions/2/infer", gw.base);
+    let mut tasks = Vec::new();
+    for i in 0..16u64 {
+        let (http, url) = (http.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let rows = tiny_rows(1 + (i as usize % 3), i);
+            let reply = http.post_json(&url, &tiny_request(&rows)).await;
+            (rows, reply)
+        }));
+    }
+    let model = flywheel_onnx::fixtures::tiny(2);
+    for task in tasks {
+        let (rows, reply) = task.await.unwrap();
+        assert_eq!(reply.status, 200);
+        assert_close(&output_f32(&reply.json(), 0), &model.forward(&rows), 1e-4);
+    }
+    let stats = http.get(&format!("{}/v2/models/tiny/versions/2/stats", gw.base)).await.json();
+    let s = &stats["model_stats"][0];
+    let batch_sizes: Vec<u64> =
+        s["batch_stats"].as_array().unwrap().iter().map(|b| b["batch_size"].as_u64().unwrap()).collect();
+    assert!(batch_sizes.iter().any(|b| *b > 3), "some batch holds several requests: {batch_sizes:?}");
+    assert!(s["execution_count"].as_u64().unwrap() < 16, "fewer batches than requests: {s}");
+    assert_eq!(s["inference_stats"]["success"]["count"], 16);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_answers_503_with_retry_after_at_once() {
+    // One thread, room for one waiting request; 256-row heavy batches keep the thread busy.
+    let gw = TestGateway::start("[models.heavy]\nqueue_capacity = 1\nmax_batch_size = 256\n");
+    let http = Http::new(false);
+    let url = format!("{}/v2/models/heavy/infer", gw.base);
+    let big = json!({"inputs": [{"name": "input", "shape": [256, 256], "datatype": "FP32", "data": vec![0.5f32; 256 * 256]}]});
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (http, url, big) = (http.clone(), url.clone(), big.clone());
+        tasks.push(tokio::spawn(async move { http.post_json(&url, &big).await }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for task in tasks {
+        let reply = task.await.unwrap();
+        match reply.status {
+            200 => ok += 1,
+            503 => {
+                refused += 1;
+                assert_eq!(reply.header("retry-after"), Some("1"));
+                assert!(reply.json()["error"].as_str().unwrap().contains("is full"));
+            }
+            other => panic!("unexpected status {other}: {}", String::from_utf8_lossy(&reply.body)),
+        }
+    }
+    assert!(ok >= 1 && refused >= 1, "ok {ok}, refused {refused}");
+    let metrics = String::from_utf8(http.get(&format!("{}/metrics", gw.base)).await.body.to_vec()).unwrap();
+    assert!(metrics.contains("code=\"503\""), "503s are counted");
+    // The gateway recovers once the burst is over.
+    let after = http.post_json(&format!("{}/v2/models/tiny/infer", gw.base), &tiny_request(&tiny_rows(1, 0))).await;
+    assert_eq!(after.status, 200);
+}

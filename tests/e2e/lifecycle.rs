@@ -1,0 +1,41 @@
+//! Graceful shutdown: stop accepting, finish what is in flight, exit 0.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{Http, TestGateway};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
+    let mut gw = TestGateway::start("[models.heavy]\nmax_batch_size = 256\n");
+    let http = Http::new(false);
+    let url = format!("{}/v2/models/heavy/infer", gw.base);
+    let big = json!({"inputs": [{"name": "input", "shape": [256, 256], "datatype": "FP32", "data": vec![0.25f32; 256 * 256]}]});
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (http, url, big) = (http.clone(), url.clone(), big.clone());
+        tasks.push(tokio::spawn(async move { http.post_json(&url, &big).await }));
+    }
+    // Wait until the gateway has started computing, so the requests are truly in flight.
+    let stats_url = format!("{}/v2/models/heavy/stats", gw.base);
+    for _ in 0..200 {
+        let stats = http.get(&stats_url).await.json();
+        if stats["model_stats"][0]["inference_stats"]["queue"]["count"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gw.terminate();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, 200, "in-flight request finished: {}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(reply.json()["outputs"][0]["shape"], json!([256, 1]));
+    }
+    let status =
+        tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(20)).map(|s| (s, gw))).await.unwrap();
+    let (status, gw) = status.expect("gateway exited within the grace period");
+    assert!(status.success(), "exit status {status:?}");
+    let refused = tokio::net::TcpStream::connect(gw.base.trim_start_matches("http://")).await;
+    assert!(refused.is_err(), "no longer accepting connections");
+}

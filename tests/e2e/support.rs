@@ -1,0 +1,171 @@
+//! Shared helpers: a real gateway binary on 127.0.0.1:0 over a temporary model repository,
+//! and a small HTTP client.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// A running gateway process; killed when dropped.
+pub struct TestGateway {
+    pub child: Child,
+    pub base: String,
+    pub repo: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Writes the demo repository (with the heavy model) into a temporary folder.
+pub fn model_repo(dir: &Path) -> PathBuf {
+    let repo = dir.join("models");
+    flywheel_onnx::fixtures::write_demo_repository(&repo, true).expect("write model repository");
+    repo
+}
+
+impl TestGateway {
+    /// Starts the gateway binary with `config` (TOML, without `model_repository`, which points
+    /// at a fresh demo repository).
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = model_repo(dir.path());
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["--config", config_path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .arg("--model-repository")
+            .arg(&repo)
+            .env("FLYWHEEL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn gateway");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read gateway stdout");
+        let base = line
+            .trim()
+            .strip_prefix("flywheel gateway listening on ")
+            .unwrap_or_else(|| {
+                panic!("gateway did not start; it printed {line:?} (is .ort/lib set up? run scripts/setup-ort.sh)")
+            })
+            .to_owned();
+        Self { child, base, repo, _dir: dir }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response, read whole.
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON (panics with the body text if it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// HTTP/1.1 keep-alive client (or HTTP/2 prior knowledge with `http2`).
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Http {
+    pub fn new(http2: bool) -> Self {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.http2_only(http2);
+        Self { client: builder.build_http() }
+    }
+
+    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Reply {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).expect("request");
+        let response = self.client.request(req).await.expect("send request");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.expect("read body").to_bytes();
+        Reply { status, headers, body }
+    }
+
+    pub async fn get(&self, url: &str) -> Reply {
+        self.send(Method::GET, url, &[], Vec::new()).await
+    }
+
+    pub async fn post_json(&self, url: &str, body: &Value) -> Reply {
+        let headers = [("content-type", "application/json".to_owned())];
+        self.send(Method::POST, url, &headers, serde_json::to_vec(body).expect("json")).await
+    }
+}
+
+/// `rows` rows of the tiny model's 16 features, deterministic in `seed`.
+pub fn tiny_rows(rows: usize, seed: u64) -> Vec<f32> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..rows * 16).map(|_| rng.f32() * 4.0 - 2.0).collect()
+}
+
+/// A JSON infer body for the tiny model.
+pub fn tiny_request(rows: &[f32]) -> Value {
+    serde_json::json!({"inputs": [{"name": "input", "shape": [rows.len() / 16, 16], "datatype": "FP32", "data": rows}]})
+}
+
+/// The FP32 `data` of output `index` in a JSON response.
+pub fn output_f32(reply: &Value, index: usize) -> Vec<f32> {
+    reply["outputs"][index]["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no data in {reply}"))
+        .iter()
+        .map(|v| v.as_f64().expect("number") as f32)
+        .collect()
+}
+
+/// Asserts two float slices agree within `tol`.
+pub fn assert_close(a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= tol, "element {i}: {x} vs {y}");
+    }
+}
