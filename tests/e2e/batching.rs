@@ -40,11 +40,16 @@ async fn a_full_queue_answers_503_with_retry_after_at_once() {
     let gw = TestGateway::start("[models.heavy]\nqueue_capacity = 1\nmax_batch_size = 256\n");
     let http = Http::new(false);
     let url = format!("{}/v2/models/heavy/infer", gw.base);
-    let big = json!({"inputs": [{"name": "input", "shape": [256, 256], "datatype": "FP32", "data": vec![0.5f32; 256 * 256]}]});
+    // Binary tensors keep decoding cheap (even in debug builds), so requests reach the queue
+    // faster than the thread can compute 256-row batches.
+    let (headers, body) = binary_request(256, 256);
     let mut tasks = Vec::new();
-    for _ in 0..12 {
-        let (http, url, big) = (http.clone(), url.clone(), big.clone());
-        tasks.push(tokio::spawn(async move { http.post_json(&url, &big).await }));
+    for _ in 0..24 {
+        let (http, url, headers, body) = (http.clone(), url.clone(), headers.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let headers = [("inference-header-content-length", headers)];
+            http.send(hyper::Method::POST, &url, &headers, body).await
+        }));
     }
     let (mut ok, mut refused) = (0, 0);
     for task in tasks {
@@ -65,4 +70,14 @@ async fn a_full_queue_answers_503_with_retry_after_at_once() {
     // The gateway recovers once the burst is over.
     let after = http.post_json(&format!("{}/v2/models/tiny/infer", gw.base), &tiny_request(&tiny_rows(1, 0))).await;
     assert_eq!(after.status, 200);
+}
+
+/// A binary-tensor request of `rows` × `features` FP32 values; returns (header length, body).
+fn binary_request(rows: usize, features: usize) -> (String, Vec<u8>) {
+    let header = json!({"inputs": [{"name": "input", "shape": [rows, features], "datatype": "FP32",
+                                    "parameters": {"binary_data_size": rows * features * 4}}]});
+    let mut body = serde_json::to_vec(&header).unwrap();
+    let header_len = body.len();
+    body.extend(std::iter::repeat_n(0.5f32.to_le_bytes(), rows * features).flatten());
+    (header_len.to_string(), body)
 }
