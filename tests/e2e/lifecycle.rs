@@ -39,3 +39,22 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     let refused = tokio::net::TcpStream::connect(gw.base.trim_start_matches("http://")).await;
     assert!(refused.is_err(), "no longer accepting connections");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_that_fails_to_load_is_skipped_and_the_highest_ready_one_serves() {
+    let gw = TestGateway::start_with("", |repo| {
+        let broken = repo.join("tiny/3");
+        std::fs::create_dir_all(&broken).unwrap();
+        std::fs::write(broken.join("model.onnx"), b"not an onnx file").unwrap();
+    });
+    let http = Http::new(false);
+    let meta = http.get(&format!("{}/v2/models/tiny", gw.base)).await.json();
+    assert_eq!(meta["versions"], json!(["1", "2"]));
+    let reply =
+        http.post_json(&format!("{}/v2/models/tiny/infer", gw.base), &crate::support::tiny_request(&[0.0; 16])).await;
+    assert_eq!(reply.header("x-model-version"), Some("2"));
+    let missing = http.get(&format!("{}/v2/models/tiny/versions/3", gw.base)).await;
+    assert_eq!(missing.status, 404);
+    let metrics = String::from_utf8(http.get(&format!("{}/metrics", gw.base)).await.body.to_vec()).unwrap();
+    assert!(metrics.contains("flywheel_model_load_failures_total{model=\"tiny\"} 1"), "{metrics}");
+}

@@ -33,8 +33,14 @@ impl TestGateway {
     /// Starts the gateway binary with `config` (TOML, without `model_repository`, which points
     /// at a fresh demo repository).
     pub fn start(config: &str) -> Self {
+        Self::start_with(config, |_| {})
+    }
+
+    /// Like [`TestGateway::start`], letting `prepare` change the repository first.
+    pub fn start_with(config: &str, prepare: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let repo = model_repo(dir.path());
+        prepare(&repo);
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))

@@ -19,9 +19,11 @@ pub use error::{ModelError, ValidationError};
 pub use signature::{Signature, TensorSpec};
 pub use table::{RouteError, RoutingTable};
 
+use crate::batch::ort_values::to_ort;
 use crate::batch::worker::{self, WorkerContext};
 use crate::batch::{BatchQueue, BatchSettings};
 use crate::metrics::VersionMetrics;
+use crate::protocol::{Tensor, TensorData};
 use stats::ModelStats;
 
 /// One loaded model version: its signature, its batch queue (and the threads behind it),
@@ -64,7 +66,11 @@ pub fn load_version(
         .map(|_| open_session(env, path, settings.intra_op_threads))
         .collect::<Result<Vec<_>, _>>()
         .map_err(fail)?;
+    let mut sessions = sessions;
     let signature = Signature::from_session(&sessions[0]).map_err(fail)?;
+    for session in &mut sessions {
+        warm_up(session, &signature).map_err(|e| fail(format!("warm-up inference failed: {e}")))?;
+    }
     let stats = Arc::new(ModelStats::default());
     let metrics = VersionMetrics::new(model, version);
     metrics.set_instances(instances);
@@ -94,6 +100,22 @@ pub fn load_version(
         stats,
         metrics,
     })
+}
+
+/// Runs one single-row inference of default values (dynamic dimensions set to 1), so the first
+/// real request does not pay for ONNX Runtime's lazy allocations, and a model that cannot run
+/// at all is refused at load instead of failing requests.
+fn warm_up(session: &mut Session, signature: &Signature) -> Result<(), String> {
+    let mut inputs: Vec<(String, ort::session::SessionInputValue<'static>)> = Vec::new();
+    for spec in &signature.inputs {
+        let shape: Vec<i64> = spec.shape.iter().map(|d| if *d < 0 { 1 } else { *d }).collect();
+        let len = crate::protocol::codec::element_count(&shape).ok_or("input shape overflows")?;
+        let data = TensorData::zeros(spec.datatype, len)
+            .ok_or_else(|| format!("input '{}' has datatype {}, which is not served", spec.name, spec.datatype))?;
+        let value = to_ort(Tensor { name: spec.name.clone(), shape, data })?;
+        inputs.push((spec.name.clone(), value.into()));
+    }
+    session.run(inputs).map(drop).map_err(|e| e.to_string())
 }
 
 fn open_session(env: &Environment, path: &Path, intra_op_threads: usize) -> Result<Session, String> {

@@ -115,7 +115,7 @@ macro_rules! with_element_type {
 }
 
 /// One element type: how it is wrapped, and how it reads and writes JSON and binary data.
-pub trait Element: Sized + Clone + Send + 'static {
+pub trait Element: Sized + Clone + Default + Send + 'static {
     const DATATYPE: DataType;
     fn wrap(values: Vec<Self>) -> TensorData;
     fn slice(data: &TensorData) -> Option<&[Self]>;
@@ -333,6 +333,14 @@ impl TensorData {
                 .map(T::wrap)
         }
         with_element_type!(datatype, T => go::<T>(raw), Err(unsupported(datatype)))
+    }
+
+    /// `len` default elements (zeros, false, empty strings) of `datatype`; `None` for FP16.
+    pub fn zeros(datatype: DataType, len: usize) -> Option<TensorData> {
+        fn go<T: Element>(len: usize) -> Option<TensorData> {
+            Some(T::wrap(vec![T::default(); len]))
+        }
+        with_element_type!(datatype, T => go::<T>(len), None)
     }
 
     /// Decodes Triton binary tensor data as `datatype`.
