@@ -1,1 +1,135 @@
-fn main() {}
+//! # Layout
+//! `bench`: measurements of the gateway against in-process ONNX Runtime.
+//! - [`load`]: closed-loop HTTP load generator (HTTP/1.1 or HTTP/2, JSON or binary tensors).
+//! - [`inproc`]: the same model in this process (the physical limit).
+//! - [`compare`]: runs both side by side and writes the Markdown/JSON report.
+//! - [`summary`]: hdrhistogram percentiles and throughput.
+
+mod compare;
+mod inproc;
+mod load;
+mod summary;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Benchmarks for the Flywheel gateway.
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Closed-loop load against a running gateway.
+    Load {
+        /// Gateway `host:port`.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        addr: String,
+        #[arg(long, default_value = "tiny")]
+        model: String,
+        /// Features per row (the model's second input dimension).
+        #[arg(long, default_value_t = 16)]
+        features: usize,
+        /// Rows per request.
+        #[arg(long, default_value_t = 1)]
+        rows: usize,
+        /// Connections, each with one request in flight.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Send Triton binary tensors instead of JSON.
+        #[arg(long)]
+        binary: bool,
+        /// HTTP/2 (prior knowledge) over one connection instead of HTTP/1.1 connections.
+        #[arg(long)]
+        http2: bool,
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// GET this path instead of inferring, to measure the HTTP floor (e.g. /v2/health/live).
+        #[arg(long)]
+        get: Option<String>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// In-process ONNX Runtime on one thread.
+    Inproc {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        features: usize,
+        #[arg(long, default_value_t = 1)]
+        rows: usize,
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Gateway vs in-process ONNX Runtime on the tiny and heavy models, one report.
+    Compare {
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        #[arg(long, default_value_t = 3.0)]
+        duration: f64,
+        /// The "high" concurrency (and in-process batch size) compared.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Folder for the Markdown and JSON reports.
+        #[arg(long, default_value = "bench/results")]
+        results: PathBuf,
+        /// Do not pin the load generator and the systems under test to separate CPUs.
+        #[arg(long)]
+        no_pin: bool,
+    },
+}
+
+fn print(summary: &summary::Summary, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(summary)?);
+    } else {
+        println!("{}", summary.line());
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let secs = Duration::from_secs_f64;
+    match Cli::parse().command {
+        Cmd::Load { addr, model, features, rows, concurrency, binary, http2, warmup, duration, get, json } => {
+            let spec = load::LoadSpec {
+                addr,
+                model,
+                features,
+                rows,
+                concurrency,
+                binary,
+                http2,
+                warmup: secs(warmup),
+                duration: secs(duration),
+                get,
+            };
+            // Two client threads: enough to keep 64 connections busy on this size of machine.
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let summary = runtime.block_on(load::run(&spec))?;
+            print(&summary, json)
+        }
+        Cmd::Inproc { model, features, rows, warmup, duration, json } => {
+            let summary = inproc::run(&model, features, rows, secs(warmup), secs(duration))?;
+            print(&summary, json)
+        }
+        Cmd::Compare { warmup, duration, concurrency, results, no_pin } => compare::run(&compare::CompareSpec {
+            warmup: secs(warmup),
+            duration: secs(duration),
+            high_concurrency: concurrency,
+            results,
+            pin: !no_pin,
+        }),
+    }
+}

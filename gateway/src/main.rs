@@ -25,6 +25,9 @@ struct Args {
     /// ONNX Runtime library file or folder, overriding the config (default: .ort/lib).
     #[arg(long, env = "FLYWHEEL_ORT_LIBRARY")]
     ort_library: Option<PathBuf>,
+    /// Tokio worker threads for HTTP, overriding the config (0: half the cores).
+    #[arg(long, env = "FLYWHEEL_HTTP_THREADS")]
+    http_threads: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -40,8 +43,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Two tokio workers: HTTP is light next to inference, which runs on its own threads.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let threads = config.effective_http_threads();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -84,6 +87,9 @@ fn load_config(args: &Args) -> Result<Config, String> {
     }
     if let Some(lib) = &args.ort_library {
         config.ort_library = Some(lib.clone());
+    }
+    if let Some(threads) = args.http_threads {
+        config.http_threads = threads;
     }
     config.validate().map_err(|e| format!("config: {e}"))?;
     Ok(config)
