@@ -26,6 +26,8 @@ pub const BUSY_SECONDS: &str = "flywheel_inference_busy_seconds";
 pub const INSTANCES: &str = "flywheel_inference_instances";
 /// Requests refused because a queue was full.
 pub const REJECTED: &str = "flywheel_rejected_total";
+/// Inference requests being handled right now (read, queued, computing or answering).
+pub const IN_FLIGHT: &str = "flywheel_requests_in_flight";
 /// Model versions that failed to load.
 pub const LOAD_FAILURES: &str = "flywheel_model_load_failures_total";
 
@@ -65,6 +67,7 @@ fn describe() {
     describe_gauge!(BUSY_SECONDS, Unit::Seconds, "Cumulative seconds inference threads spent busy");
     describe_gauge!(INSTANCES, Unit::Count, "Inference threads per model version");
     describe_counter!(REJECTED, "Requests refused because the queue was full");
+    describe_gauge!(IN_FLIGHT, Unit::Count, "Inference requests being handled right now");
     describe_counter!(LOAD_FAILURES, "Model versions that failed to load");
 }
 
@@ -117,5 +120,24 @@ impl VersionMetrics {
     pub fn set_instances(&self, instances: usize) {
         metrics::gauge!(INSTANCES, "model" => self.model.clone(), "version" => self.version.clone())
             .set(instances as f64);
+    }
+}
+
+/// Counts one inference request in `flywheel_requests_in_flight` until dropped, so a request
+/// abandoned mid-way (client gone, future dropped) is uncounted too.
+pub struct InFlight(Gauge);
+
+impl InFlight {
+    /// Starts counting one request.
+    pub fn start() -> Self {
+        let gauge = metrics::gauge!(IN_FLIGHT);
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }

@@ -17,15 +17,22 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
         let (http, url, big) = (http.clone(), url.clone(), big.clone());
         tasks.push(tokio::spawn(async move { http.post_json(&url, &big).await }));
     }
-    // Wait until the gateway has started computing, so the requests are truly in flight.
+    // Wait until every request has reached the gateway and at least one is still in flight.
+    let metrics_url = format!("{}/metrics", gw.base);
     let stats_url = format!("{}/v2/models/heavy/stats", gw.base);
-    for _ in 0..200 {
+    let mut in_flight_seen = false;
+    for _ in 0..1000 {
+        let metrics = String::from_utf8(http.get(&metrics_url).await.body.to_vec()).unwrap();
+        let in_flight = metric_value(&metrics, "flywheel_requests_in_flight");
         let stats = http.get(&stats_url).await.json();
-        if stats["model_stats"][0]["inference_stats"]["queue"]["count"].as_u64().unwrap_or(0) > 0 {
+        let done = stats["model_stats"][0]["inference_stats"]["success"]["count"].as_u64().unwrap_or(0) as f64;
+        if in_flight >= 1.0 && in_flight + done >= 4.0 {
+            in_flight_seen = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    assert!(in_flight_seen, "requests were in flight when SIGTERM was sent");
     gw.terminate();
     for task in tasks {
         let reply = task.await.unwrap();
@@ -57,4 +64,12 @@ async fn a_version_that_fails_to_load_is_skipped_and_the_highest_ready_one_serve
     assert_eq!(missing.status, 404);
     let metrics = String::from_utf8(http.get(&format!("{}/metrics", gw.base)).await.body.to_vec()).unwrap();
     assert!(metrics.contains("flywheel_model_load_failures_total{model=\"tiny\"} 1"), "{metrics}");
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }

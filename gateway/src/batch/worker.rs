@@ -141,3 +141,48 @@ fn execute(
     let times = BatchTimes { input: t1 - t0, infer: t2 - t1, output: t2.elapsed() };
     Ok((per_job, times))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::TensorData;
+
+    fn job(rows: usize) -> Job {
+        let (reply, _rx) = tokio::sync::oneshot::channel();
+        let input = Tensor { name: "x".into(), shape: vec![rows as i64, 1], data: TensorData::Fp32(vec![0.0; rows]) };
+        Job { inputs: vec![input], rows, enqueued: Instant::now(), reply }
+    }
+
+    #[test]
+    fn gathers_queued_jobs_up_to_max_rows_and_carries_the_overflow() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for rows in [3, 4, 2] {
+            tx.send(job(rows)).unwrap();
+        }
+        let (jobs, carried) = gather(job(1), &rx, 8, Duration::from_secs(5));
+        let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
+        assert_eq!(rows, vec![1, 3, 4], "8 rows fill the batch");
+        assert!(carried.is_none(), "the batch filled exactly; nothing was taken out");
+        let (jobs, carried) = gather(job(5), &rx, 6, Duration::from_secs(5));
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(carried.map(|j| j.rows), Some(2), "5 + 2 > 6: the 2-row job starts the next batch");
+    }
+
+    #[test]
+    fn waits_no_longer_than_the_first_jobs_deadline() {
+        let (_tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let started = Instant::now();
+        let (jobs, carried) = gather(job(1), &rx, 64, Duration::from_millis(30));
+        let waited = started.elapsed();
+        assert_eq!((jobs.len(), carried.is_none()), (1, true));
+        assert!(waited >= Duration::from_millis(25), "waited for others until the deadline: {waited:?}");
+    }
+
+    #[test]
+    fn zero_delay_takes_only_what_is_already_queued() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        tx.send(job(1)).unwrap();
+        let (jobs, _) = gather(job(1), &rx, 64, Duration::ZERO);
+        assert_eq!(jobs.len(), 2);
+    }
+}

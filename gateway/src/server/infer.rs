@@ -12,6 +12,7 @@ use hyper::{Request, Response};
 use super::routes::error_response;
 use super::{ApiError, AppState, HttpResponse};
 use crate::batch::{InferError, JobOutput};
+use crate::metrics::InFlight;
 use crate::model::{ModelVersion, ValidationError};
 use crate::protocol::{InferRequest, ResponseHeader, Tensor, decode_request, encode_response};
 
@@ -25,6 +26,7 @@ pub const MODEL_VERSION: &str = "x-model-version";
 /// Answers one inference request; every outcome is counted for its model version.
 pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, version: Option<&str>) -> HttpResponse {
     let started = Instant::now();
+    let _in_flight = InFlight::start();
     let request_id = request_id(req.headers());
     // Resolve once; the Arc keeps this version alive until the answer is sent even if the
     // table is swapped meanwhile.
