@@ -1,0 +1,21 @@
+//! # Layout
+//! The contract between the gateway and the trainer: how models are stored and named.
+//! - [`store`]: the registry folder — versions published atomically, listing, SHA-256
+//!   verification, aliases (`champion`, `challenger`, ...) replaced whole.
+//! - [`manifest`]: a version's manifest (identity and lineage).
+//! - [`fsutil`]: atomic, durable writes.
+//!
+//! The `registry` binary exposes the same operations to operators.
+#![forbid(unsafe_code)]
+
+pub mod fsutil;
+pub mod manifest;
+pub mod store;
+
+pub use manifest::{DataLineage, MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
+pub use store::{
+    ALIASES_FILE, MODEL_FILE, Registry, RegistryError, Skipped, VersionEntry, valid_alias, valid_model_name,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,300 @@
+//! The registry on disk:
+//!
+//! ```text
+//! <root>/<model>/<version>/model.onnx     the ONNX file (immutable)
+//! <root>/<model>/<version>/manifest.json  lineage and SHA-256 (optional for hand-made folders)
+//! <root>/<model>/<version>/profile.json   reference profile for drift detection (later)
+//! <root>/<model>/aliases.json             {"champion": 3, "challenger": 4}
+//! ```
+//! A version is published by writing a hidden temporary folder, fsyncing it, and renaming it to
+//! its number, so a reader never sees half a version. Aliases are replaced whole (atomic write).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::fsutil::{sync_dir, unique, write_atomic, write_synced};
+use crate::manifest::{MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
+
+/// File name of a version's model.
+pub const MODEL_FILE: &str = "model.onnx";
+/// File name of a model's alias map.
+pub const ALIASES_FILE: &str = "aliases.json";
+
+/// Registry failures, each naming the path or reference involved.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("model name '{0}' is not valid: use letters, digits, '_', '-' and '.'")]
+    BadModelName(String),
+    #[error("alias name '{0}' is not valid: use letters, digits, '_' and '-', not only digits, and not 'latest'")]
+    BadAlias(String),
+    #[error("model '{model}' has no version {version}")]
+    NoVersion { model: String, version: u64 },
+    #[error("model '{model}' has no version or alias '{reference}'")]
+    UnknownReference { model: String, reference: String },
+    #[error("{path}: {reason}")]
+    Corrupt { path: String, reason: String },
+    #[error("{path}: SHA-256 is {actual}, the manifest says {expected}")]
+    HashMismatch { path: String, expected: String, actual: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
+    move |source| RegistryError::Io { path: path.display().to_string(), source }
+}
+
+/// One version folder as found on disk.
+#[derive(Clone, Debug)]
+pub struct VersionEntry {
+    pub model: String,
+    pub version: u64,
+    pub dir: PathBuf,
+    /// The manifest, `None` when the folder has none, or why it could not be read.
+    pub manifest: Option<Result<Manifest, String>>,
+}
+
+impl VersionEntry {
+    /// Path of the ONNX file.
+    pub fn model_file(&self) -> PathBuf {
+        self.dir.join(MODEL_FILE)
+    }
+}
+
+/// A folder that looked like a version but is skipped, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// A registry rooted at a local folder.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    root: PathBuf,
+}
+
+impl Registry {
+    /// A registry at `root` (created on first publish).
+    pub fn open(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Model names, sorted; folders with invalid names or starting with '.' are ignored.
+    pub fn models(&self) -> Result<Vec<String>, RegistryError> {
+        let mut names: Vec<String> = fs::read_dir(&self.root)
+            .map_err(io(&self.root))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter(|n| !n.starts_with('.') && valid_model_name(n))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// A model's versions, ascending, and the folders skipped with the reason.
+    pub fn versions(&self, model: &str) -> Result<(Vec<VersionEntry>, Vec<Skipped>), RegistryError> {
+        let dir = self.model_dir(model)?;
+        let mut entries = Vec::new();
+        let mut skipped = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io(&dir))?.filter_map(|e| e.ok()) {
+            let path = entry.path();
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if !path.is_dir() || name.starts_with('.') {
+                continue;
+            }
+            let Ok(version) = name.parse::<u64>() else {
+                skipped.push(Skipped { path, reason: "folder name is not a version number".into() });
+                continue;
+            };
+            if !path.join(MODEL_FILE).is_file() {
+                skipped.push(Skipped { path, reason: format!("no {MODEL_FILE} inside") });
+                continue;
+            }
+            entries.push(self.entry(model, version, path));
+        }
+        entries.sort_by_key(|e| e.version);
+        Ok((entries, skipped))
+    }
+
+    /// One version.
+    pub fn version(&self, model: &str, version: u64) -> Result<VersionEntry, RegistryError> {
+        let dir = self.model_dir(model)?.join(version.to_string());
+        if !dir.join(MODEL_FILE).is_file() {
+            return Err(RegistryError::NoVersion { model: model.to_owned(), version });
+        }
+        Ok(self.entry(model, version, dir))
+    }
+
+    fn entry(&self, model: &str, version: u64, dir: PathBuf) -> VersionEntry {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let manifest = manifest_path.is_file().then(|| {
+            fs::read(&manifest_path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Manifest>(&b).map_err(|e| format!("{MANIFEST_FILE}: {e}")))
+        });
+        VersionEntry { model: model.to_owned(), version, dir, manifest }
+    }
+
+    /// Checks the model file against the manifest's SHA-256 (a version without a manifest passes;
+    /// an unreadable manifest fails). Returns the file's bytes, read once.
+    pub fn verify(&self, entry: &VersionEntry) -> Result<Vec<u8>, RegistryError> {
+        let file = entry.model_file();
+        let bytes = fs::read(&file).map_err(io(&file))?;
+        match &entry.manifest {
+            None => Ok(bytes),
+            Some(Err(reason)) => {
+                Err(RegistryError::Corrupt { path: entry.dir.display().to_string(), reason: reason.clone() })
+            }
+            Some(Ok(manifest)) => {
+                let actual = sha256_hex(&bytes);
+                if actual == manifest.sha256 {
+                    Ok(bytes)
+                } else {
+                    Err(RegistryError::HashMismatch {
+                        path: file.display().to_string(),
+                        expected: manifest.sha256.clone(),
+                        actual,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Publishes `model_bytes` as the next version of `model`, atomically; returns its manifest.
+    pub fn publish(&self, model: &str, model_bytes: &[u8], draft: ManifestDraft) -> Result<Manifest, RegistryError> {
+        if !valid_model_name(model) {
+            return Err(RegistryError::BadModelName(model.to_owned()));
+        }
+        let dir = self.root.join(model);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let staging = dir.join(format!(".publish-{}-{}", std::process::id(), unique()));
+        fs::create_dir(&staging).map_err(io(&staging))?;
+        let result = self.publish_staged(model, &dir, &staging, model_bytes, draft);
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&staging);
+        }
+        result
+    }
+
+    fn publish_staged(
+        &self,
+        model: &str,
+        dir: &Path,
+        staging: &Path,
+        model_bytes: &[u8],
+        draft: ManifestDraft,
+    ) -> Result<Manifest, RegistryError> {
+        let sha = sha256_hex(model_bytes);
+        let file = staging.join(MODEL_FILE);
+        write_synced(&file, model_bytes).map_err(io(&file))?;
+        let mut version = self.versions(model)?.0.last().map_or(1, |e| e.version + 1);
+        // Another publisher may take the number first: rename onto an existing, non-empty
+        // folder fails, and we try the next number.
+        for _ in 0..64 {
+            let manifest = draft.clone().complete(model, version, sha.clone());
+            let bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+            let manifest_path = staging.join(MANIFEST_FILE);
+            write_synced(&manifest_path, &bytes).map_err(io(&manifest_path))?;
+            sync_dir(staging).map_err(io(staging))?;
+            let target = dir.join(version.to_string());
+            if !target.exists() && fs::rename(staging, &target).is_ok() {
+                sync_dir(dir).map_err(io(dir))?;
+                return Ok(manifest);
+            }
+            version += 1;
+        }
+        Err(RegistryError::Corrupt {
+            path: dir.display().to_string(),
+            reason: "could not claim a version number".into(),
+        })
+    }
+
+    /// The model's aliases (empty when it has none).
+    pub fn aliases(&self, model: &str) -> Result<BTreeMap<String, u64>, RegistryError> {
+        let path = self.model_dir(model)?.join(ALIASES_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| RegistryError::Corrupt { path: path.display().to_string(), reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Points `alias` at `version` (which must exist).
+    pub fn set_alias(&self, model: &str, alias: &str, version: u64) -> Result<(), RegistryError> {
+        if !valid_alias(alias) {
+            return Err(RegistryError::BadAlias(alias.to_owned()));
+        }
+        self.version(model, version)?;
+        self.update_aliases(model, |aliases| {
+            aliases.insert(alias.to_owned(), version);
+        })
+    }
+
+    /// Removes `alias`; returns whether it existed.
+    pub fn remove_alias(&self, model: &str, alias: &str) -> Result<bool, RegistryError> {
+        let mut existed = false;
+        self.update_aliases(model, |aliases| existed = aliases.remove(alias).is_some())?;
+        Ok(existed)
+    }
+
+    fn update_aliases(
+        &self,
+        model: &str,
+        change: impl FnOnce(&mut BTreeMap<String, u64>),
+    ) -> Result<(), RegistryError> {
+        let dir = self.model_dir(model)?;
+        // Serialise read-modify-write across processes; readers never lock (the file is replaced whole).
+        let lock_path = dir.join(".aliases.lock");
+        let lock =
+            fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
+        lock.lock().map_err(io(&lock_path))?;
+        let mut aliases = self.aliases(model)?;
+        change(&mut aliases);
+        let path = dir.join(ALIASES_FILE);
+        let bytes = serde_json::to_vec_pretty(&aliases).unwrap_or_default();
+        write_atomic(&path, &bytes).map_err(io(&path))
+    }
+
+    /// Resolves a version number, an alias, or `latest` to a version number.
+    pub fn resolve(&self, model: &str, reference: &str) -> Result<u64, RegistryError> {
+        if let Ok(version) = reference.parse::<u64>() {
+            return self.version(model, version).map(|e| e.version);
+        }
+        let unknown = || RegistryError::UnknownReference { model: model.to_owned(), reference: reference.to_owned() };
+        if reference == "latest" {
+            return self.versions(model)?.0.last().map(|e| e.version).ok_or_else(unknown);
+        }
+        let version = *self.aliases(model)?.get(reference).ok_or_else(unknown)?;
+        self.version(model, version).map(|e| e.version)
+    }
+
+    fn model_dir(&self, model: &str) -> Result<PathBuf, RegistryError> {
+        if !valid_model_name(model) {
+            return Err(RegistryError::BadModelName(model.to_owned()));
+        }
+        Ok(self.root.join(model))
+    }
+}
+
+/// Model names appear in paths, URLs and metric labels: keep them plain.
+pub fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Aliases are names, never numbers (those are versions) nor `latest`.
+pub fn valid_alias(alias: &str) -> bool {
+    !alias.is_empty()
+        && alias != "latest"
+        && !alias.chars().all(|c| c.is_ascii_digit())
+        && alias.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+}

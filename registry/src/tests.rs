@@ -1,0 +1,120 @@
+//! Registry behaviour: atomic publish, listing, aliases, corrupt entries.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::{ManifestDraft, Registry, RegistryError};
+
+fn registry() -> (tempfile::TempDir, Registry) {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(dir.path());
+    (dir, registry)
+}
+
+#[test]
+fn publish_numbers_versions_and_records_lineage() {
+    let (_dir, r) = registry();
+    let first = r.publish("fraud", b"one", ManifestDraft::default()).unwrap();
+    let draft = ManifestDraft { parent_version: Some(1), code_revision: Some("abc".into()), ..Default::default() };
+    let second = r.publish("fraud", b"two", draft).unwrap();
+    assert_eq!((first.version, second.version), (1, 2));
+    assert_eq!(second.parent_version, Some(1));
+    let (entries, skipped) = r.versions("fraud").unwrap();
+    assert!(skipped.is_empty());
+    assert_eq!(entries.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2]);
+    let manifest = entries[1].manifest.clone().unwrap().unwrap();
+    assert_eq!(manifest.sha256, crate::sha256_hex(b"two"));
+    assert_eq!(r.verify(&entries[1]).unwrap(), b"two");
+}
+
+#[test]
+fn a_concurrent_reader_never_sees_a_partial_version() {
+    let (_dir, r) = registry();
+    r.publish("m", b"seed", ManifestDraft::default()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (r, stop) = (r.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut checked = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for entry in r.versions("m").unwrap().0 {
+                    let manifest = entry.manifest.clone().expect("every visible version has its manifest").unwrap();
+                    r.verify(&entry).expect("every visible version is complete");
+                    assert_eq!(manifest.version, entry.version);
+                    checked += 1;
+                }
+            }
+            checked
+        })
+    };
+    let payload = vec![7u8; 256 * 1024];
+    for _ in 0..30 {
+        r.publish("m", &payload, ManifestDraft::default()).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    assert_eq!(r.versions("m").unwrap().0.len(), 31);
+}
+
+#[test]
+fn concurrent_publishers_get_distinct_versions() {
+    let (_dir, r) = registry();
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                (0..5).map(|_| r.publish("m", &[i], ManifestDraft::default()).unwrap().version).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    all.sort();
+    assert_eq!(all, (1..=20).collect::<Vec<_>>());
+}
+
+#[test]
+fn aliases_move_and_resolve() {
+    let (_dir, r) = registry();
+    for bytes in [b"a", b"b", b"c"] {
+        r.publish("m", bytes, ManifestDraft::default()).unwrap();
+    }
+    r.set_alias("m", "champion", 2).unwrap();
+    r.set_alias("m", "challenger", 3).unwrap();
+    assert_eq!(r.resolve("m", "champion").unwrap(), 2);
+    r.set_alias("m", "champion", 3).unwrap();
+    assert_eq!(r.resolve("m", "champion").unwrap(), 3);
+    assert_eq!(r.resolve("m", "latest").unwrap(), 3);
+    assert_eq!(r.resolve("m", "1").unwrap(), 1);
+    assert!(r.remove_alias("m", "challenger").unwrap());
+    assert!(!r.remove_alias("m", "challenger").unwrap());
+    assert!(matches!(r.resolve("m", "challenger"), Err(RegistryError::UnknownReference { .. })));
+    assert!(matches!(r.set_alias("m", "champion", 9), Err(RegistryError::NoVersion { version: 9, .. })));
+    for bad in ["7", "latest", "a b", ""] {
+        assert!(matches!(r.set_alias("m", bad, 1), Err(RegistryError::BadAlias(_))), "{bad:?}");
+    }
+}
+
+#[test]
+fn corrupt_entries_are_skipped_or_refused_with_a_reason() {
+    let (dir, r) = registry();
+    r.publish("m", b"good", ManifestDraft::default()).unwrap();
+    let root = dir.path().join("m");
+    std::fs::create_dir_all(root.join("draft")).unwrap();
+    std::fs::create_dir_all(root.join("5")).unwrap();
+    std::fs::create_dir_all(root.join(".publish-1-2")).unwrap();
+    let (entries, skipped) = r.versions("m").unwrap();
+    assert_eq!(entries.len(), 1);
+    let mut reasons: Vec<String> = skipped.iter().map(|s| s.reason.clone()).collect();
+    reasons.sort();
+    assert_eq!(reasons, vec!["folder name is not a version number", "no model.onnx inside"]);
+
+    std::fs::write(root.join("1/model.onnx"), b"tampered").unwrap();
+    let entry = r.version("m", 1).unwrap();
+    let err = r.verify(&entry).unwrap_err().to_string();
+    assert!(err.contains("SHA-256") && err.contains("the manifest says"), "{err}");
+
+    std::fs::write(root.join("1/manifest.json"), b"{not json").unwrap();
+    let err = r.verify(&r.version("m", 1).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("manifest.json"), "{err}");
+    assert!(matches!(r.publish("bad/name", b"x", ManifestDraft::default()), Err(RegistryError::BadModelName(_))));
+}
