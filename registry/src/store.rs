@@ -194,10 +194,10 @@ impl Registry {
         let sha = sha256_hex(model_bytes);
         let file = staging.join(MODEL_FILE);
         write_synced(&file, model_bytes).map_err(io(&file))?;
-        let mut version = self.versions(model)?.0.last().map_or(1, |e| e.version + 1);
+        let first = self.versions(model)?.0.last().map_or(1, |e| e.version + 1);
         // Another publisher may take the number first: rename onto an existing, non-empty
         // folder fails, and we try the next number.
-        for _ in 0..64 {
+        for version in first..first + 64 {
             let manifest = draft.clone().complete(model, version, sha.clone());
             let bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
             let manifest_path = staging.join(MANIFEST_FILE);
@@ -208,7 +208,6 @@ impl Registry {
                 sync_dir(dir).map_err(io(dir))?;
                 return Ok(manifest);
             }
-            version += 1;
         }
         Err(RegistryError::Corrupt {
             path: dir.display().to_string(),
