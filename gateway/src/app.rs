@@ -1,4 +1,5 @@
-//! Wiring: load ONNX Runtime and the model repository, then serve until shut down.
+//! Wiring: load ONNX Runtime, build the first routing table from config + registry, start the
+//! watcher that hot-swaps it, then serve until shut down.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,8 +9,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::model::{ModelError, RoutingTable, runtime};
+use crate::rollout::watcher::{self, WatchSettings};
+use crate::rollout::{Rejection, Reloader};
 use crate::server::{self, AppState};
 
 /// Startup failures, each with a message that says what to fix.
@@ -21,48 +24,90 @@ pub enum StartError {
     NoRepository,
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("model repository {0} has no model that loaded; see the errors above")]
-    NothingLoaded(String),
-    #[error("config models.{0}: no such model in the repository")]
-    UnknownModel(String),
+    #[error("model repository {root}: nothing could be served:{}", list(.rejected))]
+    NothingLoaded { root: String, rejected: Vec<Rejection> },
+    #[error("config names models that cannot be served:{}", list(.0))]
+    ConfiguredModels(Vec<Rejection>),
     #[error("listening on {addr}: {reason}")]
     Listen { addr: String, reason: String },
+}
+
+fn list(rejected: &[Rejection]) -> String {
+    rejected
+        .iter()
+        .map(|r| match r.version {
+            Some(v) => format!("\n  {} version {v}: {}", r.model, r.reason),
+            None => format!("\n  {}: {}", r.model, r.reason),
+        })
+        .collect()
 }
 
 /// A gateway that has loaded its models and bound its socket, not yet serving.
 pub struct Gateway {
     pub listener: TcpListener,
     pub state: Arc<AppState>,
+    pub reloader: Arc<Reloader>,
     pub grace: Duration,
 }
 
 impl Gateway {
-    /// Loads the runtime and every model, and binds the listen address.
-    pub async fn start(config: &Config) -> Result<Self, StartError> {
-        let root: PathBuf = config.model_repository.clone().ok_or(StartError::NoRepository)?;
+    /// Loads the runtime and every model, and binds the listen address. `config_path` is
+    /// re-read on reloads (with `overrides` applied again).
+    pub async fn start(config: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Result<Self, StartError> {
+        let root = config.model_repository.clone().ok_or(StartError::NoRepository)?;
         let env = runtime::init(config.ort_library.as_deref())?;
         let metrics = crate::metrics::install();
-        let table = RoutingTable::load(&env, &root, |model| config.batch_settings_for(model))?;
-        if table.models.is_empty() {
-            return Err(StartError::NothingLoaded(root.display().to_string()));
+        let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
+        let reloader = Arc::new(Reloader::new(env, config_path, overrides, config.clone(), Arc::clone(&table)));
+        let status = {
+            let reloader = Arc::clone(&reloader);
+            tokio::task::spawn_blocking(move || reloader.reload())
+                .await
+                .map_err(|e| ModelError::Runtime(e.to_string()))?
+        };
+        if table.load().models.is_empty() {
+            let mut rejected = status.report.rejected.clone();
+            if let Some(error) = &status.error {
+                rejected.push(Rejection { model: "*".into(), version: None, reason: error.clone() });
+            }
+            return Err(StartError::NothingLoaded { root: root.display().to_string(), rejected });
         }
-        if let Some(name) = config.models.keys().find(|name| !table.models.contains_key(*name)) {
-            return Err(StartError::UnknownModel(name.clone()));
+        let unserved: Vec<Rejection> = status
+            .report
+            .rejected
+            .iter()
+            .filter(|r| r.version.is_none() && config.models.contains_key(&r.model))
+            .cloned()
+            .collect();
+        if !unserved.is_empty() {
+            return Err(StartError::ConfiguredModels(unserved));
+        }
+        for r in &status.report.rejected {
+            tracing::warn!(model = %r.model, version = ?r.version, reason = %r.reason, "not served");
         }
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Listen { addr: config.listen.to_string(), reason: e.to_string() })?;
         let state = Arc::new(AppState {
-            table: ArcSwap::from_pointee(table),
+            table,
             max_body_bytes: config.max_body_bytes,
             metrics,
             ready: AtomicBool::new(false),
+            reloader: Some(Arc::clone(&reloader)),
         });
-        Ok(Self { listener, state, grace: Duration::from_millis(config.shutdown_grace_ms) })
+        Ok(Self { listener, state, reloader, grace: Duration::from_millis(config.shutdown_grace_ms) })
     }
 
     /// Serves until `shutdown` resolves, then drains; returns whether the drain finished in time.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> bool {
+        let watch = WatchSettings { poll: Duration::from_millis(1000), debounce: Duration::from_millis(150) };
+        let _watcher = match watcher::spawn(Arc::clone(&self.reloader), watch) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, "config/registry watcher not started; hot swaps are off");
+                None
+            }
+        };
         self.state.ready.store(true, Ordering::SeqCst);
         server::serve(self.listener, self.state, shutdown, self.grace).await
     }

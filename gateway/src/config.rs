@@ -51,6 +51,34 @@ pub struct Config {
     pub models: BTreeMap<String, ModelOverrides>,
 }
 
+/// Values from flags or environment variables that override the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub model_repository: Option<PathBuf>,
+    pub ort_library: Option<PathBuf>,
+    pub http_threads: Option<usize>,
+}
+
+impl Overrides {
+    /// Applies these values over `config`.
+    pub fn apply(&self, mut config: Config) -> Config {
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &self.model_repository {
+            config.model_repository = Some(dir.clone());
+        }
+        if let Some(lib) = &self.ort_library {
+            config.ort_library = Some(lib.clone());
+        }
+        if let Some(threads) = self.http_threads {
+            config.http_threads = threads;
+        }
+        config
+    }
+}
+
 /// Batching and threading settings (all keys optional; defaults below).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -71,7 +99,7 @@ impl Default for Batching {
     }
 }
 
-/// Per-model overrides of [`Batching`]; unset keys inherit.
+/// Per-model overrides of [`Batching`] (unset keys inherit) and the model's rollout.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelOverrides {
@@ -80,6 +108,51 @@ pub struct ModelOverrides {
     pub queue_capacity: Option<usize>,
     pub instances: Option<usize>,
     pub intra_op_threads: Option<usize>,
+    /// Which versions serve and how traffic splits; without it every version loads and the
+    /// highest serves by default.
+    pub rollout: Option<Rollout>,
+}
+
+/// A model's traffic split. Versions are numbers, registry aliases or `latest`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    #[serde(default = "default_champion")]
+    pub champion: String,
+    pub canary: Option<Canary>,
+    pub shadow: Option<Shadow>,
+    /// Header whose value decides the canary arm by hash (sticky); random without it.
+    #[serde(default = "default_routing_key_header")]
+    pub routing_key_header: String,
+}
+
+/// A weighted canary: `weight` percent of un-addressed requests.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    pub version: String,
+    pub weight: u32,
+}
+
+/// A shadow: a `fraction` of requests mirrored to it after the primary answered.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Shadow {
+    pub version: String,
+    pub fraction: f64,
+    /// Shadow requests in flight at once; beyond it mirrored requests are dropped and counted.
+    #[serde(default = "default_shadow_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_champion() -> String {
+    "latest".to_owned()
+}
+fn default_routing_key_header() -> String {
+    "x-routing-key".to_owned()
+}
+fn default_shadow_in_flight() -> usize {
+    16
 }
 
 fn default_listen() -> SocketAddr {
@@ -118,6 +191,17 @@ impl Config {
         Ok(config)
     }
 
+    /// The file (or the defaults without one) with `overrides` applied, validated.
+    pub fn load_with(path: Option<&Path>, overrides: &Overrides) -> Result<Self, String> {
+        let config = match path {
+            Some(path) => Self::load(path).map_err(|e| e.to_string())?,
+            None => Config::default(),
+        };
+        let config = overrides.apply(config);
+        config.validate().map_err(|e| format!("config: {e}"))?;
+        Ok(config)
+    }
+
     /// Parses TOML text (no validation).
     pub fn parse(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
@@ -127,10 +211,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         check_batching("batching", &self.batching)?;
         for name in self.models.keys() {
-            if !crate::model::repository::valid_model_name(name) {
+            if !flywheel_registry::valid_model_name(name) {
                 return Err(format!("models.{name}: model names use letters, digits, '_', '-' and '.'"));
             }
             check_batching(&format!("models.{name}"), &self.batching_for(name))?;
+            if let Some(rollout) = self.models.get(name).and_then(|m| m.rollout.as_ref()) {
+                check_rollout(&format!("models.{name}.rollout"), rollout)?;
+            }
         }
         if self.max_body_bytes < 1024 {
             return Err(format!("max_body_bytes must be at least 1024, given {}", self.max_body_bytes));
@@ -177,6 +264,44 @@ impl Config {
             instances: b.instances,
             intra_op_threads: b.intra_op_threads,
         }
+    }
+}
+
+fn check_rollout(at: &str, r: &Rollout) -> Result<(), String> {
+    let reference = |key: &str, value: &str| {
+        let ok = !value.is_empty() && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{at}.{key} must be a version number, an alias or 'latest', given {value:?}"))
+        }
+    };
+    reference("champion", &r.champion)?;
+    if let Some(c) = &r.canary {
+        reference("canary.version", &c.version)?;
+        if c.weight > 100 {
+            return Err(format!("{at}.canary.weight must be in 0..=100, given {}", c.weight));
+        }
+    }
+    if let Some(s) = &r.shadow {
+        reference("shadow.version", &s.version)?;
+        if !(0.0..=1.0).contains(&s.fraction) {
+            return Err(format!("{at}.shadow.fraction must be in 0..=1, given {}", s.fraction));
+        }
+        if s.max_in_flight == 0 || s.max_in_flight > 100_000 {
+            return Err(format!("{at}.shadow.max_in_flight must be in 1..=100000, given {}", s.max_in_flight));
+        }
+    }
+    if hyper::header::HeaderName::from_bytes(r.routing_key_header.as_bytes()).is_err() {
+        return Err(format!("{at}.routing_key_header is not a valid header name, given {:?}", r.routing_key_header));
+    }
+    Ok(())
+}
+
+/// The rollout of `model`, if it has one.
+impl Config {
+    pub fn rollout_for(&self, model: &str) -> Option<&Rollout> {
+        self.models.get(model).and_then(|m| m.rollout.as_ref())
     }
 }
 
@@ -228,6 +353,18 @@ mod tests {
             ("[models.m]\nmax_queue_delay_us = 5000000", "models.m.max_queue_delay_us"),
             ("max_body_bytes = 10", "max_body_bytes must be at least 1024, given 10"),
             ("[models.\"a/b\"]\ninstances = 1", "models.a/b"),
+            (
+                "[models.m.rollout.canary]\nversion = \"2\"\nweight = 140",
+                "models.m.rollout.canary.weight must be in 0..=100, given 140",
+            ),
+            (
+                "[models.m.rollout.shadow]\nversion = \"2\"\nfraction = 1.5",
+                "models.m.rollout.shadow.fraction must be in 0..=1, given 1.5",
+            ),
+            (
+                "[models.m.rollout]\nchampion = \"../x\"",
+                "models.m.rollout.champion must be a version number, an alias or 'latest'",
+            ),
         ];
         for (text, expected) in cases {
             let err = Config::parse(text).unwrap().validate().unwrap_err();

@@ -13,6 +13,7 @@
 //! - [`model`]: ONNX Runtime setup, repository scan, signatures, stats, routing table.
 //! - [`batch`]: queue, batch assembly/split, inference threads.
 //! - [`server`]: HTTP serving, endpoints, error → status mapping in one place.
+//! - [`rollout`]: building tables from config + registry, hot swaps, the watcher.
 //! - [`metrics`]: every metric name and bucket.
 //! - [`app`]: wiring config → runtime → table → server, used by `main.rs` and tests.
 
@@ -22,4 +23,5 @@ pub mod config;
 pub mod metrics;
 pub mod model;
 pub mod protocol;
+pub mod rollout;
 pub mod server;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use flywheel_gateway::app::{Gateway, shutdown_signal};
-use flywheel_gateway::config::Config;
+use flywheel_gateway::config::{Config, Overrides};
 use tracing_subscriber::EnvFilter;
 
 /// Open Inference Protocol gateway over ONNX Runtime with dynamic batching.
@@ -36,7 +36,8 @@ fn main() -> ExitCode {
         .with_env_filter(EnvFilter::try_from_env("FLYWHEEL_LOG").unwrap_or_else(|_| EnvFilter::new("info,ort=warn")))
         .with_writer(std::io::stderr)
         .init();
-    let config = match load_config(&args) {
+    let overrides = overrides(&args);
+    let config = match Config::load_with(args.config.as_deref(), &overrides) {
         Ok(c) => c,
         Err(message) => {
             eprintln!("error: {message}");
@@ -52,7 +53,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let gateway = match Gateway::start(&config).await {
+        let gateway = match Gateway::start(config, args.config.clone(), overrides).await {
             Ok(g) => g,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -74,23 +75,11 @@ fn main() -> ExitCode {
     })
 }
 
-fn load_config(args: &Args) -> Result<Config, String> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
-        None => Config::default(),
-    };
-    if let Some(listen) = args.listen {
-        config.listen = listen;
+fn overrides(args: &Args) -> Overrides {
+    Overrides {
+        listen: args.listen,
+        model_repository: args.model_repository.clone(),
+        ort_library: args.ort_library.clone(),
+        http_threads: args.http_threads,
     }
-    if let Some(dir) = &args.model_repository {
-        config.model_repository = Some(dir.clone());
-    }
-    if let Some(lib) = &args.ort_library {
-        config.ort_library = Some(lib.clone());
-    }
-    if let Some(threads) = args.http_threads {
-        config.http_threads = threads;
-    }
-    config.validate().map_err(|e| format!("config: {e}"))?;
-    Ok(config)
 }

@@ -28,6 +28,12 @@ pub const INSTANCES: &str = "flywheel_inference_instances";
 pub const REJECTED: &str = "flywheel_rejected_total";
 /// Inference requests being handled right now (read, queued, computing or answering).
 pub const IN_FLIGHT: &str = "flywheel_requests_in_flight";
+/// Reloads of config and registry, by result (ok, partial, config_rejected).
+pub const RELOADS: &str = "flywheel_reloads_total";
+/// Requests answered per arm (champion, canary, explicit).
+pub const ARM_REQUESTS: &str = "flywheel_arm_requests_total";
+/// Mirrored shadow requests, by outcome (ok, error, dropped_budget, dropped_queue).
+pub const SHADOW_REQUESTS: &str = "flywheel_shadow_requests_total";
 /// Model versions that failed to load.
 pub const LOAD_FAILURES: &str = "flywheel_model_load_failures_total";
 
@@ -68,6 +74,9 @@ fn describe() {
     describe_gauge!(INSTANCES, Unit::Count, "Inference threads per model version");
     describe_counter!(REJECTED, "Requests refused because the queue was full");
     describe_gauge!(IN_FLIGHT, Unit::Count, "Inference requests being handled right now");
+    describe_counter!(RELOADS, "Config and registry reloads, by result");
+    describe_counter!(ARM_REQUESTS, "Inference requests per routing arm");
+    describe_counter!(SHADOW_REQUESTS, "Mirrored shadow requests, by outcome");
     describe_counter!(LOAD_FAILURES, "Model versions that failed to load");
 }
 

@@ -1,6 +1,19 @@
 //! # Layout
-//! Compares two model arms on the same inputs (issue 3): paired output agreement, score deltas
-//! with bootstrap intervals, latency distributions, error rates, and the verdict
-//! `promote | hold | roll back` with its evidence. Used online by the gateway's canary and shadow
-//! arms and offline by the trainer's quality gate. Nothing is implemented yet.
+//! Compares two model arms and decides what to do about the candidate. One implementation
+//! judges online traffic (the gateway's canary and shadow arms) and, later, the trainer's
+//! offline gate.
+//! - [`arm`]: one arm's live record — requests, errors, latency histogram, score mean.
+//! - [`paired`]: the same inputs through both arms — agreement at a threshold, absolute
+//!   differences, and a paired bootstrap interval on the mean difference.
+//! - [`bootstrap`]: the seeded bootstrap used by [`paired`].
+//! - [`verdict`]: a policy's thresholds applied to the evidence: promote, hold or roll back.
 #![forbid(unsafe_code)]
+
+pub mod arm;
+pub mod bootstrap;
+pub mod paired;
+pub mod verdict;
+
+pub use arm::{ArmRecord, ArmSnapshot};
+pub use paired::{PairedComparison, PairedSnapshot};
+pub use verdict::{Evidence, Policy, Verdict, judge};

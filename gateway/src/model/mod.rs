@@ -1,9 +1,8 @@
-//! Models: ONNX Runtime setup ([`runtime`]), the repository on disk ([`repository`]), signatures
-//! and request checks ([`signature`]), Triton-shaped statistics ([`stats`]) and the routing table
-//! that the server reads through one `ArcSwap` load per request ([`table`]).
+//! Models: ONNX Runtime setup ([`runtime`]), signatures and request checks ([`signature`]),
+//! Triton-shaped statistics ([`stats`]) and the routing table that the server reads through one
+//! `ArcSwap` load per request ([`table`]). The registry on disk is `flywheel-registry`'s.
 
 pub mod error;
-pub mod repository;
 pub mod runtime;
 pub mod signature;
 pub mod stats;
@@ -17,7 +16,7 @@ use ort::session::Session;
 
 pub use error::{ModelError, ValidationError};
 pub use signature::{Signature, TensorSpec};
-pub use table::{RouteError, RoutingTable};
+pub use table::{Arm, RouteError, RoutingTable};
 
 use crate::batch::ort_values::to_ort;
 use crate::batch::worker::{self, WorkerContext};
@@ -33,6 +32,8 @@ pub struct ModelVersion {
     pub model: String,
     pub version: u64,
     pub path: PathBuf,
+    /// SHA-256 of the model file that was loaded (identity for reuse across reloads).
+    pub sha256: String,
     pub signature: Signature,
     pub settings: BatchSettings,
     pub queue: BatchQueue,
@@ -47,12 +48,14 @@ impl ModelVersion {
     }
 }
 
-/// Loads `path` into `settings.instances` sessions and starts one inference thread per session.
+/// Loads the model file `bytes` (read from `path`) into `settings.instances` sessions, warms
+/// each up, and starts one inference thread per session.
 pub fn load_version(
     env: &Environment,
     model: &str,
     version: u64,
     path: &Path,
+    bytes: &[u8],
     settings: BatchSettings,
 ) -> Result<ModelVersion, ModelError> {
     let fail = |reason: String| ModelError::Load {
@@ -63,7 +66,7 @@ pub fn load_version(
     };
     let instances = settings.instances.max(1);
     let sessions = (0..instances)
-        .map(|_| open_session(env, path, settings.intra_op_threads))
+        .map(|_| open_session(env, bytes, settings.intra_op_threads))
         .collect::<Result<Vec<_>, _>>()
         .map_err(fail)?;
     let mut sessions = sessions;
@@ -90,10 +93,12 @@ pub fn load_version(
     }
     let queue = BatchQueue::new(tx, model, version, settings.queue_capacity);
     tracing::info!(model, version, batchable = signature.batchable, instances, "model version loaded");
+    let sha256 = flywheel_registry::sha256_hex(bytes);
     Ok(ModelVersion {
         model: model.to_owned(),
         version,
         path: path.to_path_buf(),
+        sha256,
         signature,
         settings,
         queue,
@@ -118,7 +123,7 @@ fn warm_up(session: &mut Session, signature: &Signature) -> Result<(), String> {
     session.run(inputs).map(drop).map_err(|e| e.to_string())
 }
 
-fn open_session(env: &Environment, path: &Path, intra_op_threads: usize) -> Result<Session, String> {
+fn open_session(env: &Environment, bytes: &[u8], intra_op_threads: usize) -> Result<Session, String> {
     // ort's builder errors carry the builder and are not Send: turn them into text here.
     Session::builder(env)
         .map_err(|e| e.to_string())?
@@ -126,6 +131,6 @@ fn open_session(env: &Environment, path: &Path, intra_op_threads: usize) -> Resu
         .map_err(|e| e.to_string())?
         .with_inter_threads(1)
         .map_err(|e| e.to_string())?
-        .commit_from_file(path)
+        .commit_from_memory(bytes)
         .map_err(|e| e.to_string())
 }

@@ -85,6 +85,32 @@ impl Signature {
         Ok(CheckedInputs { tensors, rows })
     }
 
+    /// Whether clients of `current` can call a model with this signature unchanged: the same
+    /// inputs (names, datatypes, shapes) and at least `current`'s outputs, alike.
+    pub fn compatible_with(&self, current: &Signature) -> Result<(), String> {
+        let mut ours = self.inputs.clone();
+        let mut theirs = current.inputs.clone();
+        ours.sort_by(|a, b| a.name.cmp(&b.name));
+        theirs.sort_by(|a, b| a.name.cmp(&b.name));
+        if ours != theirs {
+            return Err(format!(
+                "inputs {} differ from the served {}",
+                describe(&self.inputs),
+                describe(&current.inputs)
+            ));
+        }
+        for out in &current.outputs {
+            if !self.outputs.contains(out) {
+                return Err(format!(
+                    "output {} that clients receive today is missing or changed (new outputs: {})",
+                    describe(std::slice::from_ref(out)),
+                    describe(&self.outputs)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn batch_rows(&self, tensors: &[Tensor], max_batch_size: usize) -> Result<usize, ValidationError> {
         let first = &tensors[0];
         let rows = first.shape[0];
@@ -109,6 +135,11 @@ impl Signature {
 
 fn shape_fits(given: &[i64], declared: &[i64]) -> bool {
     given.len() == declared.len() && given.iter().zip(declared).all(|(g, d)| *d < 0 || g == d)
+}
+
+fn describe(specs: &[TensorSpec]) -> String {
+    let items: Vec<String> = specs.iter().map(|s| format!("{} {} {:?}", s.name, s.datatype, s.shape)).collect();
+    format!("[{}]", items.join(", "))
 }
 
 fn names(specs: &[TensorSpec]) -> String {
@@ -190,6 +221,19 @@ mod tests {
             let err = s.check(given, 8).unwrap_err().to_string();
             assert!(err.contains(expected), "{err:?} should mention {expected:?}");
         }
+    }
+
+    #[test]
+    fn compatibility_needs_same_inputs_and_kept_outputs() {
+        let base = sig();
+        assert!(base.compatible_with(&base).is_ok());
+        let mut more_outputs = base.clone();
+        more_outputs.outputs.push(TensorSpec { name: "z".into(), datatype: DataType::Fp32, shape: vec![-1, 1] });
+        assert!(more_outputs.compatible_with(&base).is_ok(), "adding an output breaks no client");
+        assert!(base.compatible_with(&more_outputs).unwrap_err().contains("z FP32 [-1, 1]"));
+        let mut wider = base.clone();
+        wider.inputs[0].shape = vec![-1, 3];
+        assert!(wider.compatible_with(&base).unwrap_err().contains("inputs"));
     }
 
     #[test]

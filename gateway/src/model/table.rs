@@ -1,27 +1,140 @@
-//! The routing table: every served model version, fully built and immutable. The server holds
-//! it in an `ArcSwap` and loads it once per request; a reload builds a new table and stores it.
+//! The routing table: every served model version, fully built and immutable, and each model's
+//! route (champion, weighted canary, shadow). The server holds it in an `ArcSwap` and loads it
+//! once per request; a reload builds a new table off the hot path and stores it whole.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use ort::environment::Environment;
+use flywheel_shadow::{ArmRecord, PairedComparison};
 
-use super::error::ModelError;
-use super::{ModelVersion, load_version, repository};
-use crate::batch::BatchSettings;
-use crate::metrics::LOAD_FAILURES;
+use super::ModelVersion;
 
-/// A model and its loaded versions (ascending).
+/// A model, its loaded versions (ascending) and how un-addressed requests are routed.
 pub struct ServedModel {
     pub name: String,
     pub versions: BTreeMap<u64, Arc<ModelVersion>>,
+    pub route: Route,
+}
+
+/// Where a model's un-addressed requests go.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub champion: u64,
+    /// Canary version and its share of requests in percent.
+    pub canary: Option<(u64, u32)>,
+    pub shadow: Option<ShadowRoute>,
+    /// Lower-case header whose value picks the canary arm by hash.
+    pub routing_key_header: String,
+    /// Live comparison of the arms; kept across reloads while the versions stay the same.
+    pub evidence: Arc<RouteEvidence>,
+}
+
+/// What the arms of one route did: the champion and canary on their own requests, and the
+/// shadow paired with the champion on mirrored ones.
+#[derive(Debug)]
+pub struct RouteEvidence {
+    /// (champion, canary, shadow) versions this evidence is about.
+    pub versions: (u64, Option<u64>, Option<u64>),
+    pub champion: ArmRecord,
+    pub canary: ArmRecord,
+    pub shadow: PairedComparison,
+}
+
+impl RouteEvidence {
+    /// Fresh evidence for these versions; scores are compared at `threshold`.
+    pub fn new(versions: (u64, Option<u64>, Option<u64>), threshold: f64) -> Arc<Self> {
+        Arc::new(Self {
+            versions,
+            champion: ArmRecord::new(),
+            canary: ArmRecord::new(),
+            shadow: PairedComparison::new(threshold),
+        })
+    }
+}
+
+/// The shadow arm: a mirrored fraction of requests, with its own in-flight budget.
+#[derive(Clone, Debug)]
+pub struct ShadowRoute {
+    pub version: u64,
+    pub fraction: f64,
+    pub budget: Arc<Budget>,
+}
+
+/// A counting limit on concurrent shadow requests.
+#[derive(Debug)]
+pub struct Budget {
+    in_flight: AtomicUsize,
+    max: usize,
+}
+
+/// A held unit of a [`Budget`]; released when dropped.
+pub struct BudgetPermit(Arc<Budget>);
+
+impl Budget {
+    /// A budget of `max` concurrent units.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self { in_flight: AtomicUsize::new(0), max })
+    }
+
+    /// Takes a unit if one is free.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<BudgetPermit> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1))
+            .ok()
+            .map(|_| BudgetPermit(Arc::clone(self)))
+    }
+}
+
+impl Drop for BudgetPermit {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Which arm answered a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arm {
+    Champion,
+    Canary,
+    /// The client named the version.
+    Explicit,
+}
+
+impl Arm {
+    /// Label for headers and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arm::Champion => "champion",
+            Arm::Canary => "canary",
+            Arm::Explicit => "explicit",
+        }
+    }
+}
+
+impl Route {
+    /// Picks the arm for an un-addressed request: by hash of `key` when given (sticky), at
+    /// random otherwise.
+    pub fn pick(&self, key: Option<&[u8]>) -> (u64, Arm) {
+        match self.canary {
+            Some((version, weight)) if weight > 0 => {
+                let draw = key.map_or_else(|| fastrand::u64(..10_000), |k| fnv1a(k) % 10_000);
+                if draw < u64::from(weight) * 100 { (version, Arm::Canary) } else { (self.champion, Arm::Champion) }
+            }
+            _ => (self.champion, Arm::Champion),
+        }
+    }
+}
+
+/// FNV-1a: a stable hash, so a routing key lands on the same arm on every replica and restart.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 impl ServedModel {
-    /// The version served when a request names none: the highest ready one.
+    /// The version served when a request names none and no canary applies.
     pub fn default_version(&self) -> Option<&Arc<ModelVersion>> {
-        self.versions.values().next_back()
+        self.versions.get(&self.route.champion)
     }
 }
 
@@ -41,7 +154,7 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    /// Looks up a model and, if given, a version ("" or absent means the default).
+    /// Looks up a model and, if given, a version ("" or absent means the champion).
     pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<&Arc<ModelVersion>, RouteError> {
         let served = self.models.get(model).ok_or_else(|| RouteError::ModelNotFound(model.to_owned()))?;
         let not_found = || RouteError::VersionNotFound {
@@ -55,32 +168,74 @@ impl RoutingTable {
         }
     }
 
-    /// Loads every version of every model under `root`. A version that fails to load is logged,
-    /// counted and left out; the model's other versions still serve.
-    pub fn load(
-        env: &Environment,
-        root: &Path,
-        settings_for: impl Fn(&str) -> BatchSettings,
-    ) -> Result<Self, ModelError> {
-        let mut table = RoutingTable::default();
-        for dir in repository::scan(root)? {
-            let settings = settings_for(&dir.name);
-            let mut versions = BTreeMap::new();
-            for (version, path) in &dir.versions {
-                match load_version(env, &dir.name, *version, path, settings.clone()) {
-                    Ok(loaded) => {
-                        versions.insert(*version, Arc::new(loaded));
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "model version not served");
-                        metrics::counter!(LOAD_FAILURES, "model" => dir.name.clone()).increment(1);
-                    }
-                }
-            }
-            if !versions.is_empty() {
-                table.models.insert(dir.name.clone(), ServedModel { name: dir.name, versions });
-            }
+    /// Routes an inference request: an explicit version, or the model's route (canary by key).
+    pub fn route(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        key: impl FnOnce(&str) -> Option<Vec<u8>>,
+    ) -> Result<(Arc<ModelVersion>, Arm), RouteError> {
+        if version.is_some_and(|v| !v.is_empty()) {
+            return self.resolve(model, version).map(|mv| (Arc::clone(mv), Arm::Explicit));
         }
-        Ok(table)
+        let served = self.models.get(model).ok_or_else(|| RouteError::ModelNotFound(model.to_owned()))?;
+        let key = key(&served.route.routing_key_header);
+        let (picked, arm) = served.route.pick(key.as_deref());
+        match served.versions.get(&picked) {
+            Some(mv) => Ok((Arc::clone(mv), arm)),
+            None => self.resolve(model, None).map(|mv| (Arc::clone(mv), Arm::Champion)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(weight: u32) -> Route {
+        Route {
+            champion: 1,
+            canary: Some((2, weight)),
+            shadow: None,
+            routing_key_header: "x-routing-key".into(),
+            evidence: RouteEvidence::new((1, Some(2), None), 0.5),
+        }
+    }
+
+    #[test]
+    fn canary_weight_is_honoured_within_binomial_tolerance() {
+        let r = route(20);
+        let n = 20_000;
+        let canary = (0..n).filter(|_| r.pick(None).1 == Arm::Canary).count() as f64;
+        // 20% of 20 000: mean 4000, sd = sqrt(n p (1-p)) ≈ 57; 5 sd is 283.
+        assert!((canary - 4000.0).abs() < 283.0, "{canary}");
+        let keyed = (0..n).filter(|i| r.pick(Some(format!("user-{i}").as_bytes())).1 == Arm::Canary).count() as f64;
+        assert!((keyed - 4000.0).abs() < 283.0, "{keyed}");
+    }
+
+    #[test]
+    fn a_routing_key_always_lands_on_the_same_arm() {
+        let r = route(50);
+        for i in 0..200 {
+            let key = format!("customer-{i}");
+            let first = r.pick(Some(key.as_bytes()));
+            assert!((0..20).all(|_| r.pick(Some(key.as_bytes())) == first));
+        }
+    }
+
+    #[test]
+    fn zero_and_full_weights_are_absolute() {
+        assert!((0..1000).all(|_| route(0).pick(None).1 == Arm::Champion));
+        assert!((0..1000).all(|_| route(100).pick(None).1 == Arm::Canary));
+    }
+
+    #[test]
+    fn budget_refuses_beyond_max_and_frees_on_drop() {
+        let b = Budget::new(2);
+        let (p1, p2) = (b.try_acquire(), b.try_acquire());
+        assert!(p1.is_some() && p2.is_some());
+        assert!(b.try_acquire().is_none());
+        drop(p1);
+        assert!(b.try_acquire().is_some());
     }
 }

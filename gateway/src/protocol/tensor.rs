@@ -127,6 +127,8 @@ pub trait Element: Sized + Clone + Default + Send + 'static {
     /// Decodes Triton's binary representation; `None` when `bytes` is not a whole number of elements.
     fn decode_binary(bytes: &[u8]) -> Option<Vec<Self>>;
     fn encode_binary(values: &[Self], out: &mut Vec<u8>);
+    /// The value as a number, for comparing answers (BYTES has none).
+    fn as_f64(&self) -> Option<f64>;
 }
 
 macro_rules! numeric_element {
@@ -164,6 +166,10 @@ macro_rules! numeric_element {
                 for v in values {
                     out.extend_from_slice(&v.to_le_bytes());
                 }
+            }
+            fn as_f64(&self) -> Option<f64> {
+                // Comparing answers tolerates the rounding of 64-bit integers.
+                Some(*self as f64)
             }
         }
     };
@@ -214,6 +220,9 @@ impl Element for bool {
     fn encode_binary(values: &[Self], out: &mut Vec<u8>) {
         out.extend(values.iter().map(|b| u8::from(*b)));
     }
+    fn as_f64(&self) -> Option<f64> {
+        Some(f64::from(u8::from(*self)))
+    }
 }
 
 impl Element for Vec<u8> {
@@ -256,6 +265,9 @@ impl Element for Vec<u8> {
             out.extend_from_slice(&(v.len() as u32).to_le_bytes());
             out.extend_from_slice(v);
         }
+    }
+    fn as_f64(&self) -> Option<f64> {
+        None
     }
 }
 
@@ -351,6 +363,11 @@ impl TensorData {
                 .ok_or_else(|| format!("{} bytes are not a whole number of {} elements", bytes.len(), T::DATATYPE))
         }
         with_element_type!(datatype, T => go::<T>(bytes), Err(unsupported(datatype)))
+    }
+
+    /// The elements as numbers, `None` for BYTES.
+    pub fn to_f64(&self) -> Option<Vec<f64>> {
+        with_data!(self, v => v.iter().map(Element::as_f64).collect())
     }
 
     /// Appends the JSON array of these elements.

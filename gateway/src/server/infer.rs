@@ -12,8 +12,9 @@ use hyper::{Request, Response};
 use super::routes::error_response;
 use super::{ApiError, AppState, HttpResponse};
 use crate::batch::{InferError, JobOutput};
-use crate::metrics::InFlight;
-use crate::model::{ModelVersion, ValidationError};
+use crate::metrics::{ARM_REQUESTS, InFlight, SHADOW_REQUESTS};
+use crate::model::table::{BudgetPermit, RouteEvidence, ServedModel};
+use crate::model::{Arm, ModelVersion, ValidationError};
 use crate::protocol::{InferRequest, ResponseHeader, Tensor, decode_request, encode_response};
 
 /// Header carrying the JSON header length when binary tensors follow it.
@@ -22,41 +23,148 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 pub const REQUEST_ID: &str = "x-request-id";
 /// Names the model version that answered.
 pub const MODEL_VERSION: &str = "x-model-version";
+/// Names the routing arm that answered (champion, canary, explicit).
+pub const ARM: &str = "x-flywheel-arm";
 
-/// Answers one inference request; every outcome is counted for its model version.
+/// Answers one inference request; every outcome is counted for its model version and arm.
 pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, version: Option<&str>) -> HttpResponse {
     let started = Instant::now();
     let _in_flight = InFlight::start();
     let request_id = request_id(req.headers());
-    // Resolve once; the Arc keeps this version alive until the answer is sent even if the
-    // table is swapped meanwhile.
-    let resolved = state.table.load().resolve(model, version).map(Arc::clone);
-    let mv = match resolved {
-        Ok(mv) => mv,
+    // Route once; the Arcs keep these versions alive until the answer (and any shadow) is done
+    // even if the table is swapped meanwhile.
+    let routed = {
+        let table = state.table.load();
+        table.route(model, version, |header| req.headers().get(header).map(|v| v.as_bytes().to_vec())).map(
+            |(mv, arm)| {
+                let extras = (arm != Arm::Explicit).then(|| table.models.get(model).map(RouteExtras::pick)).flatten();
+                (mv, arm, extras)
+            },
+        )
+    };
+    let (mv, arm, extras) = match routed {
+        Ok(routed) => routed,
         Err(e) => return finish(error_response(&e.into()), &request_id, None, started, None),
     };
-    let (response, timing) = match run(state, req, &mv).await {
-        Ok((response, out)) => (response, Some((out.queue, out.compute))),
+    let mirror = extras.as_ref().is_some_and(|x| x.shadow.is_some());
+    let (response, timing, answered) = match run(state, req, &mv, mirror).await {
+        Ok((response, out, inputs)) => (response, Some((out.queue, out.compute)), Some((out, inputs))),
         Err(e) => {
             if let ApiError::Infer(InferError::QueueFull { .. }) = e {
                 mv.metrics.rejected.increment(1);
             }
             tracing::debug!(model, error_type = e.error_type(), error = %e, "inference request failed");
-            (error_response(&e), None)
+            (error_response(&e), None, None)
         }
     };
     let total = started.elapsed();
     mv.stats.record_request(timing.is_some(), total);
     mv.metrics.count_response(response.status().as_u16());
     mv.metrics.request_seconds.record(total.as_secs_f64());
-    finish(response, &request_id, Some(&mv), started, timing)
+    metrics::counter!(ARM_REQUESTS, "model" => mv.model.clone(), "arm" => arm.as_str()).increment(1);
+    if let Some(extras) = extras {
+        extras.after_primary(arm, total, answered);
+    }
+    let mut response = finish(response, &request_id, Some(&mv), started, timing);
+    response.headers_mut().insert(ARM, HeaderValue::from_static(arm.as_str()));
+    response
+}
+
+/// Route-level work around a routed (not explicitly addressed) request: arm evidence and the
+/// shadow mirror.
+struct RouteExtras {
+    evidence: Arc<RouteEvidence>,
+    /// The shadow version and the budget unit this request holds, when it is mirrored.
+    shadow: Option<(Arc<ModelVersion>, BudgetPermit)>,
+}
+
+impl RouteExtras {
+    /// Decides whether this request is mirrored: by the shadow fraction, then the shadow's
+    /// in-flight budget (a full budget drops the mirror, never the request).
+    fn pick(served: &ServedModel) -> Self {
+        let route = &served.route;
+        let shadow = route.shadow.as_ref().filter(|s| fastrand::f64() < s.fraction).and_then(|s| {
+            let mv = served.versions.get(&s.version)?;
+            match s.budget.try_acquire() {
+                Some(permit) => Some((Arc::clone(mv), permit)),
+                None => {
+                    count_shadow(&served.name, "dropped_budget");
+                    None
+                }
+            }
+        });
+        Self { evidence: Arc::clone(&route.evidence), shadow }
+    }
+
+    /// Records the primary's outcome for its arm and starts the shadow, after the primary
+    /// answer is ready: the shadow never delays or changes it.
+    fn after_primary(self, arm: Arm, latency: Duration, answered: Option<(JobOutput, Option<Vec<Tensor>>)>) {
+        let record = match arm {
+            Arm::Champion => &self.evidence.champion,
+            Arm::Canary => &self.evidence.canary,
+            Arm::Explicit => return,
+        };
+        let Some((output, inputs)) = answered else {
+            record.record_error();
+            return;
+        };
+        let primary = first_output_f64(&output.outputs);
+        record.record_ok(latency, primary.as_ref().and_then(|p| p.first().copied()));
+        if let (Some((shadow, permit)), Some(inputs), Some(primary)) = (self.shadow, inputs, primary) {
+            tokio::spawn(run_shadow(shadow, permit, self.evidence, inputs, primary, latency));
+        }
+    }
+}
+
+/// Runs the mirrored request on the shadow version and records the pair; its outcome never
+/// reaches the client.
+async fn run_shadow(
+    shadow: Arc<ModelVersion>,
+    _permit: BudgetPermit,
+    evidence: Arc<RouteEvidence>,
+    inputs: Vec<Tensor>,
+    primary: Vec<f64>,
+    primary_latency: Duration,
+) {
+    let started = Instant::now();
+    let rows = if shadow.signature.batchable { inputs[0].shape.first().map_or(1, |r| *r as usize) } else { 1 };
+    let reply = match shadow.queue.submit(inputs, rows) {
+        Ok(reply) => reply,
+        Err(_) => {
+            count_shadow(&shadow.model, "dropped_queue");
+            return;
+        }
+    };
+    match reply.await {
+        Ok(Ok(out)) => match first_output_f64(&out.outputs) {
+            Some(answer) => {
+                evidence.shadow.record_pair(&primary, &answer, primary_latency, started.elapsed());
+                count_shadow(&shadow.model, "ok");
+            }
+            None => count_shadow(&shadow.model, "not_comparable"),
+        },
+        _ => {
+            evidence.shadow.record_candidate_error(primary_latency);
+            count_shadow(&shadow.model, "error");
+        }
+    }
+}
+
+fn count_shadow(model: &str, outcome: &'static str) {
+    metrics::counter!(SHADOW_REQUESTS, "model" => model.to_owned(), "outcome" => outcome).increment(1);
+}
+
+/// The first output's values as numbers (what arms are compared on).
+fn first_output_f64(outputs: &[Tensor]) -> Option<Vec<f64>> {
+    outputs.first().and_then(|t| t.data.to_f64())
 }
 
 async fn run(
     state: &AppState,
     req: Request<Incoming>,
     mv: &ModelVersion,
-) -> Result<(HttpResponse, JobOutput), ApiError> {
+    mirror: bool,
+) -> Result<(HttpResponse, JobOutput, Option<Vec<Tensor>>), ApiError> {
     let header_length = header_length(req.headers())?;
     let body = read_body(req, state.max_body_bytes).await?;
     let request = decode_request(&body, header_length)?;
@@ -64,6 +172,8 @@ async fn run(
     let InferRequest { id, inputs, outputs: requested, binary_output_default } = request;
     let selection = select_outputs(mv, &requested, binary_output_default)?;
     let checked = mv.signature.check(inputs, mv.effective_max_batch_size())?;
+    // The shadow needs its own copy: the primary's inputs move into its batch.
+    let mirrored = mirror.then(|| checked.tensors.clone());
     let reply = mv.queue.submit(checked.tensors, checked.rows)?;
     mv.metrics.queue_depth.set(mv.queue.depth() as f64);
     let output = reply.await.map_err(|_| InferError::Runtime("the inference thread dropped the request".into()))??;
@@ -80,7 +190,7 @@ async fn run(
     let response = builder
         .body(Full::new(Bytes::from(encoded.body)))
         .map_err(|e| InferError::Runtime(format!("building the response: {e}")))?;
-    Ok((response, output))
+    Ok((response, output, mirrored))
 }
 
 /// Indices (into the signature's outputs) and binary flags of the outputs to return.

@@ -30,11 +30,14 @@ pub type HttpResponse = Response<Full<Bytes>>;
 
 /// What handlers share: the routing table (swapped whole) and server-wide settings.
 pub struct AppState {
-    pub table: ArcSwap<RoutingTable>,
+    /// Shared with the reloader, which stores a new table on every swap.
+    pub table: Arc<ArcSwap<RoutingTable>>,
     pub max_body_bytes: usize,
     pub metrics: Option<&'static PrometheusHandle>,
     /// False until startup finished loading and while shutting down.
     pub ready: AtomicBool,
+    /// Rebuilds the table on config/registry changes (absent in tests that build state by hand).
+    pub reloader: Option<Arc<crate::rollout::Reloader>>,
 }
 
 /// Serves connections until `shutdown` resolves, then stops accepting and waits up to `grace`

@@ -1,0 +1,209 @@
+//! Building a routing table from the config and the registry, reusing what the current table
+//! already serves. Every check happens here, off the hot path: the model file's SHA-256 against
+//! its manifest, loading, warm-up, and signature compatibility with what clients call today.
+//! A version that fails a check is rejected with the reason; serving is untouched.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use flywheel_registry::{Registry, VersionEntry};
+use ort::environment::Environment;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::metrics::LOAD_FAILURES;
+use crate::model::table::{Budget, Route, RouteEvidence, ServedModel, ShadowRoute};
+use crate::model::{ModelVersion, RoutingTable, load_version};
+
+/// A version that was not put into service, and why.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Rejection {
+    pub model: String,
+    pub version: Option<u64>,
+    pub reason: String,
+}
+
+/// What a build did.
+#[derive(Debug, Default, Serialize)]
+pub struct BuildReport {
+    /// Versions loaded fresh (model, version).
+    pub loaded: Vec<(String, u64)>,
+    /// Versions carried over from the current table.
+    pub reused: usize,
+    pub rejected: Vec<Rejection>,
+}
+
+/// Everything a build reads.
+pub struct BuildInput<'a> {
+    pub env: &'a Environment,
+    pub config: &'a Config,
+    pub registry: &'a Registry,
+    pub current: &'a RoutingTable,
+}
+
+/// Builds the table the config and registry ask for. Models whose plan fails keep their
+/// current entry (if any), so a deleted folder or a bad alias never stops serving.
+pub fn build(input: &BuildInput<'_>) -> (RoutingTable, BuildReport) {
+    let mut report = BuildReport::default();
+    let mut table = RoutingTable::default();
+    let names = match input.registry.models() {
+        Ok(names) => names,
+        Err(e) => {
+            report.rejected.push(Rejection { model: "*".into(), version: None, reason: e.to_string() });
+            Vec::new()
+        }
+    };
+    for name in &names {
+        match build_model(input, name, &mut report) {
+            Ok(served) => {
+                table.models.insert(name.clone(), served);
+            }
+            Err(reason) => {
+                report.rejected.push(Rejection { model: name.clone(), version: None, reason });
+                keep_current(input.current, name, &mut table);
+            }
+        }
+    }
+    let vanished: Vec<String> =
+        input.current.models.keys().filter(|n| !table.models.contains_key(*n)).cloned().collect();
+    for name in &vanished {
+        report.rejected.push(Rejection {
+            model: name.clone(),
+            version: None,
+            reason: "model folder is gone from the registry; still serving its loaded versions".into(),
+        });
+        keep_current(input.current, name, &mut table);
+    }
+    for name in input.config.models.keys().filter(|n| !table.models.contains_key(*n)) {
+        report.rejected.push(Rejection {
+            model: name.clone(),
+            version: None,
+            reason: "configured but not in the registry".into(),
+        });
+    }
+    (table, report)
+}
+
+fn keep_current(current: &RoutingTable, name: &str, table: &mut RoutingTable) {
+    if let Some(old) = current.models.get(name) {
+        let kept = ServedModel { name: old.name.clone(), versions: old.versions.clone(), route: old.route.clone() };
+        table.models.insert(name.to_owned(), kept);
+    }
+}
+
+/// The versions one model's rollout wants: (champion, canary, shadow) references resolved.
+struct Wanted {
+    champion: u64,
+    canary: Option<(u64, u32)>,
+    shadow: Option<(u64, f64, usize)>,
+    all: Vec<u64>,
+}
+
+fn wanted(input: &BuildInput<'_>, name: &str) -> Result<Wanted, String> {
+    let registry = input.registry;
+    let (entries, _) = registry.versions(name).map_err(|e| e.to_string())?;
+    let Some(rollout) = input.config.rollout_for(name) else {
+        let all: Vec<u64> = entries.iter().map(|e| e.version).collect();
+        let champion = *all.last().ok_or("no versions")?;
+        return Ok(Wanted { champion, canary: None, shadow: None, all });
+    };
+    let resolve = |key: &str, reference: &str| {
+        registry.resolve(name, reference).map_err(|e| format!("rollout.{key} = {reference:?}: {e}"))
+    };
+    let champion = resolve("champion", &rollout.champion)?;
+    let canary =
+        rollout.canary.as_ref().map(|c| resolve("canary.version", &c.version).map(|v| (v, c.weight))).transpose()?;
+    let shadow = rollout
+        .shadow
+        .as_ref()
+        .map(|s| resolve("shadow.version", &s.version).map(|v| (v, s.fraction, s.max_in_flight)))
+        .transpose()?;
+    let mut all = vec![champion];
+    all.extend(canary.map(|c| c.0));
+    all.extend(shadow.map(|s| s.0));
+    all.sort();
+    all.dedup();
+    Ok(Wanted { champion, canary, shadow, all })
+}
+
+fn build_model(input: &BuildInput<'_>, name: &str, report: &mut BuildReport) -> Result<ServedModel, String> {
+    let wanted = wanted(input, name)?;
+    let current = input.current.models.get(name);
+    let settings = input.config.batch_settings_for(name);
+    let mut versions: BTreeMap<u64, Arc<ModelVersion>> = BTreeMap::new();
+    // The champion first: it is the signature reference when nothing serves yet.
+    let mut order = wanted.all.clone();
+    order.sort_by_key(|v| *v != wanted.champion);
+    let mut reference = current.and_then(|c| c.default_version()).map(|mv| mv.signature.clone());
+    for version in order {
+        match obtain(input, name, version, &settings, current, reference.as_ref()) {
+            Ok((mv, reused)) => {
+                if reused {
+                    report.reused += 1;
+                } else {
+                    report.loaded.push((name.to_owned(), version));
+                }
+                if reference.is_none() {
+                    reference = Some(mv.signature.clone());
+                }
+                versions.insert(version, mv);
+            }
+            Err(reason) => {
+                tracing::error!(model = name, version, %reason, "version rejected");
+                metrics::counter!(LOAD_FAILURES, "model" => name.to_owned()).increment(1);
+                report.rejected.push(Rejection { model: name.to_owned(), version: Some(version), reason });
+            }
+        }
+    }
+    let champion = if versions.contains_key(&wanted.champion) {
+        wanted.champion
+    } else if input.config.rollout_for(name).is_none() {
+        // Without a rollout the highest version that loaded serves.
+        *versions.keys().next_back().ok_or("no version of this model could be loaded")?
+    } else {
+        return Err(format!("champion version {} could not be loaded", wanted.champion));
+    };
+    let routing_key_header = input
+        .config
+        .rollout_for(name)
+        .map_or_else(|| "x-routing-key".to_owned(), |r| r.routing_key_header.to_ascii_lowercase());
+    let canary = wanted.canary.filter(|(v, _)| versions.contains_key(v));
+    let shadow = wanted
+        .shadow
+        .filter(|(v, _, _)| versions.contains_key(v))
+        .map(|(version, fraction, max)| ShadowRoute { version, fraction, budget: Budget::new(max) });
+    let key = (champion, canary.map(|c| c.0), shadow.as_ref().map(|s| s.version));
+    let evidence = current
+        .map(|c| &c.route.evidence)
+        .filter(|e| e.versions == key)
+        .map_or_else(|| RouteEvidence::new(key, 0.5), Arc::clone);
+    let route = Route { champion, canary, shadow, routing_key_header, evidence };
+    Ok(ServedModel { name: name.to_owned(), versions, route })
+}
+
+/// Reuses the current table's version when it is the same file with the same settings;
+/// otherwise verifies and loads it. Returns the version and whether it was reused.
+fn obtain(
+    input: &BuildInput<'_>,
+    name: &str,
+    version: u64,
+    settings: &crate::batch::BatchSettings,
+    current: Option<&ServedModel>,
+    reference: Option<&crate::model::Signature>,
+) -> Result<(Arc<ModelVersion>, bool), String> {
+    let entry: VersionEntry = input.registry.version(name, version).map_err(|e| e.to_string())?;
+    let bytes = input.registry.verify(&entry).map_err(|e| e.to_string())?;
+    let sha = flywheel_registry::sha256_hex(&bytes);
+    if let Some(existing) = current.and_then(|c| c.versions.get(&version))
+        && existing.sha256 == sha
+        && &existing.settings == settings
+    {
+        return Ok((Arc::clone(existing), true));
+    }
+    let loaded = load_version(input.env, name, version, &entry.model_file(), &bytes, settings.clone())
+        .map_err(|e| e.to_string())?;
+    if let Some(reference) = reference {
+        loaded.signature.compatible_with(reference).map_err(|e| format!("signature would break clients: {e}"))?;
+    }
+    Ok((Arc::new(loaded), false))
+}

@@ -1,0 +1,127 @@
+//! Reloading: re-read the config, rebuild the table against the registry, store it whole.
+//! Reloads are serialised; a config that fails to parse or validate keeps the old one serving.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use flywheel_registry::Registry;
+use ort::environment::Environment;
+use serde::Serialize;
+
+use super::build::{BuildInput, BuildReport, build};
+use crate::config::{Config, Overrides};
+use crate::metrics::RELOADS;
+use crate::model::RoutingTable;
+
+/// The outcome of the last reload, for the admin API and logs.
+#[derive(Debug, Default, Serialize)]
+pub struct ReloadStatus {
+    /// RFC 3339 time of the attempt.
+    pub at: String,
+    /// Why the whole reload was refused (bad config), if it was.
+    pub error: Option<String>,
+    pub report: BuildReport,
+}
+
+/// Rebuilds and swaps the routing table on demand.
+pub struct Reloader {
+    pub env: Environment,
+    pub config_path: Option<PathBuf>,
+    pub overrides: Overrides,
+    pub table: Arc<ArcSwap<RoutingTable>>,
+    /// The config in force (the last one that parsed and validated).
+    pub config: ArcSwap<Config>,
+    pub last: ArcSwap<ReloadStatus>,
+    lock: Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(
+        env: Environment,
+        config_path: Option<PathBuf>,
+        overrides: Overrides,
+        config: Config,
+        table: Arc<ArcSwap<RoutingTable>>,
+    ) -> Self {
+        Self {
+            env,
+            config_path,
+            overrides,
+            table,
+            config: ArcSwap::from_pointee(config),
+            last: ArcSwap::from_pointee(ReloadStatus::default()),
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// The registry the config in force points at.
+    pub fn registry(&self) -> Option<Registry> {
+        self.config.load().model_repository.clone().map(Registry::open)
+    }
+
+    /// Re-reads the config (if from a file), rebuilds the table and stores it. Returns the
+    /// status it also records.
+    pub fn reload(&self) -> Arc<ReloadStatus> {
+        // A poisoned lock only means an earlier reload panicked; the table is still whole.
+        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let config = match Config::load_with(self.config_path.as_deref(), &self.overrides) {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::error!(%error, "config reload refused; the previous config keeps serving");
+                metrics::counter!(RELOADS, "result" => "config_rejected").increment(1);
+                return self.record(ReloadStatus { at, error: Some(error), report: BuildReport::default() });
+            }
+        };
+        let Some(root) = config.model_repository.clone() else {
+            return self.record(ReloadStatus {
+                at,
+                error: Some("no model_repository".into()),
+                report: BuildReport::default(),
+            });
+        };
+        let registry = Registry::open(root);
+        let current = self.table.load_full();
+        let (table, report) =
+            build(&BuildInput { env: &self.env, config: &config, registry: &registry, current: &current });
+        let changed = !report.loaded.is_empty() || routes_differ(&current, &table);
+        if changed {
+            self.table.store(Arc::new(table));
+            tracing::info!(loaded = ?report.loaded, reused = report.reused, rejected = report.rejected.len(), "routing table swapped");
+        }
+        metrics::counter!(RELOADS, "result" => if report.rejected.is_empty() { "ok" } else { "partial" }).increment(1);
+        self.config.store(Arc::new(config));
+        self.record(ReloadStatus { at, error: None, report })
+    }
+
+    fn record(&self, status: ReloadStatus) -> Arc<ReloadStatus> {
+        let status = Arc::new(status);
+        self.last.store(Arc::clone(&status));
+        status
+    }
+}
+
+fn routes_differ(a: &RoutingTable, b: &RoutingTable) -> bool {
+    describe(a) != describe(b)
+}
+
+/// Every model's versions and route, as text: two tables route alike when these are equal.
+fn describe(table: &RoutingTable) -> String {
+    table
+        .models
+        .values()
+        .map(|m| {
+            let shadow = m.route.shadow.as_ref().map(|s| (s.version, s.fraction));
+            format!(
+                "{} {:?} {} {:?} {:?};",
+                m.name,
+                m.versions.keys().collect::<Vec<_>>(),
+                m.route.champion,
+                m.route.canary,
+                shadow
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,122 @@
+//! Watches the config file and the registry: file notifications (inotify) for promptness, a
+//! fingerprint poll as the fallback (network filesystems, missed events), debounced so a burst
+//! of edits becomes one reload.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+
+use super::reload::Reloader;
+
+/// Watch settings.
+#[derive(Clone, Debug)]
+pub struct WatchSettings {
+    /// How often the fingerprint is checked without notifications.
+    pub poll: Duration,
+    /// Quiet time after the last change before reloading.
+    pub debounce: Duration,
+}
+
+/// A running watcher; stops when dropped.
+pub struct WatchHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts watching on its own thread; reloads run there too (never on the hot path).
+pub fn spawn(reloader: Arc<Reloader>, settings: WatchSettings) -> std::io::Result<WatchHandle> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = crossbeam_channel::unbounded::<()>();
+    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    })
+    .map_err(std::io::Error::other)?;
+    let paths = watched_paths(&reloader);
+    for (path, mode) in &paths {
+        if let Err(e) = watcher.watch(path, *mode) {
+            tracing::warn!(path = %path.display(), error = %e, "no file notifications; polling only");
+        }
+    }
+    let stop_flag = Arc::clone(&stop);
+    let thread = std::thread::Builder::new().name("rollout-watch".into()).spawn(move || {
+        let _watcher = watcher;
+        let mut last = fingerprint(&reloader);
+        while !stop_flag.load(Ordering::SeqCst) {
+            let notified = rx.recv_timeout(settings.poll).is_ok();
+            if notified {
+                // Debounce: wait until the burst of events is over.
+                while rx.recv_timeout(settings.debounce).is_ok() {}
+            }
+            let now = fingerprint(&reloader);
+            if now != last && !stop_flag.load(Ordering::SeqCst) {
+                last = now;
+                reloader.reload();
+                // The reload itself may have been raced by more edits: look again next round.
+            }
+        }
+    })?;
+    Ok(WatchHandle { stop, thread: Some(thread) })
+}
+
+fn watched_paths(reloader: &Reloader) -> Vec<(PathBuf, RecursiveMode)> {
+    let mut paths = Vec::new();
+    if let Some(dir) = reloader.config_path.as_deref().and_then(Path::parent) {
+        // The folder, not the file: editors replace files by rename.
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        paths.push((dir.to_path_buf(), RecursiveMode::NonRecursive));
+    }
+    if let Some(root) = reloader.config.load().model_repository.clone() {
+        paths.push((root, RecursiveMode::Recursive));
+    }
+    paths
+}
+
+/// A hash of what a reload depends on: the config file and the registry's first two levels
+/// (model folders, version folders, alias files), by name, size and modification time.
+fn fingerprint(reloader: &Reloader) -> u64 {
+    let mut h = DefaultHasher::new();
+    if let Some(path) = &reloader.config_path {
+        stat(path).hash(&mut h);
+    }
+    if let Some(root) = reloader.config.load().model_repository.clone() {
+        for model in sorted_entries(&root) {
+            model.hash(&mut h);
+            stat(&model).hash(&mut h);
+            for entry in sorted_entries(&model) {
+                entry.hash(&mut h);
+                stat(&entry).hash(&mut h);
+            }
+        }
+    }
+    h.finish()
+}
+
+fn stat(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
+                .collect()
+        })
+        .unwrap_or_default();
+    entries.sort();
+    entries
+}

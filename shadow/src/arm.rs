@@ -1,0 +1,105 @@
+//! One arm's live record. Thread-safe; the lock is held for a few adds per request.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+#[derive(Debug)]
+struct State {
+    requests: u64,
+    errors: u64,
+    latency_us: Histogram<u64>,
+    score_sum: f64,
+    scores: u64,
+}
+
+/// Requests, errors, latencies and mean score of one arm.
+#[derive(Debug)]
+pub struct ArmRecord {
+    state: Mutex<State>,
+}
+
+/// A copy of an arm's record at one moment.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ArmSnapshot {
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub mean_score: Option<f64>,
+}
+
+impl Default for ArmRecord {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ArmRecord {
+    /// An empty record.
+    pub fn new() -> Self {
+        let mut latency_us = Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits is valid"));
+        latency_us.auto(true);
+        Self { state: Mutex::new(State { requests: 0, errors: 0, latency_us, score_sum: 0.0, scores: 0 }) }
+    }
+
+    /// Records one answered request and, for score models, its first output value.
+    pub fn record_ok(&self, latency: Duration, score: Option<f64>) {
+        let mut s = self.lock();
+        s.requests += 1;
+        let _ = s.latency_us.record(latency.as_micros() as u64);
+        if let Some(score) = score.filter(|v| v.is_finite()) {
+            s.score_sum += score;
+            s.scores += 1;
+        }
+    }
+
+    /// Records one failed request.
+    pub fn record_error(&self) {
+        let mut s = self.lock();
+        s.requests += 1;
+        s.errors += 1;
+    }
+
+    /// The record so far.
+    pub fn snapshot(&self) -> ArmSnapshot {
+        let s = self.lock();
+        ArmSnapshot {
+            requests: s.requests,
+            errors: s.errors,
+            error_rate: if s.requests == 0 { 0.0 } else { s.errors as f64 / s.requests as f64 },
+            p50_us: s.latency_us.value_at_quantile(0.5),
+            p99_us: s.latency_us.value_at_quantile(0.99),
+            mean_score: (s.scores > 0).then(|| s.score_sum / s.scores as f64),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the counters inconsistent in a way that
+        // matters for a statistic: keep going with what is there.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_errors_latency_and_scores() {
+        let arm = ArmRecord::new();
+        for ms in 1..=100 {
+            arm.record_ok(Duration::from_millis(ms), Some(0.5));
+        }
+        arm.record_error();
+        let s = arm.snapshot();
+        assert_eq!((s.requests, s.errors), (101, 1));
+        assert!((s.error_rate - 1.0 / 101.0).abs() < 1e-12);
+        assert!((49_000..=51_000).contains(&s.p50_us), "{}", s.p50_us);
+        assert!((98_000..=100_100).contains(&s.p99_us), "{}", s.p99_us);
+        assert_eq!(s.mean_score, Some(0.5));
+    }
+}
