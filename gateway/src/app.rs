@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, Overrides};
 use crate::model::{ModelError, RoutingTable, runtime};
+use crate::rollout::controller;
 use crate::rollout::watcher::{self, WatchSettings};
 use crate::rollout::{Rejection, Reloader};
 use crate::server::{self, AppState};
@@ -105,6 +106,14 @@ impl Gateway {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::error!(error = %e, "config/registry watcher not started; hot swaps are off");
+                None
+            }
+        };
+        let interval = Duration::from_millis(self.reloader.config.load().controller_interval_ms.max(10));
+        let _controller = match controller::spawn(Arc::clone(&self.reloader), interval) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "rollout controller not started; rollouts need manual promotion");
                 None
             }
         };

@@ -49,6 +49,17 @@ pub struct Config {
     /// Per-model overrides.
     #[serde(default)]
     pub models: BTreeMap<String, ModelOverrides>,
+    /// Bearer token for `/admin/`; without one, the admin API answers loopback clients only.
+    pub admin_token: Option<String>,
+    /// Append-only JSON-lines log of every swap decision; default `<model_repository>/audit.jsonl`.
+    pub audit_log: Option<PathBuf>,
+    /// How often the rollout controller looks at the evidence.
+    #[serde(default = "default_controller_ms")]
+    pub controller_interval_ms: u64,
+}
+
+fn default_controller_ms() -> u64 {
+    1000
 }
 
 /// Values from flags or environment variables that override the file.
@@ -58,6 +69,7 @@ pub struct Overrides {
     pub model_repository: Option<PathBuf>,
     pub ort_library: Option<PathBuf>,
     pub http_threads: Option<usize>,
+    pub admin_token: Option<String>,
 }
 
 impl Overrides {
@@ -74,6 +86,9 @@ impl Overrides {
         }
         if let Some(threads) = self.http_threads {
             config.http_threads = threads;
+        }
+        if let Some(token) = &self.admin_token {
+            config.admin_token = Some(token.clone());
         }
         config
     }
@@ -124,6 +139,30 @@ pub struct Rollout {
     /// Header whose value decides the canary arm by hash (sticky); random without it.
     #[serde(default = "default_routing_key_header")]
     pub routing_key_header: String,
+    /// Automatic promotion or rollback of the canary (needs `champion` to be an alias).
+    pub policy: Option<RolloutPolicy>,
+}
+
+/// How the controller walks a canary to champion: canary weights per step, how long and how
+/// much evidence each step needs, and the thresholds (see `flywheel_shadow::Policy`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutPolicy {
+    /// Canary weights in percent, one per step; after the last step passes, promote.
+    #[serde(default = "default_steps")]
+    pub steps: Vec<u32>,
+    /// Least time spent on each step.
+    #[serde(default = "default_dwell_ms")]
+    pub min_dwell_ms: u64,
+    #[serde(flatten)]
+    pub thresholds: flywheel_shadow::Policy,
+}
+
+fn default_steps() -> Vec<u32> {
+    vec![5, 25, 100]
+}
+fn default_dwell_ms() -> u64 {
+    30_000
 }
 
 /// A weighted canary: `weight` percent of un-addressed requests.
@@ -174,6 +213,9 @@ impl Default for Config {
             max_body_bytes: default_max_body_bytes(),
             shutdown_grace_ms: default_grace_ms(),
             http_threads: 0,
+            admin_token: None,
+            audit_log: None,
+            controller_interval_ms: default_controller_ms(),
             batching: Batching::default(),
             models: BTreeMap::new(),
         }
@@ -229,6 +271,11 @@ impl Config {
             return Err(format!("shutdown_grace_ms must be at most 600000, given {}", self.shutdown_grace_ms));
         }
         Ok(())
+    }
+
+    /// Where the audit log goes.
+    pub fn audit_log_path(&self) -> Option<PathBuf> {
+        self.audit_log.clone().or_else(|| self.model_repository.as_ref().map(|r| r.join("audit.jsonl")))
     }
 
     /// Tokio worker threads to start: `http_threads`, or half the cores when it is 0.
@@ -291,6 +338,21 @@ fn check_rollout(at: &str, r: &Rollout) -> Result<(), String> {
         if s.max_in_flight == 0 || s.max_in_flight > 100_000 {
             return Err(format!("{at}.shadow.max_in_flight must be in 1..=100000, given {}", s.max_in_flight));
         }
+    }
+    if let Some(p) = &r.policy {
+        if r.champion.chars().all(|c| c.is_ascii_digit()) {
+            return Err(format!(
+                "{at}.policy needs champion to be an alias (e.g. \"champion\") so promotion can move it, given {:?}",
+                r.champion
+            ));
+        }
+        if r.canary.is_none() {
+            return Err(format!("{at}.policy needs a canary to roll out"));
+        }
+        if p.steps.is_empty() || p.steps.iter().any(|w| *w == 0 || *w > 100) {
+            return Err(format!("{at}.policy.steps must be weights in 1..=100, given {:?}", p.steps));
+        }
+        p.thresholds.validate().map_err(|e| format!("{at}.policy.{e}"))?;
     }
     if hyper::header::HeaderName::from_bytes(r.routing_key_header.as_bytes()).is_err() {
         return Err(format!("{at}.routing_key_header is not a valid header name, given {:?}", r.routing_key_header));
@@ -377,6 +439,8 @@ mod tests {
         assert!(Config::parse("lisen = \"x\"").unwrap_err().contains("unknown field `lisen`"));
         assert!(Config::parse("[batching]\nmax_batch = 3").unwrap_err().contains("max_batch"));
         assert!(Config::parse("listen = \"not an address\"").is_err());
+        let typo = "[models.m.rollout]\nchampion = \"champion\"\ncanary = { version = \"4\", weight = 5 }\n[models.m.rollout.policy]\nmax_p99_ration = 2.0";
+        assert!(Config::parse(typo).unwrap_err().contains("max_p99_ration"), "a typo in the policy is refused");
     }
 
     #[test]

@@ -28,6 +28,9 @@ struct Args {
     /// Tokio worker threads for HTTP, overriding the config (0: half the cores).
     #[arg(long, env = "FLYWHEEL_HTTP_THREADS")]
     http_threads: Option<usize>,
+    /// Bearer token for the admin API, overriding the config.
+    #[arg(long, env = "FLYWHEEL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -81,5 +84,6 @@ fn overrides(args: &Args) -> Overrides {
         model_repository: args.model_repository.clone(),
         ort_library: args.ort_library.clone(),
         http_threads: args.http_threads,
+        admin_token: args.admin_token.clone(),
     }
 }

@@ -6,4 +6,5 @@ mod endpoints;
 mod errors;
 mod infer;
 mod lifecycle;
+mod rollout;
 mod support;

@@ -19,6 +19,7 @@ pub struct TestGateway {
     pub child: Child,
     pub base: String,
     pub repo: PathBuf,
+    pub config_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -41,6 +42,19 @@ impl TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let repo = model_repo(dir.path());
         prepare(&repo);
+        Self::launch(dir, repo, config)
+    }
+
+    /// Starts over an empty registry that `prepare` fills (with manifests and aliases).
+    pub fn start_registry(config: &str, prepare: impl FnOnce(&flywheel_registry::Registry)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("registry");
+        std::fs::create_dir_all(&repo).unwrap();
+        prepare(&flywheel_registry::Registry::open(&repo));
+        Self::launch(dir, repo, config)
+    }
+
+    fn launch(dir: tempfile::TempDir, repo: PathBuf, config: &str) -> Self {
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
@@ -62,7 +76,7 @@ impl TestGateway {
                 panic!("gateway did not start; it printed {line:?} (is .ort/lib set up? run scripts/setup-ort.sh)")
             })
             .to_owned();
-        Self { child, base, repo, _dir: dir }
+        Self { child, base, repo, config_path, _dir: dir }
     }
 
     /// Sends SIGTERM.
@@ -174,4 +188,31 @@ pub fn assert_close(a: &[f32], b: &[f32], tol: f32) {
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         assert!((x - y).abs() <= tol, "element {i}: {x} vs {y}");
     }
+}
+
+/// Polls `check` every 20 ms until it returns true or `limit` passes; returns whether it did.
+pub async fn wait_until<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// `GET /admin/routing` (loopback, no token configured).
+pub async fn routing(http: &Http, base: &str) -> Value {
+    http.get(&format!("{base}/admin/routing")).await.json()
+}
+
+/// The routed model entry of `/admin/routing`.
+pub async fn route_of(http: &Http, base: &str, model: &str) -> Value {
+    let all = routing(http, base).await;
+    all["models"].as_array().unwrap().iter().find(|m| m["name"] == model).cloned().unwrap_or(Value::Null)
 }

@@ -39,6 +39,8 @@ pub struct BuildInput<'a> {
     pub config: &'a Config,
     pub registry: &'a Registry,
     pub current: &'a RoutingTable,
+    /// The rollout controller's live decisions (canary weights, rolled-back versions).
+    pub controls: &'a super::controls::Controls,
 }
 
 /// Builds the table the config and registry ask for. Models whose plan fails keep their
@@ -99,7 +101,7 @@ struct Wanted {
     all: Vec<u64>,
 }
 
-fn wanted(input: &BuildInput<'_>, name: &str) -> Result<Wanted, String> {
+fn wanted(input: &BuildInput<'_>, name: &str, notes: &mut Vec<String>) -> Result<Wanted, String> {
     let registry = input.registry;
     let (entries, _) = registry.versions(name).map_err(|e| e.to_string())?;
     let Some(rollout) = input.config.rollout_for(name) else {
@@ -111,13 +113,26 @@ fn wanted(input: &BuildInput<'_>, name: &str) -> Result<Wanted, String> {
         registry.resolve(name, reference).map_err(|e| format!("rollout.{key} = {reference:?}: {e}"))
     };
     let champion = resolve("champion", &rollout.champion)?;
-    let canary =
-        rollout.canary.as_ref().map(|c| resolve("canary.version", &c.version).map(|v| (v, c.weight))).transpose()?;
+    // A canary or shadow that does not resolve (e.g. its alias was removed by a promotion or a
+    // rollback) is simply absent; the champion keeps serving.
+    let mut optional = |key: &str, reference: &str| match resolve(key, reference) {
+        Ok(v) if !input.controls.is_rejected(name, v) => Some(v),
+        Ok(v) => {
+            notes.push(format!("rollout.{key}: version {v} was rolled back; not routed"));
+            None
+        }
+        Err(e) => {
+            notes.push(e);
+            None
+        }
+    };
+    let canary = rollout.canary.as_ref().and_then(|c| {
+        optional("canary.version", &c.version).map(|v| (v, input.controls.weight(name, v).unwrap_or(c.weight)))
+    });
     let shadow = rollout
         .shadow
         .as_ref()
-        .map(|s| resolve("shadow.version", &s.version).map(|v| (v, s.fraction, s.max_in_flight)))
-        .transpose()?;
+        .and_then(|s| optional("shadow.version", &s.version).map(|v| (v, s.fraction, s.max_in_flight)));
     let mut all = vec![champion];
     all.extend(canary.map(|c| c.0));
     all.extend(shadow.map(|s| s.0));
@@ -127,7 +142,9 @@ fn wanted(input: &BuildInput<'_>, name: &str) -> Result<Wanted, String> {
 }
 
 fn build_model(input: &BuildInput<'_>, name: &str, report: &mut BuildReport) -> Result<ServedModel, String> {
-    let wanted = wanted(input, name)?;
+    let mut notes = Vec::new();
+    let wanted = wanted(input, name, &mut notes)?;
+    report.rejected.extend(notes.into_iter().map(|reason| Rejection { model: name.to_owned(), version: None, reason }));
     let current = input.current.models.get(name);
     let settings = input.config.batch_settings_for(name);
     let mut versions: BTreeMap<u64, Arc<ModelVersion>> = BTreeMap::new();

@@ -1,7 +1,12 @@
-//! Hot swaps: [`build`] turns config + registry into a routing table (reusing what serves,
-//! checking what is new), [`reload`] swaps it in whole, [`watcher`] triggers reloads on change.
+//! Hot swaps and rollouts: [`build`] turns config + registry (+ [`controls`], the controller's
+//! live decisions) into a routing table, reusing what serves and checking what is new;
+//! [`reload`] swaps it in whole; [`watcher`] triggers reloads on change; [`controller`] walks
+//! canaries through their policy and promotes or rolls back; [`audit`] records every decision.
 
+pub mod audit;
 pub mod build;
+pub mod controller;
+pub mod controls;
 pub mod reload;
 pub mod watcher;
 

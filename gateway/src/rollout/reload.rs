@@ -10,7 +10,9 @@ use flywheel_registry::Registry;
 use ort::environment::Environment;
 use serde::Serialize;
 
+use super::audit::{AuditEntry, AuditLog};
 use super::build::{BuildInput, BuildReport, build};
+use super::controls::Controls;
 use crate::config::{Config, Overrides};
 use crate::metrics::RELOADS;
 use crate::model::RoutingTable;
@@ -34,6 +36,9 @@ pub struct Reloader {
     /// The config in force (the last one that parsed and validated).
     pub config: ArcSwap<Config>,
     pub last: ArcSwap<ReloadStatus>,
+    /// Live rollout decisions the builder applies.
+    pub controls: Controls,
+    pub audit: AuditLog,
     lock: Mutex<()>,
 }
 
@@ -45,6 +50,7 @@ impl Reloader {
         config: Config,
         table: Arc<ArcSwap<RoutingTable>>,
     ) -> Self {
+        let audit = AuditLog::new(config.audit_log_path());
         Self {
             env,
             config_path,
@@ -52,6 +58,8 @@ impl Reloader {
             table,
             config: ArcSwap::from_pointee(config),
             last: ArcSwap::from_pointee(ReloadStatus::default()),
+            controls: Controls::default(),
+            audit,
             lock: Mutex::new(()),
         }
     }
@@ -84,10 +92,30 @@ impl Reloader {
         };
         let registry = Registry::open(root);
         let current = self.table.load_full();
-        let (table, report) =
-            build(&BuildInput { env: &self.env, config: &config, registry: &registry, current: &current });
+        let input = BuildInput {
+            env: &self.env,
+            config: &config,
+            registry: &registry,
+            current: &current,
+            controls: &self.controls,
+        };
+        let (table, report) = build(&input);
+        // Audit each rejection once, not on every reload that meets it again.
+        let previous = self.last.load_full();
+        for r in report.rejected.iter().filter(|r| r.version.is_some() && !previous.report.rejected.contains(r)) {
+            let mut entry = AuditEntry::now(&r.model, "reload", "reject");
+            entry.to = r.version;
+            entry.reason = r.reason.clone();
+            self.audit.append(&entry);
+        }
         let changed = !report.loaded.is_empty() || routes_differ(&current, &table);
         if changed {
+            for (model, version) in &report.loaded {
+                let mut entry = AuditEntry::now(model, "reload", "swap");
+                entry.to = Some(*version);
+                entry.reason = "loaded, verified and warmed up".into();
+                self.audit.append(&entry);
+            }
             self.table.store(Arc::new(table));
             tracing::info!(loaded = ?report.loaded, reused = report.reused, rejected = report.rejected.len(), "routing table swapped");
         }

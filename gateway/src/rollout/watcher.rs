@@ -92,7 +92,8 @@ fn fingerprint(reloader: &Reloader) -> u64 {
         stat(path).hash(&mut h);
     }
     if let Some(root) = reloader.config.load().model_repository.clone() {
-        for model in sorted_entries(&root) {
+        // Model folders only: files at the root (the audit log) change without affecting routing.
+        for model in sorted_entries(&root).into_iter().filter(|p| p.is_dir()) {
             model.hash(&mut h);
             stat(&model).hash(&mut h);
             for entry in sorted_entries(&model) {

@@ -28,6 +28,10 @@ pub enum ApiError {
     MethodNotAllowed { method: String, path: String, allowed: &'static str },
     #[error("the gateway is not ready: {0}")]
     NotReady(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl ApiError {
@@ -37,6 +41,8 @@ impl ApiError {
             ApiError::Protocol(_) | ApiError::Validation(_) | ApiError::BadRequest(_) => 400,
             ApiError::Route(_) | ApiError::NotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::Unauthorized(_) => 401,
+            ApiError::Forbidden(_) => 403,
             ApiError::BodyTooLarge { .. } => 413,
             ApiError::Infer(InferError::QueueFull { .. } | InferError::Closed { .. }) | ApiError::NotReady(_) => 503,
             ApiError::Infer(InferError::Runtime(_)) => 500,
@@ -66,6 +72,8 @@ impl ApiError {
             ApiError::NotFound { .. } => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::NotReady(_) => "not_ready",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
         }
     }
 

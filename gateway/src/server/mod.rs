@@ -2,6 +2,7 @@
 //! one port ([`serve`]), routing ([`routes`]), the infer handler ([`infer`]) and the one place
 //! errors become responses ([`error`]).
 
+pub mod admin;
 pub mod error;
 pub mod infer;
 pub mod routes;
@@ -68,7 +69,7 @@ pub async fn serve(
         let state = Arc::clone(&state);
         let service = service_fn(move |req| {
             let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(routes::handle(state, req).await) }
+            async move { Ok::<_, Infallible>(routes::handle(state, req, peer).await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);

@@ -18,7 +18,7 @@ use crate::model::{ModelVersion, TensorSpec};
 const EXTENSIONS: [&str; 4] = ["binary_tensor_data", "statistics", "model_configuration", "model_repository"];
 
 /// Entry point for every request.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> HttpResponse {
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: std::net::SocketAddr) -> HttpResponse {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -27,6 +27,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> HttpRespons
         (Method::POST, ["v2", "models", model, "versions", v, "infer"]) => {
             return infer(&state, req, model, Some(v)).await;
         }
+        (_, ["admin", rest @ ..]) => super::admin::handle(&state, req, peer, rest).await,
         (Method::GET, ["v2"]) => Ok(server_metadata()),
         (Method::GET, ["v2", "health", "live"]) => Ok(json!({"live": true})),
         (Method::GET, ["v2", "health", "ready"]) => server_ready(&state),

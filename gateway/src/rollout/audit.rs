@@ -1,0 +1,78 @@
+//! The append-only audit log: one JSON line per automatic or manual decision, with the numbers
+//! that decided it.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// One decision.
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditEntry {
+    pub time: String,
+    pub model: String,
+    /// Who decided: `controller`, `admin` or `reload`.
+    pub actor: &'static str,
+    /// `advance`, `promote`, `roll_back`, `set_weight`, `pause`, `resume`, `swap`, `reject`.
+    pub action: &'static str,
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+    pub reason: String,
+    pub evidence: Value,
+}
+
+impl AuditEntry {
+    /// An entry stamped now.
+    pub fn now(model: &str, actor: &'static str, action: &'static str) -> Self {
+        Self {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            model: model.to_owned(),
+            actor,
+            action,
+            from: None,
+            to: None,
+            reason: String::new(),
+            evidence: Value::Null,
+        }
+    }
+}
+
+/// Appends entries to a JSON-lines file (or only logs them without a path).
+#[derive(Debug)]
+pub struct AuditLog {
+    path: Option<PathBuf>,
+    lock: Mutex<()>,
+}
+
+impl AuditLog {
+    pub fn new(path: Option<PathBuf>) -> Self {
+        Self { path, lock: Mutex::new(()) }
+    }
+
+    /// Appends `entry` (and logs it); a write failure is logged, never fatal.
+    pub fn append(&self, entry: &AuditEntry) {
+        tracing::info!(model = %entry.model, action = entry.action, actor = entry.actor, from = ?entry.from, to = ?entry.to, reason = %entry.reason, "rollout decision");
+        let Some(path) = &self.path else { return };
+        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let line = serde_json::to_string(entry).unwrap_or_default();
+        let written = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| {
+            // One write call per line keeps lines whole; sync so a decision survives a crash.
+            f.write_all(format!("{line}\n").as_bytes())?;
+            f.sync_data()
+        });
+        if let Err(e) = written {
+            tracing::error!(path = %path.display(), error = %e, "audit log not written");
+        }
+    }
+
+    /// The last `n` entries (for the admin API).
+    pub fn tail(&self, n: usize) -> Vec<Value> {
+        let Some(path) = &self.path else { return Vec::new() };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}

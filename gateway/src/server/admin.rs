@@ -1,0 +1,176 @@
+//! The admin API under `/admin/`: routing state, evidence, reload status and audit tail, and
+//! manual promote / roll back / set weight / pause. A bearer token from the config (or
+//! `FLYWHEEL_ADMIN_TOKEN`) is required; without one configured, only loopback clients are served.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::rollout::Reloader;
+use crate::rollout::controller::{promote, roll_back};
+
+/// Handles `/admin/...`; `rest` is the path after `admin`.
+pub async fn handle(
+    state: &AppState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    rest: &[&str],
+) -> Result<Value, ApiError> {
+    let reloader = state.reloader.clone().ok_or_else(|| ApiError::NotReady("no reloader".into()))?;
+    authorize(&reloader, &req, peer)?;
+    let method = req.method().clone();
+    match (method, rest) {
+        (Method::GET, ["routing"]) => Ok(routing(state, &reloader)),
+        (Method::GET, ["audit"]) => Ok(json!({"entries": reloader.audit.tail(100)})),
+        (Method::POST, ["reload"]) => {
+            let r = Arc::clone(&reloader);
+            let status = tokio::task::spawn_blocking(move || r.reload())
+                .await
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            Ok(serde_json::to_value(&*status).unwrap_or_default())
+        }
+        (Method::POST, ["models", model, action]) => {
+            let body = read_json(req).await?;
+            model_action(state, reloader, model, action, body).await
+        }
+        (method, _) => {
+            Err(ApiError::NotFound { method: method.to_string(), path: format!("/admin/{}", rest.join("/")) })
+        }
+    }
+}
+
+fn authorize(reloader: &Reloader, req: &Request<Incoming>, peer: SocketAddr) -> Result<(), ApiError> {
+    let config = reloader.config.load();
+    match &config.admin_token {
+        Some(token) => {
+            let given = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            match given {
+                Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
+                Some(_) => Err(ApiError::Unauthorized("wrong admin token".into())),
+                None => Err(ApiError::Unauthorized("admin API needs Authorization: Bearer <admin_token>".into())),
+            }
+        }
+        None if peer.ip().is_loopback() => Ok(()),
+        None => Err(ApiError::Forbidden(
+            "no admin_token is configured, so the admin API answers loopback clients only".into(),
+        )),
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+    let bytes = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?
+        .to_bytes();
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("admin body is not JSON: {e}")))
+}
+
+fn routing(state: &AppState, reloader: &Reloader) -> Value {
+    let table = state.table.load();
+    let models: Vec<Value> = table
+        .models
+        .values()
+        .map(|m| {
+            let route = &m.route;
+            let versions: Vec<Value> = m
+                .versions
+                .values()
+                .map(|mv| json!({"version": mv.version, "state": "ready", "sha256": mv.sha256, "path": mv.path, "queue_depth": mv.queue.depth()}))
+                .collect();
+            json!({
+                "name": m.name,
+                "versions": versions,
+                "champion": route.champion,
+                "canary": route.canary.map(|(v, w)| json!({"version": v, "weight": w})),
+                "shadow": route.shadow.as_ref().map(|s| json!({"version": s.version, "fraction": s.fraction})),
+                "paused": reloader.controls.is_paused(&m.name),
+                "evidence": {
+                    "champion": route.evidence.champion.snapshot(),
+                    "canary": route.evidence.canary.snapshot(),
+                    "shadow": route.evidence.shadow.snapshot(),
+                },
+            })
+        })
+        .collect();
+    let last = reloader.last.load_full();
+    json!({"models": models, "last_reload": &*last})
+}
+
+async fn model_action(
+    state: &AppState,
+    reloader: Arc<Reloader>,
+    model: &str,
+    action: &str,
+    body: Value,
+) -> Result<Value, ApiError> {
+    let (champion, canary) = {
+        let table = state.table.load();
+        let served =
+            table.models.get(model).ok_or_else(|| crate::model::RouteError::ModelNotFound(model.to_owned()))?;
+        (served.route.champion, served.route.canary)
+    };
+    let need_canary =
+        || canary.ok_or_else(|| ApiError::BadRequest(format!("model '{model}' has no canary in rollout")));
+    let reason = body.get("reason").and_then(Value::as_str).unwrap_or("manual").to_owned();
+    let (model_owned, r) = (model.to_owned(), Arc::clone(&reloader));
+    match action {
+        "promote" => {
+            let (candidate, _) = need_canary()?;
+            blocking(move || promote(&r, &model_owned, champion, candidate, "admin", &reason, Value::Null)).await?;
+        }
+        "rollback" => {
+            let (candidate, _) = need_canary()?;
+            blocking(move || roll_back(&r, &model_owned, champion, candidate, "admin", &reason, Value::Null)).await?;
+        }
+        "weight" => {
+            let (candidate, current) = need_canary()?;
+            let weight =
+                body.get("weight").and_then(Value::as_u64).filter(|w| *w <= 100).ok_or_else(|| {
+                    ApiError::BadRequest(format!("body must be {{\"weight\": 0..=100}}, given {body}"))
+                })? as u32;
+            reloader.controls.set_weight(model, candidate, weight);
+            let mut entry = crate::rollout::audit::AuditEntry::now(model, "admin", "set_weight");
+            entry.to = Some(candidate);
+            entry.reason = format!("{reason}: canary weight {current}% -> {weight}%");
+            reloader.audit.append(&entry);
+            blocking(move || {
+                r.reload();
+            })
+            .await?;
+        }
+        "pause" | "resume" => {
+            let paused = action == "pause";
+            reloader.controls.set_paused(model, paused);
+            let mut entry =
+                crate::rollout::audit::AuditEntry::now(model, "admin", if paused { "pause" } else { "resume" });
+            entry.reason = reason;
+            reloader.audit.append(&entry);
+        }
+        other => {
+            return Err(ApiError::NotFound { method: "POST".into(), path: format!("/admin/models/{model}/{other}") });
+        }
+    }
+    Ok(routing(state, &reloader))
+}
+
+async fn blocking(f: impl FnOnce() + Send + 'static) -> Result<(), ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::BadRequest(format!("admin action failed: {e}")))
+}
