@@ -48,6 +48,8 @@ pub struct Gateway {
     pub listener: TcpListener,
     pub state: Arc<AppState>,
     pub reloader: Arc<Reloader>,
+    /// Fingerprint of config and registry taken before the first table was built.
+    pub baseline: u64,
     pub grace: Duration,
 }
 
@@ -60,6 +62,7 @@ impl Gateway {
         let metrics = crate::metrics::install();
         let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
         let reloader = Arc::new(Reloader::new(env, config_path, overrides, config.clone(), Arc::clone(&table)));
+        let baseline = watcher::fingerprint(&reloader);
         let status = {
             let reloader = Arc::clone(&reloader);
             tokio::task::spawn_blocking(move || reloader.reload())
@@ -96,13 +99,13 @@ impl Gateway {
             ready: AtomicBool::new(false),
             reloader: Some(Arc::clone(&reloader)),
         });
-        Ok(Self { listener, state, reloader, grace: Duration::from_millis(config.shutdown_grace_ms) })
+        Ok(Self { listener, state, reloader, baseline, grace: Duration::from_millis(config.shutdown_grace_ms) })
     }
 
     /// Serves until `shutdown` resolves, then drains; returns whether the drain finished in time.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> bool {
         let watch = WatchSettings { poll: Duration::from_millis(1000), debounce: Duration::from_millis(150) };
-        let _watcher = match watcher::spawn(Arc::clone(&self.reloader), watch) {
+        let _watcher = match watcher::spawn(Arc::clone(&self.reloader), watch, self.baseline) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::error!(error = %e, "config/registry watcher not started; hot swaps are off");

@@ -86,6 +86,18 @@ impl GraphBuilder {
         self
     }
 
+    /// Adds an INT64 constant (shapes, indices).
+    pub fn initializer_i64(&mut self, name: &str, dims: &[i64], values: &[i64]) -> &mut Self {
+        let raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.graph.initializer.push(TensorProto {
+            dims: dims.to_vec(),
+            data_type: ElemType::Int64 as i32,
+            name: name.to_owned(),
+            raw_data,
+        });
+        self
+    }
+
     /// Adds a node; `name` doubles as the node name.
     pub fn node(&mut self, op_type: &str, inputs: &[&str], outputs: &[&str], attrs: &[(&str, Attr)]) -> &mut Self {
         let attribute = attrs

@@ -1,7 +1,5 @@
 //! Dynamic batching under concurrency, and refusal when the queue is full.
 
-use serde_json::json;
-
 use crate::support::{Http, TestGateway, assert_close, output_f32, tiny_request, tiny_rows};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -36,20 +34,21 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_rows() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_queue_answers_503_with_retry_after_at_once() {
-    // One thread, room for one waiting request; 256-row heavy batches keep the thread busy.
-    let gw = TestGateway::start("[models.heavy]\nqueue_capacity = 1\nmax_batch_size = 256\n");
+    // One thread, room for one waiting request, and a model slow enough (16→2048→2048→1,
+    // ~1 ms a row) that 64-row requests arrive far faster than they are computed.
+    let config = "[models.slow]\nqueue_capacity = 1\nmax_batch_size = 64\n";
+    let gw = TestGateway::start_with(config, |repo| {
+        let dir = repo.join("slow/1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.onnx"), flywheel_onnx::Mlp::random(&[16, 2048, 2048, 1], 5).to_onnx(1)).unwrap();
+    });
     let http = Http::new(false);
-    let url = format!("{}/v2/models/heavy/infer", gw.base);
-    // Binary tensors keep decoding cheap (even in debug builds), so requests reach the queue
-    // faster than the thread can compute 256-row batches.
-    let (headers, body) = binary_request(256, 256);
+    let url = format!("{}/v2/models/slow/infer", gw.base);
+    let body = tiny_request(&tiny_rows(64, 1));
     let mut tasks = Vec::new();
     for _ in 0..24 {
-        let (http, url, headers, body) = (http.clone(), url.clone(), headers.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            let headers = [("inference-header-content-length", headers)];
-            http.send(hyper::Method::POST, &url, &headers, body).await
-        }));
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        tasks.push(tokio::spawn(async move { http.post_json(&url, &body).await }));
     }
     let (mut ok, mut refused) = (0, 0);
     for task in tasks {
@@ -70,14 +69,4 @@ async fn a_full_queue_answers_503_with_retry_after_at_once() {
     // The gateway recovers once the burst is over.
     let after = http.post_json(&format!("{}/v2/models/tiny/infer", gw.base), &tiny_request(&tiny_rows(1, 0))).await;
     assert_eq!(after.status, 200);
-}
-
-/// A binary-tensor request of `rows` × `features` FP32 values; returns (header length, body).
-fn binary_request(rows: usize, features: usize) -> (String, Vec<u8>) {
-    let header = json!({"inputs": [{"name": "input", "shape": [rows, features], "datatype": "FP32",
-                                    "parameters": {"binary_data_size": rows * features * 4}}]});
-    let mut body = serde_json::to_vec(&header).unwrap();
-    let header_len = body.len();
-    body.extend(std::iter::repeat_n(0.5f32.to_le_bytes(), rows * features).flatten());
-    (header_len.to_string(), body)
 }

@@ -37,7 +37,9 @@ impl Drop for WatchHandle {
 }
 
 /// Starts watching on its own thread; reloads run there too (never on the hot path).
-pub fn spawn(reloader: Arc<Reloader>, settings: WatchSettings) -> std::io::Result<WatchHandle> {
+/// `baseline` is the [`fingerprint`] taken before the table in force was built, so a change
+/// made while it was being built is still seen.
+pub fn spawn(reloader: Arc<Reloader>, settings: WatchSettings, baseline: u64) -> std::io::Result<WatchHandle> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = crossbeam_channel::unbounded::<()>();
     let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
@@ -53,7 +55,7 @@ pub fn spawn(reloader: Arc<Reloader>, settings: WatchSettings) -> std::io::Resul
     let stop_flag = Arc::clone(&stop);
     let thread = std::thread::Builder::new().name("rollout-watch".into()).spawn(move || {
         let _watcher = watcher;
-        let mut last = fingerprint(&reloader);
+        let mut last = baseline;
         while !stop_flag.load(Ordering::SeqCst) {
             let notified = rx.recv_timeout(settings.poll).is_ok();
             if notified {
@@ -86,7 +88,7 @@ fn watched_paths(reloader: &Reloader) -> Vec<(PathBuf, RecursiveMode)> {
 
 /// A hash of what a reload depends on: the config file and the registry's first two levels
 /// (model folders, version folders, alias files), by name, size and modification time.
-fn fingerprint(reloader: &Reloader) -> u64 {
+pub fn fingerprint(reloader: &Reloader) -> u64 {
     let mut h = DefaultHasher::new();
     if let Some(path) = &reloader.config_path {
         stat(path).hash(&mut h);
