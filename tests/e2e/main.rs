@@ -8,3 +8,4 @@ mod infer;
 mod lifecycle;
 mod rollout;
 mod support;
+mod swap_errors;
