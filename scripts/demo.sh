@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-toolchain.sh
 scripts/setup-ort.sh
-cargo build --release --locked --bin gateway --bin make-model-repo
+cargo build --release --locked --bin gateway --bin make-model-repo --bin registry
+rm -rf var/models   # the demo starts from a fresh repository each run
 ./target/release/make-model-repo var/models --heavy
 
 port="${FLYWHEEL_DEMO_PORT:-8000}"
@@ -28,6 +29,17 @@ show curl -s -X POST "http://127.0.0.1:$port/v2/models/tiny/versions/1/infer" \
 show curl -s -X POST "http://127.0.0.1:$port/v2/models/tiny/infer" \
   -d '{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}'
 show curl -s "http://127.0.0.1:$port/v2/models/tiny/stats"
+
+echo "--- hot swap: publish a new version of tiny into the registry; the gateway loads, checks and"
+echo "--- warms it, then routes to it (tiny has no rollout in the config, so the highest version serves)"
+show ./target/release/registry --root var/models publish tiny var/models/tiny/1/model.onnx --description "demo re-publish"
+for _ in $(seq 50); do
+  curl -s "http://127.0.0.1:$port/v2/models/tiny" | grep -q "\"$(./target/release/registry --root var/models list tiny | tail -1 | cut -f1)\"" && break
+  sleep 0.1
+done
+show curl -s -i -X POST "http://127.0.0.1:$port/v2/models/tiny/infer" \
+  -d '{"inputs":[{"name":"input","shape":[1,16],"datatype":"FP32","data":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}]}'
+show curl -s "http://127.0.0.1:$port/admin/routing"
 
 if [ "${FLYWHEEL_DEMO_EXIT:-0}" = "1" ]; then
   exit 0

@@ -4,14 +4,13 @@
 //! runs on CPU 0 and both the gateway and the in-process baseline on CPU 1, so each system gets
 //! the same single core for serving.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::anyhow;
 use serde::Serialize;
 
+use crate::procs::{Gateway, LoadRun, Window, inproc, load, which};
 use crate::summary::Summary;
 
 /// Settings of one compare run.
@@ -23,16 +22,6 @@ pub struct CompareSpec {
     pub results: PathBuf,
     /// Pin the load generator and the systems under test to separate CPUs (needs `taskset`).
     pub pin: bool,
-}
-
-/// One gateway load measurement.
-struct LoadRun<'a> {
-    model: &'a str,
-    features: usize,
-    concurrency: usize,
-    binary: bool,
-    /// GET this path instead of inferring.
-    get: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -48,13 +37,14 @@ pub fn run(spec: &CompareSpec) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let repo = dir.path().join("models");
     flywheel_onnx::fixtures::write_demo_repository(&repo, true)?;
+    let window = Window { warmup: spec.warmup, duration: spec.duration };
     let pin = spec.pin && which("taskset") && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
     let mut results = Vec::new();
     for (model, features) in [("tiny", 16usize), ("heavy", 256)] {
         let file = repo.join(model).join("2").join("model.onnx");
         let file = if file.exists() { file } else { repo.join(model).join("1").join("model.onnx") };
         for rows in [1usize, spec.high_concurrency] {
-            let summary = inproc(&file, features, rows, spec, pin)?;
+            let summary = inproc(&file, features, rows, window, pin)?;
             eprintln!("in-process {model:5} batch {rows:3}: {}", summary.line());
             results.push(Measurement {
                 system: "in-process".into(),
@@ -64,16 +54,16 @@ pub fn run(spec: &CompareSpec) -> anyhow::Result<()> {
             });
         }
     }
-    let mut gateway = Gateway::start(&repo, pin)?;
+    let mut gateway = Gateway::start(&repo, None, pin)?;
     let floor = LoadRun { model: "-", features: 0, concurrency: 1, binary: false, get: Some("/v2/health/live") };
-    let summary = load(&gateway.addr, &floor, spec, pin)?;
+    let summary = load(&gateway.addr, &floor, window, pin)?;
     eprintln!("gateway    GET /v2/health/live c=1: {}", summary.line());
     results.push(Measurement { system: "gateway".into(), model: "-".into(), scenario: "http floor".into(), summary });
     for (model, features) in [("tiny", 16usize), ("heavy", 256)] {
         let scenarios = [(1usize, false), (1, true), (spec.high_concurrency, true)];
         for (concurrency, binary) in scenarios {
             let run = LoadRun { model, features, concurrency, binary, get: None };
-            let summary = load(&gateway.addr, &run, spec, pin)?;
+            let summary = load(&gateway.addr, &run, window, pin)?;
             let scenario = format!("c={concurrency} {}", if binary { "binary" } else { "json" });
             eprintln!("gateway    {model:5} {scenario:10}: {}", summary.line());
             results.push(Measurement { system: "gateway".into(), model: model.into(), scenario, summary });
@@ -180,104 +170,4 @@ fn render(results: &[Measurement], spec: &CompareSpec, pin: bool) -> String {
     let errors: u64 = results.iter().filter(|m| m.system == "gateway").map(|m| m.summary.errors).sum();
     out.push_str(&format!("{errors}\n"));
     out
-}
-
-fn which(tool: &str) -> bool {
-    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
-}
-
-/// `command` under `taskset -c cpu` when pinning.
-fn pinned(program: &Path, cpu: &str, pin: bool) -> Command {
-    if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", cpu]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-fn this_exe() -> anyhow::Result<PathBuf> {
-    std::env::current_exe().context("locating the bench executable")
-}
-
-fn secs(d: Duration) -> String {
-    format!("{}", d.as_secs_f64())
-}
-
-fn inproc(model: &Path, features: usize, rows: usize, spec: &CompareSpec, pin: bool) -> anyhow::Result<Summary> {
-    let out = pinned(&this_exe()?, "1", pin)
-        .args(["inproc", "--json", "--features", &features.to_string(), "--rows", &rows.to_string()])
-        .args(["--warmup", &secs(spec.warmup), "--duration", &secs(spec.duration), "--model"])
-        .arg(model)
-        .output()?;
-    parse(out)
-}
-
-fn load(addr: &str, run: &LoadRun<'_>, spec: &CompareSpec, pin: bool) -> anyhow::Result<Summary> {
-    let mut cmd = pinned(&this_exe()?, "0", pin);
-    cmd.args(["load", "--json", "--addr", addr, "--model", run.model, "--features", &run.features.to_string()]).args([
-        "--concurrency",
-        &run.concurrency.to_string(),
-        "--warmup",
-        &secs(spec.warmup),
-        "--duration",
-        &secs(spec.duration),
-    ]);
-    if run.binary {
-        cmd.arg("--binary");
-    }
-    if let Some(path) = run.get {
-        cmd.args(["--get", path]);
-    }
-    parse(cmd.output()?)
-}
-
-fn parse(out: std::process::Output) -> anyhow::Result<Summary> {
-    if !out.status.success() {
-        bail!("measurement failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    serde_json::from_slice(&out.stdout).with_context(|| format!("reading {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-/// The release gateway next to this executable, on 127.0.0.1:0.
-struct Gateway {
-    child: Child,
-    addr: String,
-}
-
-impl Gateway {
-    fn start(repo: &Path, pin: bool) -> anyhow::Result<Self> {
-        let exe = this_exe()?.with_file_name("gateway");
-        if !exe.exists() {
-            bail!("{} is missing: cargo build --release -p flywheel-gateway", exe.display());
-        }
-        let mut child = pinned(&exe, "1", pin)
-            .args(["--listen", "127.0.0.1:0", "--model-repository"])
-            .arg(repo)
-            .env("FLYWHEEL_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("flywheel gateway listening on http://")
-            .ok_or_else(|| anyhow!("gateway did not start: {line:?}"))?
-            .to_owned();
-        Ok(Self { child, addr })
-    }
-
-    fn stop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

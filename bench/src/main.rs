@@ -3,11 +3,15 @@
 //! - [`load`]: closed-loop HTTP load generator (HTTP/1.1 or HTTP/2, JSON or binary tensors).
 //! - [`inproc`]: the same model in this process (the physical limit).
 //! - [`compare`]: runs both side by side and writes the Markdown/JSON report.
+//! - [`rollout`]: primary latency during hot swaps and with a full shadow; memory over swaps.
+//! - [`procs`]: starting the gateway and measurement subprocesses, CPU pinning.
 //! - [`summary`]: hdrhistogram percentiles and throughput.
 
 mod compare;
 mod inproc;
 mod load;
+mod procs;
+mod rollout;
 mod summary;
 
 use std::path::PathBuf;
@@ -88,6 +92,23 @@ enum Cmd {
         #[arg(long)]
         no_pin: bool,
     },
+    /// Primary latency during hot swaps and with a 100% shadow; memory after many swaps.
+    Rollout {
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Pause between swaps while loading, in milliseconds.
+        #[arg(long, default_value_t = 250)]
+        swap_every_ms: u64,
+        /// Swaps before the second memory reading.
+        #[arg(long, default_value_t = 200)]
+        memory_swaps: usize,
+        #[arg(long)]
+        no_pin: bool,
+    },
 }
 
 fn print(summary: &summary::Summary, json: bool) -> anyhow::Result<()> {
@@ -131,5 +152,14 @@ fn main() -> anyhow::Result<()> {
             results,
             pin: !no_pin,
         }),
+        Cmd::Rollout { warmup, duration, concurrency, swap_every_ms, memory_swaps, no_pin } => {
+            rollout::run(&rollout::RolloutSpec {
+                window: procs::Window { warmup: secs(warmup), duration: secs(duration) },
+                concurrency,
+                swap_every: Duration::from_millis(swap_every_ms),
+                memory_swaps,
+                pin: !no_pin,
+            })
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
@@ -42,8 +42,11 @@ impl Drop for WatchHandle {
 pub fn spawn(reloader: Arc<Reloader>, settings: WatchSettings, baseline: u64) -> std::io::Result<WatchHandle> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = crossbeam_channel::unbounded::<()>();
-    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-        let _ = tx.send(());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reads (ours included: the fingerprint lists folders) are not changes.
+        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+            let _ = tx.send(());
+        }
     })
     .map_err(std::io::Error::other)?;
     let paths = watched_paths(&reloader);
@@ -59,8 +62,10 @@ pub fn spawn(reloader: Arc<Reloader>, settings: WatchSettings, baseline: u64) ->
         while !stop_flag.load(Ordering::SeqCst) {
             let notified = rx.recv_timeout(settings.poll).is_ok();
             if notified {
-                // Debounce: wait until the burst of events is over.
-                while rx.recv_timeout(settings.debounce).is_ok() {}
+                // Debounce: wait until the burst of events is over, but never longer than ten
+                // quiet periods, so a steady trickle of writes cannot postpone a reload forever.
+                let limit = Instant::now() + settings.debounce * 10;
+                while Instant::now() < limit && rx.recv_timeout(settings.debounce).is_ok() {}
             }
             let now = fingerprint(&reloader);
             if now != last && !stop_flag.load(Ordering::SeqCst) {

@@ -1,0 +1,130 @@
+//! Running the measured processes: the release gateway, `bench load` and `bench inproc`
+//! subprocesses, optionally pinned to CPUs with `taskset`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+
+use crate::summary::Summary;
+
+/// Warm-up and measured window of one measurement.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+/// One gateway load measurement.
+pub struct LoadRun<'a> {
+    pub model: &'a str,
+    pub features: usize,
+    pub concurrency: usize,
+    pub binary: bool,
+    /// GET this path instead of inferring.
+    pub get: Option<&'a str>,
+}
+
+pub fn which(tool: &str) -> bool {
+    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+/// `command` under `taskset -c cpu` when pinning.
+pub fn pinned(program: &Path, cpu: &str, pin: bool) -> Command {
+    if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", cpu]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+pub fn this_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("locating the bench executable")
+}
+
+pub fn secs(d: Duration) -> String {
+    format!("{}", d.as_secs_f64())
+}
+
+pub fn inproc(model: &Path, features: usize, rows: usize, window: Window, pin: bool) -> anyhow::Result<Summary> {
+    let out = pinned(&this_exe()?, "1", pin)
+        .args(["inproc", "--json", "--features", &features.to_string(), "--rows", &rows.to_string()])
+        .args(["--warmup", &secs(window.warmup), "--duration", &secs(window.duration), "--model"])
+        .arg(model)
+        .output()?;
+    parse(out)
+}
+
+pub fn load(addr: &str, run: &LoadRun<'_>, window: Window, pin: bool) -> anyhow::Result<Summary> {
+    let mut cmd = pinned(&this_exe()?, "0", pin);
+    cmd.args(["load", "--json", "--addr", addr, "--model", run.model, "--features", &run.features.to_string()]).args([
+        "--concurrency",
+        &run.concurrency.to_string(),
+        "--warmup",
+        &secs(window.warmup),
+        "--duration",
+        &secs(window.duration),
+    ]);
+    if run.binary {
+        cmd.arg("--binary");
+    }
+    if let Some(path) = run.get {
+        cmd.args(["--get", path]);
+    }
+    parse(cmd.output()?)
+}
+
+pub fn parse(out: std::process::Output) -> anyhow::Result<Summary> {
+    if !out.status.success() {
+        bail!("measurement failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("reading {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The release gateway next to this executable, on 127.0.0.1:0.
+pub struct Gateway {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Gateway {
+    /// Starts the gateway over `repo`, with `config` if given.
+    pub fn start(repo: &Path, config: Option<&Path>, pin: bool) -> anyhow::Result<Self> {
+        let exe = this_exe()?.with_file_name("gateway");
+        if !exe.exists() {
+            bail!("{} is missing: cargo build --release -p flywheel-gateway", exe.display());
+        }
+        let mut cmd = pinned(&exe, "1", pin);
+        cmd.args(["--listen", "127.0.0.1:0", "--model-repository"]).arg(repo);
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+        let mut child = cmd.env("FLYWHEEL_LOG", "warn").stdout(Stdio::piped()).spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("flywheel gateway listening on http://")
+            .ok_or_else(|| anyhow!("gateway did not start: {line:?}"))?
+            .to_owned();
+        Ok(Self { child, addr })
+    }
+
+    /// SIGTERM, then wait.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
