@@ -14,7 +14,8 @@ pub mod store;
 
 pub use manifest::{DataLineage, MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
 pub use store::{
-    ALIASES_FILE, MODEL_FILE, Registry, RegistryError, Skipped, VersionEntry, valid_alias, valid_model_name,
+    ALIASES_FILE, FileStamp, MODEL_FILE, Registry, RegistryError, Skipped, Verified, VersionEntry, valid_alias,
+    valid_model_name,
 };
 
 #[cfg(test)]

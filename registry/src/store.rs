@@ -61,6 +61,29 @@ impl VersionEntry {
     }
 }
 
+/// A model file that passed [`Registry::verify`].
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub bytes: Vec<u8>,
+    /// Lower-case hex SHA-256 of `bytes`.
+    pub sha256: String,
+}
+
+/// Size and modification time of a file: a cheap identity to tell an unchanged file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    pub len: u64,
+    pub modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    /// The stamp of `path`, `None` if it cannot be read.
+    pub fn of(path: &Path) -> Option<Self> {
+        let meta = fs::metadata(path).ok()?;
+        Some(Self { len: meta.len(), modified: meta.modified().ok() })
+    }
+}
+
 /// A folder that looked like a version but is skipped, and why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Skipped {
@@ -143,27 +166,22 @@ impl Registry {
     }
 
     /// Checks the model file against the manifest's SHA-256 (a version without a manifest passes;
-    /// an unreadable manifest fails). Returns the file's bytes, read once.
-    pub fn verify(&self, entry: &VersionEntry) -> Result<Vec<u8>, RegistryError> {
+    /// an unreadable manifest fails). Returns the file's bytes, read once, and their digest.
+    pub fn verify(&self, entry: &VersionEntry) -> Result<Verified, RegistryError> {
         let file = entry.model_file();
         let bytes = fs::read(&file).map_err(io(&file))?;
+        let sha256 = sha256_hex(&bytes);
         match &entry.manifest {
-            None => Ok(bytes),
+            None => Ok(Verified { bytes, sha256 }),
             Some(Err(reason)) => {
                 Err(RegistryError::Corrupt { path: entry.dir.display().to_string(), reason: reason.clone() })
             }
-            Some(Ok(manifest)) => {
-                let actual = sha256_hex(&bytes);
-                if actual == manifest.sha256 {
-                    Ok(bytes)
-                } else {
-                    Err(RegistryError::HashMismatch {
-                        path: file.display().to_string(),
-                        expected: manifest.sha256.clone(),
-                        actual,
-                    })
-                }
-            }
+            Some(Ok(manifest)) if manifest.sha256 == sha256 => Ok(Verified { bytes, sha256 }),
+            Some(Ok(manifest)) => Err(RegistryError::HashMismatch {
+                path: file.display().to_string(),
+                expected: manifest.sha256.clone(),
+                actual: sha256,
+            }),
         }
     }
 

@@ -24,7 +24,7 @@ fn publish_numbers_versions_and_records_lineage() {
     assert_eq!(entries.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2]);
     let manifest = entries[1].manifest.clone().unwrap().unwrap();
     assert_eq!(manifest.sha256, crate::sha256_hex(b"two"));
-    assert_eq!(r.verify(&entries[1]).unwrap(), b"two");
+    assert_eq!(r.verify(&entries[1]).unwrap().bytes, b"two");
 }
 
 #[test]

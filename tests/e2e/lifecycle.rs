@@ -8,10 +8,16 @@ use crate::support::{Http, TestGateway};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
-    let mut gw = TestGateway::start("[models.heavy]\nmax_batch_size = 256\n");
+    // A slow model (16→2048→2048→1, ~1 ms a row): four 256-row requests take about a second,
+    // so they are surely in flight when SIGTERM arrives.
+    let mut gw = TestGateway::start_with("[models.slow]\nmax_batch_size = 256\n", |repo| {
+        let dir = repo.join("slow/1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.onnx"), flywheel_onnx::Mlp::random(&[16, 2048, 2048, 1], 5).to_onnx(1)).unwrap();
+    });
     let http = Http::new(false);
-    let url = format!("{}/v2/models/heavy/infer", gw.base);
-    let big = json!({"inputs": [{"name": "input", "shape": [256, 256], "datatype": "FP32", "data": vec![0.25f32; 256 * 256]}]});
+    let url = format!("{}/v2/models/slow/infer", gw.base);
+    let big = crate::support::tiny_request(&crate::support::tiny_rows(256, 1));
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let (http, url, big) = (http.clone(), url.clone(), big.clone());
@@ -19,7 +25,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     }
     // Wait until every request has reached the gateway and at least one is still in flight.
     let metrics_url = format!("{}/metrics", gw.base);
-    let stats_url = format!("{}/v2/models/heavy/stats", gw.base);
+    let stats_url = format!("{}/v2/models/slow/stats", gw.base);
     let mut in_flight_seen = false;
     for _ in 0..1000 {
         let metrics = String::from_utf8(http.get(&metrics_url).await.body.to_vec()).unwrap();

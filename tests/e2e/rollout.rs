@@ -234,6 +234,8 @@ async fn the_controller_promotes_a_good_canary_step_by_step() {
     let http = Http::new(false);
     let promoted = drive_until(&gw, &http, |r| r.resolve("tiny", "champion").ok() == Some(2)).await;
     assert!(promoted, "champion moved to version 2; audit: {:?}", audit(&gw));
+    // The audit entry follows the alias move.
+    assert!(wait_until(Duration::from_secs(5), || async { audit(&gw).iter().any(|e| e["action"] == "promote") }).await);
     let log = audit(&gw);
     let actions: Vec<&str> =
         log.iter().filter(|e| e["actor"] == "controller").map(|e| e["action"].as_str().unwrap()).collect();
@@ -273,6 +275,9 @@ async fn the_controller_rolls_back_a_failing_canary_and_never_retries_it() {
     let http = Http::new(false);
     let rolled_back = drive_until_ok_or_canary_error(&gw, &http, |r| r.resolve("tiny", "challenger").is_err()).await;
     assert!(rolled_back, "challenger removed; audit: {:?}", audit(&gw));
+    assert!(
+        wait_until(Duration::from_secs(5), || async { audit(&gw).iter().any(|e| e["action"] == "roll_back") }).await
+    );
     let log = audit(&gw);
     let entry = log.iter().find(|e| e["action"] == "roll_back").expect("a roll_back entry");
     assert!(entry["reason"].as_str().unwrap().starts_with("error rate 1.0000"), "{entry}");
@@ -285,4 +290,45 @@ async fn the_controller_rolls_back_a_failing_canary_and_never_retries_it() {
     Registry::open(&gw.repo).set_alias("tiny", "challenger", 2).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(route_of(&http, &gw.base, "tiny").await["canary"].is_null(), "no flapping");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_in_flight_request_finishes_on_the_version_it_started_on_while_it_drains() {
+    let gw = TestGateway::start_registry(&format!("[models.tiny]\nmax_batch_size = 16000\n{CHAMPION_ONLY}"), |r| {
+        // Slow (16→2048→2048→1): a 16 000-row request computes for about a second, longer
+        // than a swap takes.
+        let slow = flywheel_onnx::Mlp::random(&[16, 2048, 2048, 1], 5);
+        let v = r.publish("tiny", &slow.to_onnx(1), ManifestDraft::default()).unwrap().version;
+        r.set_alias("tiny", "champion", v).unwrap();
+    });
+    let http = Http::new(false);
+    let long = {
+        let (http, url) = (http.clone(), format!("{}/v2/models/tiny/infer", gw.base));
+        tokio::spawn(async move { http.post_json(&url, &tiny_request(&tiny_rows(16_000, 1))).await })
+    };
+    let registry = Registry::open(&gw.repo);
+    let metrics_url = format!("{}/metrics", gw.base);
+    let started = wait_until(Duration::from_secs(5), || async {
+        String::from_utf8(http.get(&metrics_url).await.body.to_vec()).unwrap().contains("flywheel_requests_in_flight 1")
+    })
+    .await;
+    assert!(started, "the long request is in flight");
+    registry.set_alias("tiny", "champion", publish_tiny(&registry, 2)).unwrap();
+    let draining = wait_until(Duration::from_secs(10), || async {
+        let routing = crate::support::routing(&http, &gw.base).await;
+        routing["draining"] == serde_json::json!([{"model": "tiny", "version": 1, "state": "draining"}])
+    })
+    .await;
+    let reply = long.await.unwrap();
+    assert!(
+        draining,
+        "the swapped-out version is listed as draining while the request holds it (request timing {:?})",
+        reply.header("server-timing")
+    );
+    assert_eq!((reply.status, reply.header("x-model-version")), (200, Some("1")), "finished on the old version");
+    let drained = wait_until(Duration::from_secs(5), || async {
+        crate::support::routing(&http, &gw.base).await["draining"] == serde_json::json!([])
+    })
+    .await;
+    assert!(drained, "the old version is freed once its last request is done");
 }

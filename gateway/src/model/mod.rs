@@ -32,8 +32,10 @@ pub struct ModelVersion {
     pub model: String,
     pub version: u64,
     pub path: PathBuf,
-    /// SHA-256 of the model file that was loaded (identity for reuse across reloads).
+    /// SHA-256 of the model file that was loaded.
     pub sha256: String,
+    /// Size and time of the file when loaded: a reload reuses this version while they hold.
+    pub stamp: Option<flywheel_registry::FileStamp>,
     pub signature: Signature,
     pub settings: BatchSettings,
     pub queue: BatchQueue,
@@ -48,16 +50,22 @@ impl ModelVersion {
     }
 }
 
-/// Loads the model file `bytes` (read from `path`) into `settings.instances` sessions, warms
-/// each up, and starts one inference thread per session.
+/// The verified model file to load: where it is, its bytes and digest.
+pub struct ModelFile<'a> {
+    pub path: &'a Path,
+    pub verified: &'a flywheel_registry::Verified,
+}
+
+/// Loads a verified model file into `settings.instances` sessions, warms each up, and starts
+/// one inference thread per session.
 pub fn load_version(
     env: &Environment,
     model: &str,
     version: u64,
-    path: &Path,
-    bytes: &[u8],
+    file: ModelFile<'_>,
     settings: BatchSettings,
 ) -> Result<ModelVersion, ModelError> {
+    let (path, bytes) = (file.path, file.verified.bytes.as_slice());
     let fail = |reason: String| ModelError::Load {
         model: model.to_owned(),
         version,
@@ -93,12 +101,12 @@ pub fn load_version(
     }
     let queue = BatchQueue::new(tx, model, version, settings.queue_capacity);
     tracing::info!(model, version, batchable = signature.batchable, instances, "model version loaded");
-    let sha256 = flywheel_registry::sha256_hex(bytes);
     Ok(ModelVersion {
         model: model.to_owned(),
         version,
         path: path.to_path_buf(),
-        sha256,
+        sha256: file.verified.sha256.clone(),
+        stamp: flywheel_registry::FileStamp::of(path),
         signature,
         settings,
         queue,

@@ -6,14 +6,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use flywheel_registry::{Registry, VersionEntry};
+use flywheel_registry::{FileStamp, Registry, VersionEntry};
 use ort::environment::Environment;
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::metrics::LOAD_FAILURES;
 use crate::model::table::{Budget, Route, RouteEvidence, ServedModel, ShadowRoute};
-use crate::model::{ModelVersion, RoutingTable, load_version};
+use crate::model::{ModelFile, ModelVersion, RoutingTable, load_version};
 
 /// A version that was not put into service, and why.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -209,16 +209,21 @@ fn obtain(
     reference: Option<&crate::model::Signature>,
 ) -> Result<(Arc<ModelVersion>, bool), String> {
     let entry: VersionEntry = input.registry.version(name, version).map_err(|e| e.to_string())?;
-    let bytes = input.registry.verify(&entry).map_err(|e| e.to_string())?;
-    let sha = flywheel_registry::sha256_hex(&bytes);
+    // Reuse without re-reading the file while its stamp, its manifest digest and the settings
+    // are unchanged (published versions are immutable; this catches hand edits).
     if let Some(existing) = current.and_then(|c| c.versions.get(&version))
-        && existing.sha256 == sha
+        && existing.stamp.is_some()
+        && existing.stamp == FileStamp::of(&entry.model_file())
+        && entry.manifest.as_ref().is_none_or(|m| m.as_ref().is_ok_and(|m| m.sha256 == existing.sha256))
         && &existing.settings == settings
     {
         return Ok((Arc::clone(existing), true));
     }
-    let loaded = load_version(input.env, name, version, &entry.model_file(), &bytes, settings.clone())
-        .map_err(|e| e.to_string())?;
+    let verified = input.registry.verify(&entry).map_err(|e| e.to_string())?;
+    let path = entry.model_file();
+    let loaded =
+        load_version(input.env, name, version, ModelFile { path: &path, verified: &verified }, settings.clone())
+            .map_err(|e| e.to_string())?;
     if let Some(reference) = reference {
         loaded.signature.compatible_with(reference).map_err(|e| format!("signature would break clients: {e}"))?;
     }

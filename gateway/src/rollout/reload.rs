@@ -15,7 +15,7 @@ use super::build::{BuildInput, BuildReport, build};
 use super::controls::Controls;
 use crate::config::{Config, Overrides};
 use crate::metrics::RELOADS;
-use crate::model::RoutingTable;
+use crate::model::{ModelVersion, RoutingTable};
 
 /// The outcome of the last reload, for the admin API and logs.
 #[derive(Debug, Default, Serialize)]
@@ -38,6 +38,8 @@ pub struct Reloader {
     pub last: ArcSwap<ReloadStatus>,
     /// Live rollout decisions the builder applies.
     pub controls: Controls,
+    /// Versions swapped out; while a request still holds one, it is draining.
+    retired: Mutex<Vec<std::sync::Weak<ModelVersion>>>,
     pub audit: AuditLog,
     lock: Mutex<()>,
 }
@@ -59,6 +61,7 @@ impl Reloader {
             config: ArcSwap::from_pointee(config),
             last: ArcSwap::from_pointee(ReloadStatus::default()),
             controls: Controls::default(),
+            retired: Mutex::new(Vec::new()),
             audit,
             lock: Mutex::new(()),
         }
@@ -116,12 +119,35 @@ impl Reloader {
                 entry.reason = "loaded, verified and warmed up".into();
                 self.audit.append(&entry);
             }
+            self.retire(&current, &table);
             self.table.store(Arc::new(table));
             tracing::info!(loaded = ?report.loaded, reused = report.reused, rejected = report.rejected.len(), "routing table swapped");
         }
         metrics::counter!(RELOADS, "result" => if report.rejected.is_empty() { "ok" } else { "partial" }).increment(1);
         self.config.store(Arc::new(config));
         self.record(ReloadStatus { at, error: None, report })
+    }
+
+    /// Remembers the versions of `old` that `new` no longer serves.
+    fn retire(&self, old: &RoutingTable, new: &RoutingTable) {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|w| w.strong_count() > 0);
+        for (name, model) in &old.models {
+            for (version, mv) in &model.versions {
+                let kept =
+                    new.models.get(name).and_then(|m| m.versions.get(version)).is_some_and(|n| Arc::ptr_eq(n, mv));
+                if !kept {
+                    retired.push(Arc::downgrade(mv));
+                }
+            }
+        }
+    }
+
+    /// (model, version) of swapped-out versions that requests still hold.
+    pub fn draining(&self) -> Vec<(String, u64)> {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|w| w.strong_count() > 0);
+        retired.iter().filter_map(|w| w.upgrade()).map(|mv| (mv.model.clone(), mv.version)).collect()
     }
 
     fn record(&self, status: ReloadStatus) -> Arc<ReloadStatus> {

@@ -111,7 +111,9 @@ fn routing(state: &AppState, reloader: &Reloader) -> Value {
         })
         .collect();
     let last = reloader.last.load_full();
-    json!({"models": models, "last_reload": &*last})
+    let draining: Vec<Value> =
+        reloader.draining().into_iter().map(|(m, v)| json!({"model": m, "version": v, "state": "draining"})).collect();
+    json!({"models": models, "draining": draining, "last_reload": &*last})
 }
 
 async fn model_action(
