@@ -1,4 +1,5 @@
 //! The `registry` binary, as an operator uses it.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::process::Command;
 
