@@ -15,6 +15,7 @@ use crate::rollout::controller;
 use crate::rollout::watcher::{self, WatchSettings};
 use crate::rollout::{Rejection, Reloader};
 use crate::server::{self, AppState};
+use crate::tap::Tap;
 
 /// Startup failures, each with a message that says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -92,12 +93,14 @@ impl Gateway {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Listen { addr: config.listen.to_string(), reason: e.to_string() })?;
+        let tap = start_tap(&config);
         let state = Arc::new(AppState {
             table,
             max_body_bytes: config.max_body_bytes,
             metrics,
             ready: AtomicBool::new(false),
             reloader: Some(Arc::clone(&reloader)),
+            tap,
         });
         Ok(Self { listener, state, reloader, baseline, grace: Duration::from_millis(config.shutdown_grace_ms) })
     }
@@ -121,7 +124,30 @@ impl Gateway {
             }
         };
         self.state.ready.store(true, Ordering::SeqCst);
-        server::serve(self.listener, self.state, shutdown, self.grace).await
+        let tap = self.state.tap.clone();
+        let drained = server::serve(self.listener, self.state, shutdown, self.grace).await;
+        if let Some(tap) = tap {
+            // Finalize every sample and label file before exiting.
+            let grace = self.grace;
+            let _ = tokio::task::spawn_blocking(move || tap.shutdown(grace)).await;
+        }
+        drained
+    }
+}
+
+/// Starts the tap (sampling, labels, drift); without one the gateway serves all the same.
+fn start_tap(config: &Config) -> Option<Arc<Tap>> {
+    let dir = config.sample_dir()?;
+    let registry = config.model_repository.clone().map(flywheel_registry::Registry::open);
+    match Tap::start(config.sampling.clone(), config.drift.clone(), dir.clone(), registry) {
+        Ok(tap) => {
+            tracing::info!(dir = %dir.display(), rate = config.sampling.rate, "tap started");
+            Some(Arc::new(tap))
+        }
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "tap not started: no sampling, labels or drift");
+            None
+        }
     }
 }
 

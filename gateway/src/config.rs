@@ -56,6 +56,12 @@ pub struct Config {
     /// How often the rollout controller looks at the evidence.
     #[serde(default = "default_controller_ms")]
     pub controller_interval_ms: u64,
+    /// Sampling of served requests and labels to Parquet.
+    #[serde(default)]
+    pub sampling: crate::tap::SamplingSettings,
+    /// Online drift detection.
+    #[serde(default)]
+    pub drift: crate::drift::DriftSettings,
 }
 
 fn default_controller_ms() -> u64 {
@@ -126,6 +132,8 @@ pub struct ModelOverrides {
     /// Which versions serve and how traffic splits; without it every version loads and the
     /// highest serves by default.
     pub rollout: Option<Rollout>,
+    /// Share of this model's requests written to Parquet (overrides `sampling.rate`).
+    pub sample_rate: Option<f64>,
 }
 
 /// A model's traffic split. Versions are numbers, registry aliases or `latest`.
@@ -216,6 +224,8 @@ impl Default for Config {
             admin_token: None,
             audit_log: None,
             controller_interval_ms: default_controller_ms(),
+            sampling: crate::tap::SamplingSettings::default(),
+            drift: crate::drift::DriftSettings::default(),
             batching: Batching::default(),
             models: BTreeMap::new(),
         }
@@ -261,6 +271,13 @@ impl Config {
                 check_rollout(&format!("models.{name}.rollout"), rollout)?;
             }
         }
+        self.sampling.validate()?;
+        self.drift.validate()?;
+        for (name, m) in &self.models {
+            if let Some(rate) = m.sample_rate.filter(|r| !(0.0..=1.0).contains(r)) {
+                return Err(format!("models.{name}.sample_rate must be in 0..=1, given {rate}"));
+            }
+        }
         if self.max_body_bytes < 1024 {
             return Err(format!("max_body_bytes must be at least 1024, given {}", self.max_body_bytes));
         }
@@ -271,6 +288,20 @@ impl Config {
             return Err(format!("shutdown_grace_ms must be at most 600000, given {}", self.shutdown_grace_ms));
         }
         Ok(())
+    }
+
+    /// The share of `model`'s requests written to Parquet.
+    pub fn sample_rate_for(&self, model: &str) -> f64 {
+        self.models.get(model).and_then(|m| m.sample_rate).unwrap_or(self.sampling.rate)
+    }
+
+    /// Where sample and label files go: `sampling.dir`, else `samples` beside the repository.
+    pub fn sample_dir(&self) -> Option<PathBuf> {
+        self.sampling.dir.clone().or_else(|| {
+            let repo = self.model_repository.as_ref()?;
+            let parent = repo.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            Some(parent.join("samples"))
+        })
     }
 
     /// Where the audit log goes.
@@ -414,6 +445,9 @@ mod tests {
             ("[models.m]\ninstances = 0", "models.m.instances must be in 1..=64, given 0"),
             ("[models.m]\nmax_queue_delay_us = 5000000", "models.m.max_queue_delay_us"),
             ("max_body_bytes = 10", "max_body_bytes must be at least 1024, given 10"),
+            ("[sampling]\nrate = 2.0", "sampling.rate must be in 0..=1, given 2"),
+            ("[models.m]\nsample_rate = -0.5", "models.m.sample_rate must be in 0..=1, given -0.5"),
+            ("[drift]\nwindow_rows = 5", "drift.window_rows must be in 50..=10000000, given 5"),
             ("[models.\"a/b\"]\ninstances = 1", "models.a/b"),
             (
                 "[models.m.rollout.canary]\nversion = \"2\"\nweight = 140",

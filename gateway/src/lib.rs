@@ -14,14 +14,18 @@
 //! - [`batch`]: queue, batch assembly/split, inference threads.
 //! - [`server`]: HTTP serving, endpoints, error → status mapping in one place.
 //! - [`rollout`]: building tables from config + registry, hot swaps, the watcher.
+//! - [`tap`]: the lossy channel of served requests, Parquet samples and labels.
+//! - [`drift`]: PSI/KS windows, Page-Hinkley, drift events.
 //! - [`metrics`]: every metric name and bucket.
 //! - [`app`]: wiring config → runtime → table → server, used by `main.rs` and tests.
 
 pub mod app;
 pub mod batch;
 pub mod config;
+pub mod drift;
 pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod rollout;
 pub mod server;
+pub mod tap;

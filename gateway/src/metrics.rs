@@ -34,6 +34,24 @@ pub const RELOADS: &str = "flywheel_reloads_total";
 pub const ARM_REQUESTS: &str = "flywheel_arm_requests_total";
 /// Mirrored shadow requests, by outcome (ok, error, dropped_budget, dropped_queue).
 pub const SHADOW_REQUESTS: &str = "flywheel_shadow_requests_total";
+/// Served requests the tap dropped because its channel was full.
+pub const TAP_DROPPED: &str = "flywheel_tap_dropped_total";
+/// Sample rows handed to the Parquet writer.
+pub const SAMPLE_ROWS: &str = "flywheel_sample_rows_total";
+/// Finalized Parquet part files, by kind (samples, labels).
+pub const SAMPLE_FILES: &str = "flywheel_sample_files_total";
+/// Failures writing sample or label files (disk full, unwritable folder).
+pub const SAMPLE_WRITE_ERRORS: &str = "flywheel_sample_write_errors_total";
+/// Labels received, by outcome (matched, unmatched, duplicate).
+pub const LABELS: &str = "flywheel_labels_total";
+/// Live quality per model, version and arm, by measure (accuracy, log_loss, ece).
+pub const QUALITY: &str = "flywheel_quality";
+/// Drift events raised, by detector.
+pub const DRIFT_EVENTS: &str = "flywheel_drift_events_total";
+/// PSI of the last window, per feature.
+pub const DRIFT_PSI: &str = "flywheel_drift_psi";
+/// KS p-value of the last window, per feature.
+pub const DRIFT_KS_PVALUE: &str = "flywheel_drift_ks_pvalue";
 /// Model versions that failed to load.
 pub const LOAD_FAILURES: &str = "flywheel_model_load_failures_total";
 
@@ -77,6 +95,15 @@ fn describe() {
     describe_counter!(RELOADS, "Config and registry reloads, by result");
     describe_counter!(ARM_REQUESTS, "Inference requests per routing arm");
     describe_counter!(SHADOW_REQUESTS, "Mirrored shadow requests, by outcome");
+    describe_counter!(TAP_DROPPED, "Served requests dropped because the tap channel was full");
+    describe_counter!(SAMPLE_ROWS, "Sample rows handed to the Parquet writer");
+    describe_counter!(SAMPLE_FILES, "Finalized Parquet part files");
+    describe_counter!(SAMPLE_WRITE_ERRORS, "Failures writing sample or label files");
+    describe_counter!(LABELS, "Labels received, by outcome");
+    describe_gauge!(QUALITY, "Live quality from labels, by measure");
+    describe_counter!(DRIFT_EVENTS, "Drift events raised");
+    describe_gauge!(DRIFT_PSI, "Population stability index of the last window");
+    describe_gauge!(DRIFT_KS_PVALUE, "Kolmogorov-Smirnov p-value of the last window");
     describe_counter!(LOAD_FAILURES, "Model versions that failed to load");
 }
 

@@ -3,16 +3,24 @@
 //! - [`store`]: the registry folder — versions published atomically, listing, SHA-256
 //!   verification, aliases (`champion`, `challenger`, ...) replaced whole.
 //! - [`manifest`]: a version's manifest (identity and lineage).
+//! - [`profile`]: reference profiles (per-feature quantile bins, samples) for drift detection.
+//! - [`samples`]: the sample and label Parquet layout and column names.
+//! - [`events`]: the drift event format.
 //! - [`fsutil`]: atomic, durable writes.
 //!
 //! The `registry` binary exposes the same operations to operators.
 #![forbid(unsafe_code)]
 
+pub mod events;
 pub mod fsutil;
 pub mod manifest;
+pub mod profile;
+pub mod samples;
 pub mod store;
 
+pub use events::{DRIFT_EVENTS_FILE, DriftEvent};
 pub use manifest::{DataLineage, MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
+pub use profile::{FeatureProfile, PROFILE_FILE, ReferenceProfile};
 pub use store::{
     ALIASES_FILE, FileStamp, MODEL_FILE, Registry, RegistryError, Skipped, Verified, VersionEntry, valid_alias,
     valid_model_name,

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::fsutil::{sync_dir, unique, write_atomic, write_synced};
 use crate::manifest::{MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
+use crate::profile::{PROFILE_FILE, ReferenceProfile};
 
 /// File name of a version's model.
 pub const MODEL_FILE: &str = "model.onnx";
@@ -231,6 +232,25 @@ impl Registry {
             path: dir.display().to_string(),
             reason: "could not claim a version number".into(),
         })
+    }
+
+    /// A version's reference profile, `None` when it has none.
+    pub fn profile(&self, model: &str, version: u64) -> Result<Option<ReferenceProfile>, RegistryError> {
+        let path = self.version(model, version)?.dir.join(PROFILE_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| RegistryError::Corrupt { path: path.display().to_string(), reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Writes (or replaces) a version's reference profile, atomically.
+    pub fn write_profile(&self, model: &str, version: u64, profile: &ReferenceProfile) -> Result<(), RegistryError> {
+        let path = self.version(model, version)?.dir.join(PROFILE_FILE);
+        let bytes = serde_json::to_vec(profile).unwrap_or_default();
+        write_atomic(&path, &bytes).map_err(io(&path))
     }
 
     /// The model's aliases (empty when it has none).

@@ -9,3 +9,4 @@ mod lifecycle;
 mod rollout;
 mod support;
 mod swap_errors;
+mod tap;

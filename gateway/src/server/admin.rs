@@ -27,6 +27,21 @@ pub async fn handle(
     match (method, rest) {
         (Method::GET, ["routing"]) => Ok(routing(state, &reloader)),
         (Method::GET, ["audit"]) => Ok(json!({"entries": reloader.audit.tail(100)})),
+        (Method::GET, ["drift", model]) => {
+            let since = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("since=")))
+                .map(|v| {
+                    v.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("since must be a number, given {v:?}")))
+                })
+                .transpose()?
+                .unwrap_or(0);
+            let registry = reloader.registry().ok_or_else(|| ApiError::NotReady("no registry".into()))?;
+            let events = crate::drift::read_events(&registry, model, since);
+            let next = events.last().map_or(since, |e| e.seq + 1);
+            Ok(json!({"model": model, "events": events, "next": next}))
+        }
         (Method::POST, ["reload"]) => {
             let r = Arc::clone(&reloader);
             let status = tokio::task::spawn_blocking(move || r.reload())

@@ -1,7 +1,7 @@
 //! `POST /v2/models/{model}[/versions/{v}]/infer`: read, decode, check, queue, answer.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -16,6 +16,7 @@ use crate::metrics::{ARM_REQUESTS, InFlight, SHADOW_REQUESTS};
 use crate::model::table::{BudgetPermit, RouteEvidence, ServedModel};
 use crate::model::{Arm, ModelVersion, ValidationError};
 use crate::protocol::{InferRequest, ResponseHeader, Tensor, decode_request, encode_response};
+use crate::tap::{Served, Tap, id_fraction};
 
 /// Header carrying the JSON header length when binary tensors follow it.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -47,7 +48,12 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
         Err(e) => return finish(error_response(&e.into()), &request_id, None, started, None),
     };
     let mirror = extras.as_ref().is_some_and(|x| x.shadow.is_some());
-    let (response, timing, answered) = match run(state, req, &mv, mirror).await {
+    let tapping = state
+        .tap
+        .as_ref()
+        .map(|tap| TapDecision::new(tap, state, request_id.to_str().unwrap_or_default(), &mv.model, arm));
+    let keep_inputs = mirror || tapping.as_ref().is_some_and(|t| t.needs_inputs);
+    let (response, timing, answered) = match run(state, req, &mv, keep_inputs).await {
         Ok((response, out, inputs)) => (response, Some((out.queue, out.compute)), Some((out, inputs))),
         Err(e) => {
             if let ApiError::Infer(InferError::QueueFull { .. }) = e {
@@ -63,7 +69,11 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
     mv.metrics.request_seconds.record(total.as_secs_f64());
     metrics::counter!(ARM_REQUESTS, "model" => mv.model.clone(), "arm" => arm.as_str()).increment(1);
     if let Some(extras) = extras {
-        extras.after_primary(arm, total, answered);
+        extras.after_primary(arm, total, answered.as_ref().map(|(out, inputs)| (out, inputs.as_ref())));
+    }
+    if let (Some(tap), Some(decision)) = (state.tap.as_deref(), tapping) {
+        let status = response.status().as_u16();
+        decision.offer(tap, &mv, request_id.to_str().unwrap_or_default(), arm, (status, total), answered);
     }
     let mut response = finish(response, &request_id, Some(&mv), started, timing);
     response.headers_mut().insert(ARM, HeaderValue::from_static(arm.as_str()));
@@ -98,7 +108,7 @@ impl RouteExtras {
 
     /// Records the primary's outcome for its arm and starts the shadow, after the primary
     /// answer is ready: the shadow never delays or changes it.
-    fn after_primary(self, arm: Arm, latency: Duration, answered: Option<(JobOutput, Option<Vec<Tensor>>)>) {
+    fn after_primary(self, arm: Arm, latency: Duration, answered: Option<(&JobOutput, Option<&Vec<Tensor>>)>) {
         let record = match arm {
             Arm::Champion => &self.evidence.champion,
             Arm::Canary => &self.evidence.canary,
@@ -111,8 +121,69 @@ impl RouteExtras {
         let primary = first_output_f64(&output.outputs);
         record.record_ok(latency, primary.as_ref().and_then(|p| p.first().copied()));
         if let (Some((shadow, permit)), Some(inputs), Some(primary)) = (self.shadow, inputs, primary) {
-            tokio::spawn(run_shadow(shadow, permit, self.evidence, inputs, primary, latency));
+            tokio::spawn(run_shadow(shadow, permit, self.evidence, inputs.clone(), primary, latency));
         }
+    }
+}
+
+/// Whether a request goes to the tap, decided by its id before it runs (so inputs are kept only
+/// when needed), and finished with what the answer adds (errors, uncertain predictions).
+struct TapDecision {
+    sampled: bool,
+    drift: bool,
+    keep_errors: bool,
+    uncertain_within: f64,
+    needs_inputs: bool,
+}
+
+impl TapDecision {
+    fn new(tap: &Tap, state: &AppState, request_id: &str, model: &str, arm: Arm) -> Self {
+        let at = id_fraction(request_id);
+        let rate = state.reloader.as_ref().map_or(tap.sampling.rate, |r| r.config.load().sample_rate_for(model));
+        let sampled = at < rate || (tap.sampling.keep_canary && arm == Arm::Canary);
+        let drift = tap.drift.enabled && at < tap.drift.rate;
+        let uncertain_within = tap.sampling.keep_uncertain_within;
+        Self {
+            sampled,
+            drift,
+            keep_errors: tap.sampling.keep_errors,
+            uncertain_within,
+            needs_inputs: sampled || drift || uncertain_within > 0.0,
+        }
+    }
+
+    /// Hands the served request to the tap (a full channel drops it, never waits).
+    fn offer(
+        self,
+        tap: &Tap,
+        mv: &ModelVersion,
+        request_id: &str,
+        arm: Arm,
+        (status, latency): (u16, Duration),
+        answered: Option<(JobOutput, Option<Vec<Tensor>>)>,
+    ) {
+        let (outputs, inputs) = match answered {
+            Some((out, inputs)) => (out.outputs, inputs.unwrap_or_default()),
+            None => (Vec::new(), Vec::new()),
+        };
+        let uncertain = self.uncertain_within > 0.0
+            && first_output_f64(&outputs).is_some_and(|s| s.iter().any(|p| (p - 0.5).abs() < self.uncertain_within));
+        let sampled = self.sampled || uncertain || (self.keep_errors && status != 200);
+        if !sampled && !self.drift {
+            return;
+        }
+        tap.offer(Served {
+            request_id: request_id.to_owned(),
+            time: SystemTime::now(),
+            model: mv.model.clone(),
+            version: mv.version,
+            arm: arm.as_str(),
+            status,
+            latency,
+            inputs,
+            outputs,
+            sampled,
+        });
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod feedback;
 pub mod infer;
 pub mod routes;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Rebuilds the table on config/registry changes (absent in tests that build state by hand).
     pub reloader: Option<Arc<crate::rollout::Reloader>>,
+    /// Sampling, labels and drift (absent when it could not start).
+    pub tap: Option<Arc<crate::tap::Tap>>,
 }
 
 /// Serves connections until `shutdown` resolves, then stops accepting and waits up to `grace`

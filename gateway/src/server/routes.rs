@@ -28,6 +28,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: std::net
             return infer(&state, req, model, Some(v)).await;
         }
         (_, ["admin", rest @ ..]) => super::admin::handle(&state, req, peer, rest).await,
+        (Method::POST, ["v2", "models", model, "feedback"]) => super::feedback::feedback(&state, req, model).await,
         (Method::GET, ["v2"]) => Ok(server_metadata()),
         (Method::GET, ["v2", "health", "live"]) => Ok(json!({"live": true})),
         (Method::GET, ["v2", "health", "ready"]) => server_ready(&state),
@@ -47,7 +48,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: std::net
 
 fn wrong_method_or_path(method: &Method, path: &str, segments: &[&str]) -> ApiError {
     let allowed = match segments.last() {
-        Some(&"infer") => Some("POST"),
+        Some(&"infer") | Some(&"feedback") => Some("POST"),
         Some(&"index") => Some("POST"),
         _ if segments.len() >= 2 => Some("GET"),
         _ => None,

@@ -1,0 +1,286 @@
+//! Online drift detection for each model, fed by the tap off the hot path: tumbling windows of
+//! rows compared with the serving version's reference profile (PSI and KS per feature and on
+//! the prediction, Bonferroni across features), Page-Hinkley on the prediction stream, and a
+//! NaN-rate check. A tripped (detector, feature) raises one event and stays quiet until a
+//! window comes back under threshold (hysteresis), so one shift is one event.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use flywheel_registry::{DRIFT_EVENTS_FILE, DriftEvent, FeatureProfile, ReferenceProfile, Registry};
+use serde::Deserialize;
+
+use super::page_hinkley::PageHinkley;
+use super::stats::{ks_pvalue, ks_statistic, psi};
+use crate::metrics::{DRIFT_EVENTS, DRIFT_KS_PVALUE, DRIFT_PSI};
+use crate::tap::Served;
+
+/// Detector settings (`[drift]` in the config).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftSettings {
+    pub enabled: bool,
+    /// Share of requests the detectors see (deterministic by request id).
+    pub rate: f64,
+    /// Rows per tumbling window.
+    pub window_rows: usize,
+    /// PSI above this trips.
+    pub psi_threshold: f64,
+    /// Family-wise significance of the KS tests (split over the features, Bonferroni).
+    pub ks_alpha: f64,
+    /// Page-Hinkley tolerance and threshold on the prediction stream.
+    pub page_hinkley_delta: f64,
+    pub page_hinkley_lambda: f64,
+    /// A NaN rate this much above the reference's trips the data-quality check.
+    pub max_nan_rate_increase: f64,
+}
+
+impl Default for DriftSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rate: 1.0,
+            window_rows: 1000,
+            psi_threshold: 0.2,
+            ks_alpha: 0.01,
+            page_hinkley_delta: 0.005,
+            page_hinkley_lambda: 50.0,
+            max_nan_rate_increase: 0.05,
+        }
+    }
+}
+
+impl DriftSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.rate) {
+            return Err(format!("drift.rate must be in 0..=1, given {}", self.rate));
+        }
+        if !(50..=10_000_000).contains(&self.window_rows) {
+            return Err(format!("drift.window_rows must be in 50..=10000000, given {}", self.window_rows));
+        }
+        if !(self.ks_alpha > 0.0 && self.ks_alpha < 1.0) {
+            return Err(format!("drift.ks_alpha must be in (0, 1), given {}", self.ks_alpha));
+        }
+        Ok(())
+    }
+}
+
+/// One model's detector state for the version it serves.
+struct ModelDrift {
+    version: u64,
+    profile: Option<Arc<ReferenceProfile>>,
+    columns: Vec<Vec<f64>>,
+    predictions: Vec<f64>,
+    window_start: Option<SystemTime>,
+    page_hinkley: PageHinkley,
+    active: HashSet<String>,
+    next_seq: u64,
+}
+
+/// Detectors for every model; owned by the tap thread.
+pub struct DriftMonitor {
+    settings: DriftSettings,
+    registry: Option<Registry>,
+    models: HashMap<String, ModelDrift>,
+}
+
+impl DriftMonitor {
+    pub fn new(settings: DriftSettings, registry: Option<Registry>) -> Self {
+        Self { settings, registry, models: HashMap::new() }
+    }
+
+    /// Feeds one served request; returns the events it raised (already appended to the log).
+    pub fn observe(&mut self, served: &Served, files: impl Fn(&str, SystemTime) -> Vec<String>) -> Vec<DriftEvent> {
+        if !self.settings.enabled || served.status != 200 || served.inputs.is_empty() {
+            return Vec::new();
+        }
+        let settings = self.settings.clone();
+        let registry = self.registry.clone();
+        let state = self.state_for(&served.model, served.version);
+        let Some(profile) = state.profile.clone() else { return Vec::new() };
+        let input = &served.inputs[0];
+        let rows = served.rows();
+        let width = profile.features.len();
+        let (Some(values), true) = (input.data.to_f64(), input.data.len() == rows * width) else {
+            return Vec::new();
+        };
+        state.window_start.get_or_insert(served.time);
+        for row in values.chunks_exact(width) {
+            for (column, v) in state.columns.iter_mut().zip(row) {
+                column.push(*v);
+            }
+        }
+        let mut events = Vec::new();
+        let predictions = served.outputs.first().and_then(|o| o.data.to_f64()).unwrap_or_default();
+        for p in predictions.iter().step_by((predictions.len() / rows.max(1)).max(1)) {
+            state.predictions.push(*p);
+            if let Some(statistic) = state.page_hinkley.update(*p) {
+                let rows = state.predictions.len();
+                let trip = (statistic, settings.page_hinkley_lambda);
+                events.push(make_event(served, ("page_hinkley", "prediction"), trip, rows, state, &files));
+            }
+        }
+        if state.columns.first().is_some_and(|c| c.len() >= settings.window_rows) {
+            events.extend(close_window(served, &settings, &profile, state, &files));
+        }
+        for event in &mut events {
+            state.next_seq = append_event(registry.as_ref(), event, state.next_seq);
+            metrics::counter!(DRIFT_EVENTS, "model" => event.model.clone(), "detector" => event.detector.clone())
+                .increment(1);
+            tracing::warn!(model = %event.model, detector = %event.detector, feature = %event.feature, statistic = event.statistic, "drift detected");
+        }
+        events
+    }
+
+    fn state_for(&mut self, model: &str, version: u64) -> &mut ModelDrift {
+        let registry = self.registry.clone();
+        let settings = &self.settings;
+        let fresh = |next_seq: u64| {
+            let profile = registry.as_ref().and_then(|r| match r.profile(model, version) {
+                Ok(Some(p)) => Some(Arc::new(p)),
+                Ok(None) => {
+                    tracing::info!(model, version, "no reference profile; drift detection is off for this version");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(model, version, error = %e, "reference profile unreadable; drift detection is off");
+                    None
+                }
+            });
+            let width = profile.as_ref().map_or(0, |p| p.features.len());
+            ModelDrift {
+                version,
+                profile,
+                columns: vec![Vec::new(); width],
+                predictions: Vec::new(),
+                window_start: None,
+                page_hinkley: PageHinkley::new(settings.page_hinkley_delta, settings.page_hinkley_lambda, 100),
+                active: HashSet::new(),
+                next_seq,
+            }
+        };
+        let seq = self.models.get(model).map(|m| m.next_seq).unwrap_or_else(|| count_events(registry.as_ref(), model));
+        let entry = self.models.entry(model.to_owned()).or_insert_with(|| fresh(seq));
+        if entry.version != version {
+            *entry = fresh(seq);
+        }
+        entry
+    }
+}
+
+/// Computes the window's statistics, raises events for features newly over threshold, resets.
+fn close_window(
+    served: &Served,
+    settings: &DriftSettings,
+    profile: &ReferenceProfile,
+    state: &mut ModelDrift,
+    files: &impl Fn(&str, SystemTime) -> Vec<String>,
+) -> Vec<DriftEvent> {
+    let window_rows = state.columns.first().map_or(0, Vec::len);
+    let tests = profile.features.len() + usize::from(profile.prediction.is_some());
+    let alpha = settings.ks_alpha / tests.max(1) as f64;
+    let mut trips = Vec::new();
+    let mut checks: Vec<(&FeatureProfile, Vec<f64>)> =
+        profile.features.iter().zip(std::mem::take(&mut state.columns)).collect();
+    if let Some(p) = &profile.prediction {
+        checks.push((p, std::mem::take(&mut state.predictions)));
+    }
+    for (feature, mut values) in checks {
+        let nan_rate = values.iter().filter(|v| v.is_nan()).count() as f64 / values.len().max(1) as f64;
+        let value = psi(&feature.edges, &feature.proportions, &values);
+        values.retain(|v| !v.is_nan());
+        values.sort_by(f64::total_cmp);
+        let d = ks_statistic(&values, &feature.sample);
+        let p = ks_pvalue(d, values.len(), feature.sample.len());
+        let labels = [("model", served.model.clone()), ("feature", feature.name.clone())];
+        metrics::gauge!(DRIFT_PSI, &labels).set(value);
+        metrics::gauge!(DRIFT_KS_PVALUE, &labels).set(p);
+        let tripped = if nan_rate > feature.nan_rate + settings.max_nan_rate_increase {
+            Some(("data_quality", nan_rate, feature.nan_rate + settings.max_nan_rate_increase))
+        } else if value > settings.psi_threshold {
+            Some(("psi", value, settings.psi_threshold))
+        } else if p < alpha {
+            Some(("ks", d, alpha))
+        } else {
+            None
+        };
+        match tripped {
+            Some(trip) if state.active.insert(feature.name.clone()) => trips.push((feature.name.clone(), trip)),
+            Some(_) => {}
+            None => {
+                state.active.remove(&feature.name);
+            }
+        }
+    }
+    let events = trips
+        .into_iter()
+        .map(|(feature, (detector, statistic, threshold))| {
+            make_event(served, (detector, &feature), (statistic, threshold), window_rows, state, files)
+        })
+        .collect();
+    state.columns = vec![Vec::new(); profile.features.len()];
+    state.window_start = None;
+    events
+}
+
+/// An event for (detector, feature) with (statistic, threshold) over `window_rows` rows.
+fn make_event(
+    served: &Served,
+    (detector, feature): (&str, &str),
+    (statistic, threshold): (f64, f64),
+    window_rows: usize,
+    state: &ModelDrift,
+    files: &impl Fn(&str, SystemTime) -> Vec<String>,
+) -> DriftEvent {
+    let start = state.window_start.unwrap_or(served.time);
+    DriftEvent {
+        seq: 0,
+        model: served.model.clone(),
+        version: served.version,
+        detector: detector.to_owned(),
+        feature: feature.to_owned(),
+        statistic,
+        threshold,
+        window_rows: window_rows as u64,
+        window_start: humantime::format_rfc3339_millis(start).to_string(),
+        window_end: humantime::format_rfc3339_millis(served.time).to_string(),
+        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        sample_files: files(&served.model, start),
+    }
+}
+
+fn events_path(registry: &Registry, model: &str) -> std::path::PathBuf {
+    registry.root().join(model).join(DRIFT_EVENTS_FILE)
+}
+
+fn count_events(registry: Option<&Registry>, model: &str) -> u64 {
+    registry.and_then(|r| std::fs::read_to_string(events_path(r, model)).ok()).map_or(0, |t| t.lines().count() as u64)
+}
+
+/// Appends `event` with sequence number `seq`; returns the next sequence number.
+fn append_event(registry: Option<&Registry>, event: &mut DriftEvent, seq: u64) -> u64 {
+    event.seq = seq;
+    let Some(registry) = registry else { return seq + 1 };
+    let path = events_path(registry, &event.model);
+    let line = serde_json::to_string(event).unwrap_or_default();
+    let written = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
+        f.write_all(format!("{line}\n").as_bytes())?;
+        f.sync_data()
+    });
+    if let Err(e) = written {
+        tracing::error!(path = %path.display(), error = %e, "drift event not written");
+    }
+    seq + 1
+}
+
+/// Events of `model` from sequence number `since` on.
+pub fn read_events(registry: &Registry, model: &str, since: u64) -> Vec<DriftEvent> {
+    std::fs::read_to_string(events_path(registry, model))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<DriftEvent>(l).ok())
+        .filter(|e| e.seq >= since)
+        .collect()
+}

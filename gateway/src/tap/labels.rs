@@ -1,0 +1,281 @@
+//! Labels from the feedback API: parsing, their Parquet rows, the index of recent predictions
+//! that turns labels into live quality metrics, and idempotency on repeats.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arrow_array::builder::{Float64Builder, StringBuilder, TimestampMicrosecondBuilder, UInt32Builder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use flywheel_registry::samples;
+use serde::Deserialize;
+
+use crate::metrics::{LABELS, QUALITY};
+
+/// One label: the true outcome for row `row` of request `id`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Label {
+    pub id: String,
+    #[serde(default)]
+    pub row: u32,
+    pub label: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Body {
+    Many { labels: Vec<Label> },
+    One(Label),
+}
+
+/// Parses `{"labels": [...]}` or a single `{"id", "row"?, "label"}`; the message says what is wrong.
+pub fn parse(body: &[u8]) -> Result<Vec<Label>, String> {
+    let labels = match serde_json::from_slice::<Body>(body) {
+        Ok(Body::Many { labels }) => labels,
+        Ok(Body::One(label)) => vec![label],
+        Err(_) => {
+            return Err(
+                "feedback body must be {\"labels\": [{\"id\": \"<request id>\", \"row\": 0, \"label\": 1.0}, ...]} or one such object".into(),
+            );
+        }
+    };
+    if labels.is_empty() {
+        return Err("feedback has no labels".into());
+    }
+    if let Some(bad) = labels.iter().find(|l| l.id.is_empty() || l.id.len() > 128 || !l.label.is_finite()) {
+        return Err(format!(
+            "label for id {:?} is invalid: ids are 1..=128 characters and labels finite numbers, given {}",
+            bad.id, bad.label
+        ));
+    }
+    Ok(labels)
+}
+
+/// The schema of label files.
+pub fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(samples::REQUEST_ID, DataType::Utf8, false),
+        Field::new(samples::ROW, DataType::UInt32, false),
+        Field::new(samples::LABEL, DataType::Float64, false),
+        Field::new(samples::TIME, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+    ]))
+}
+
+/// Label rows being buffered for one model.
+pub struct LabelRows {
+    id: StringBuilder,
+    row: UInt32Builder,
+    label: Float64Builder,
+    time: TimestampMicrosecondBuilder,
+    pub len: usize,
+}
+
+impl Default for LabelRows {
+    fn default() -> Self {
+        Self {
+            id: StringBuilder::new(),
+            row: UInt32Builder::new(),
+            label: Float64Builder::new(),
+            time: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            len: 0,
+        }
+    }
+}
+
+impl LabelRows {
+    pub fn push(&mut self, label: &Label, at: SystemTime) {
+        self.id.append_value(&label.id);
+        self.row.append_value(label.row);
+        self.label.append_value(label.label);
+        self.time.append_value(at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64));
+        self.len += 1;
+    }
+
+    pub fn take(&mut self) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(self.id.finish()),
+            Arc::new(self.row.finish()),
+            Arc::new(self.label.finish()),
+            Arc::new(self.time.finish()),
+        ];
+        self.len = 0;
+        RecordBatch::try_new(schema(), arrays)
+    }
+}
+
+/// A tapped prediction, kept for a while so a label can be scored against it.
+struct Recent {
+    model: String,
+    version: u64,
+    arm: &'static str,
+    scores: Vec<f64>,
+}
+
+/// Running quality of one (model, version, arm).
+#[derive(Default)]
+struct Quality {
+    n: u64,
+    correct: u64,
+    log_loss: f64,
+    /// Per probability decile: (count, sum of p, sum of y).
+    bins: [(u64, f64, f64); 10],
+}
+
+impl Quality {
+    fn add(&mut self, p: f64, y: f64) {
+        let p = p.clamp(1e-7, 1.0 - 1e-7);
+        let y = if y >= 0.5 { 1.0 } else { 0.0 };
+        self.n += 1;
+        self.correct += u64::from((p >= 0.5) == (y == 1.0));
+        self.log_loss -= y * p.ln() + (1.0 - y) * (1.0 - p).ln();
+        let bin = ((p * 10.0) as usize).min(9);
+        self.bins[bin].0 += 1;
+        self.bins[bin].1 += p;
+        self.bins[bin].2 += y;
+    }
+
+    /// Expected calibration error over the deciles.
+    fn ece(&self) -> f64 {
+        self.bins
+            .iter()
+            .filter(|b| b.0 > 0)
+            .map(|(c, p, y)| (*c as f64 / self.n as f64) * ((p - y) / *c as f64).abs())
+            .sum()
+    }
+}
+
+/// Recent predictions and labels seen, both bounded in count and age.
+pub struct LabelIndex {
+    window: Duration,
+    capacity: usize,
+    recent: HashMap<String, Recent>,
+    order: VecDeque<(Instant, String)>,
+    seen: HashMap<(String, u32), f64>,
+    seen_order: VecDeque<(Instant, (String, u32))>,
+    quality: HashMap<(String, u64, &'static str), Quality>,
+}
+
+impl LabelIndex {
+    pub fn new(window: Duration, capacity: usize) -> Self {
+        Self {
+            window,
+            capacity,
+            recent: HashMap::new(),
+            order: VecDeque::new(),
+            seen: HashMap::new(),
+            seen_order: VecDeque::new(),
+            quality: HashMap::new(),
+        }
+    }
+
+    /// Remembers a tapped prediction (first output's values per row).
+    pub fn remember(&mut self, id: &str, model: &str, version: u64, arm: &'static str, scores: Vec<f64>) {
+        self.expire();
+        if self.recent.len() >= self.capacity
+            && let Some((_, old)) = self.order.pop_front()
+        {
+            self.recent.remove(&old);
+        }
+        self.recent.insert(id.to_owned(), Recent { model: model.to_owned(), version, arm, scores });
+        self.order.push_back((Instant::now(), id.to_owned()));
+    }
+
+    /// Takes a label in: false when it repeats one already stored (same id, row and value),
+    /// which must not be written again. Scores it against its prediction when that is recent.
+    pub fn accept(&mut self, model: &str, label: &Label) -> bool {
+        self.expire();
+        let key = (label.id.clone(), label.row);
+        if self.seen.get(&key) == Some(&label.label) {
+            metrics::counter!(LABELS, "model" => model.to_owned(), "outcome" => "duplicate").increment(1);
+            return false;
+        }
+        if self.seen.len() < self.capacity {
+            self.seen.insert(key.clone(), label.label);
+            self.seen_order.push_back((Instant::now(), key));
+        }
+        let matched = self.recent.get(&label.id).and_then(|r| r.scores.get(label.row as usize).map(|p| (r, *p)));
+        let outcome = match matched {
+            Some((recent, p)) => {
+                let labels = [
+                    ("model", recent.model.clone()),
+                    ("version", recent.version.to_string()),
+                    ("arm", recent.arm.to_owned()),
+                ];
+                let q = self.quality.entry((recent.model.clone(), recent.version, recent.arm)).or_default();
+                q.add(p, label.label);
+                metrics::gauge!(
+                    QUALITY,
+                    &[labels[0].clone(), labels[1].clone(), labels[2].clone(), ("measure", "accuracy".to_owned())]
+                )
+                .set(q.correct as f64 / q.n as f64);
+                metrics::gauge!(
+                    QUALITY,
+                    &[labels[0].clone(), labels[1].clone(), labels[2].clone(), ("measure", "log_loss".to_owned())]
+                )
+                .set(q.log_loss / q.n as f64);
+                metrics::gauge!(
+                    QUALITY,
+                    &[labels[0].clone(), labels[1].clone(), labels[2].clone(), ("measure", "ece".to_owned())]
+                )
+                .set(q.ece());
+                "matched"
+            }
+            None => "unmatched",
+        };
+        metrics::counter!(LABELS, "model" => model.to_owned(), "outcome" => outcome).increment(1);
+        true
+    }
+
+    fn expire(&mut self) {
+        let cutoff = Instant::now().checked_sub(self.window);
+        while let (Some(cutoff), Some((at, _))) = (cutoff, self.order.front()) {
+            if *at >= cutoff {
+                break;
+            }
+            if let Some((_, id)) = self.order.pop_front() {
+                self.recent.remove(&id);
+            }
+        }
+        while let (Some(cutoff), Some((at, _))) = (cutoff, self.seen_order.front()) {
+            if *at >= cutoff {
+                break;
+            }
+            if let Some((_, key)) = self.seen_order.pop_front() {
+                self.seen.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_one_or_many_and_names_what_is_wrong() {
+        assert_eq!(parse(br#"{"id": "a", "label": 1}"#).unwrap(), vec![Label { id: "a".into(), row: 0, label: 1.0 }]);
+        assert_eq!(parse(br#"{"labels": [{"id": "a", "row": 2, "label": 0}]}"#).unwrap()[0].row, 2);
+        assert!(parse(b"{}").unwrap_err().contains("feedback body must be"));
+        assert!(parse(br#"{"labels": []}"#).unwrap_err().contains("no labels"));
+        assert!(parse(br#"{"id": "", "label": 1}"#).unwrap_err().contains("invalid"));
+        assert!(parse(br#"{"id": "a", "label": 1, "extra": 2}"#).is_err());
+    }
+
+    #[test]
+    fn repeats_are_not_stored_twice_and_labels_score_recent_predictions() {
+        let mut index = LabelIndex::new(Duration::from_secs(60), 100);
+        index.remember("r1", "m", 1, "champion", vec![0.9, 0.2]);
+        let label = Label { id: "r1".into(), row: 0, label: 1.0 };
+        assert!(index.accept("m", &label));
+        assert!(!index.accept("m", &label), "same label again is a no-op");
+        assert!(index.accept("m", &Label { label: 0.0, ..label.clone() }), "a correction is stored");
+        assert!(index.accept("m", &Label { id: "r1".into(), row: 1, label: 0.0 }));
+        let q = &index.quality[&("m".to_owned(), 1, "champion")];
+        assert_eq!((q.n, q.correct), (3, 2));
+        // log loss: -(ln 0.9 + ln 0.1 + ln 0.8) / 3
+        let expected = -((0.9f64).ln() + (0.1f64).ln() + (0.8f64).ln()) / 3.0;
+        assert!((q.log_loss / q.n as f64 - expected).abs() < 1e-12);
+    }
+}

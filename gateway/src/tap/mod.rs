@@ -1,0 +1,415 @@
+//! The tap: after a response is built, the served request goes into a bounded, lossy channel
+//! (a full channel drops and counts; serving never waits). One thread consumes it: sampled
+//! rows go to Parquet part files ([`files`], [`columns`]), every tapped row feeds the drift
+//! monitor, and labels from the feedback API ([`labels`]) land in their own Parquet files.
+//!
+//! Sampling is deterministic by request id: the same id is sampled or not on every replica.
+
+pub mod columns;
+pub mod files;
+pub mod labels;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select};
+use flywheel_registry::{Registry, samples};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use self::columns::{Plan, Rows};
+use self::files::{PartFile, Rotation, clean_leftovers, date_of};
+use self::labels::{Label, LabelIndex, LabelRows};
+use crate::drift::{DriftMonitor, DriftSettings};
+use crate::metrics::{SAMPLE_FILES, SAMPLE_ROWS, SAMPLE_WRITE_ERRORS, TAP_DROPPED};
+use crate::model::table::fnv1a;
+use crate::protocol::Tensor;
+
+/// `[sampling]` settings.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingSettings {
+    /// Folder for `samples/` and `labels/`; default: `samples` beside the model repository.
+    pub dir: Option<PathBuf>,
+    /// Share of requests written to Parquet (per-model `sample_rate` overrides it).
+    pub rate: f64,
+    /// Always keep canary requests.
+    pub keep_canary: bool,
+    /// Always keep failed requests.
+    pub keep_errors: bool,
+    /// Always keep predictions closer to 0.5 than this (0 disables).
+    pub keep_uncertain_within: f64,
+    /// Served requests waiting for the tap thread; beyond it they are dropped and counted.
+    pub channel_capacity: usize,
+    pub max_rows_per_file: usize,
+    pub max_file_bytes: usize,
+    pub max_file_age_ms: u64,
+    pub row_group_rows: usize,
+    /// How long a tapped prediction waits for its label to score live quality.
+    pub label_window_ms: u64,
+}
+
+impl Default for SamplingSettings {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            rate: 0.0,
+            keep_canary: false,
+            keep_errors: false,
+            keep_uncertain_within: 0.0,
+            channel_capacity: 8192,
+            max_rows_per_file: 1_000_000,
+            max_file_bytes: 128 << 20,
+            max_file_age_ms: 60_000,
+            row_group_rows: 65_536,
+            label_window_ms: 3_600_000,
+        }
+    }
+}
+
+impl SamplingSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.rate) {
+            return Err(format!("sampling.rate must be in 0..=1, given {}", self.rate));
+        }
+        if self.channel_capacity == 0 || self.max_rows_per_file == 0 || self.row_group_rows == 0 {
+            return Err("sampling.channel_capacity, max_rows_per_file and row_group_rows must be at least 1".into());
+        }
+        if self.max_file_age_ms < 100 {
+            return Err(format!("sampling.max_file_age_ms must be at least 100, given {}", self.max_file_age_ms));
+        }
+        Ok(())
+    }
+}
+
+/// One answered request as the tap sees it.
+#[derive(Debug)]
+pub struct Served {
+    pub request_id: String,
+    pub time: SystemTime,
+    pub model: String,
+    pub version: u64,
+    pub arm: &'static str,
+    pub status: u16,
+    pub latency: Duration,
+    /// Inputs in the model's order (empty when the request failed before they were known).
+    pub inputs: Vec<Tensor>,
+    pub outputs: Vec<Tensor>,
+    /// Write to Parquet (otherwise the drift monitor only).
+    pub sampled: bool,
+}
+
+impl Served {
+    /// Rows this request carried (1 when unknown).
+    pub fn rows(&self) -> usize {
+        self.inputs.first().and_then(|t| t.shape.first()).map_or(1, |r| (*r).max(1) as usize)
+    }
+}
+
+/// Where a request id falls in [0, 1): the same on every replica and restart.
+pub fn id_fraction(request_id: &str) -> f64 {
+    (fnv1a(request_id.as_bytes()) % 1_000_000) as f64 / 1_000_000.0
+}
+
+/// Labels and their answer channel.
+type LabelMsg = (String, Vec<Label>, oneshot::Sender<Result<usize, String>>);
+
+/// The handle the server holds: cheap sends, never blocking.
+pub struct Tap {
+    served: Sender<Box<Served>>,
+    labels: Sender<LabelMsg>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stop: Sender<()>,
+    pub sampling: SamplingSettings,
+    pub drift: DriftSettings,
+}
+
+impl Tap {
+    /// Starts the tap thread writing under `dir` (leftover temporary files are removed first).
+    pub fn start(
+        sampling: SamplingSettings,
+        drift: DriftSettings,
+        dir: PathBuf,
+        registry: Option<Registry>,
+    ) -> std::io::Result<Self> {
+        let removed = clean_leftovers(&dir);
+        if removed > 0 {
+            tracing::warn!(removed, dir = %dir.display(), "removed unfinished part files left by a crash");
+        }
+        let (served_tx, served_rx) = bounded(sampling.channel_capacity);
+        let (labels_tx, labels_rx) = bounded(1024);
+        let (stop_tx, stop_rx) = bounded(1);
+        let mut worker = Worker::new(&sampling, dir, DriftMonitor::new(drift.clone(), registry));
+        let thread = std::thread::Builder::new()
+            .name("tap".into())
+            .spawn(move || worker.run(&served_rx, &labels_rx, &stop_rx))?;
+        Ok(Self {
+            served: served_tx,
+            labels: labels_tx,
+            thread: Mutex::new(Some(thread)),
+            stop: stop_tx,
+            sampling,
+            drift,
+        })
+    }
+
+    /// Offers a served request; a full channel drops it (counted).
+    pub fn offer(&self, served: Served) {
+        if let Err(TrySendError::Full(s) | TrySendError::Disconnected(s)) = self.served.try_send(Box::new(served)) {
+            metrics::counter!(TAP_DROPPED, "model" => s.model.clone()).increment(1);
+        }
+    }
+
+    /// Hands labels to the tap thread; resolves once they are buffered for writing.
+    pub async fn feedback(&self, model: &str, labels: Vec<Label>) -> Result<usize, String> {
+        let (tx, rx) = oneshot::channel();
+        self.labels
+            .try_send((model.to_owned(), labels, tx))
+            .map_err(|_| "the label writer is busy; retry".to_owned())?;
+        rx.await.map_err(|_| "the label writer stopped".to_owned())?
+    }
+
+    /// Stops the thread after it has written and finalized everything it holds.
+    pub fn shutdown(&self, grace: Duration) {
+        let _ = self.stop.send_timeout((), grace);
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Buffered rows and the open file of one model (samples or labels).
+struct Sink<R> {
+    rows: R,
+    file: Option<PartFile>,
+}
+
+/// The tap thread's state.
+struct Worker {
+    dir: PathBuf,
+    rotation: Rotation,
+    samples: HashMap<String, Sink<Rows>>,
+    labels: HashMap<String, Sink<LabelRows>>,
+    index: LabelIndex,
+    drift: DriftMonitor,
+    /// Finished sample files per model with their finish time, for drift events.
+    finished: HashMap<String, Vec<(SystemTime, String)>>,
+}
+
+/// Rows buffered before they are handed to the Parquet writer.
+const BATCH_ROWS: usize = 1024;
+
+impl Worker {
+    fn new(sampling: &SamplingSettings, dir: PathBuf, drift: DriftMonitor) -> Self {
+        Self {
+            dir,
+            rotation: Rotation {
+                max_rows: sampling.max_rows_per_file,
+                max_bytes: sampling.max_file_bytes,
+                max_age: Duration::from_millis(sampling.max_file_age_ms),
+                row_group_rows: sampling.row_group_rows,
+            },
+            samples: HashMap::new(),
+            labels: HashMap::new(),
+            index: LabelIndex::new(Duration::from_millis(sampling.label_window_ms), 200_000),
+            drift,
+            finished: HashMap::new(),
+        }
+    }
+
+    fn run(&mut self, served: &Receiver<Box<Served>>, labels: &Receiver<LabelMsg>, stop: &Receiver<()>) {
+        let mut last_check = Instant::now();
+        loop {
+            select! {
+                recv(served) -> msg => match msg {
+                    Ok(s) => self.take_served(*s),
+                    Err(_) => break,
+                },
+                recv(labels) -> msg => if let Ok((model, batch, reply)) = msg {
+                    let _ = reply.send(Ok(self.take_labels(&model, &batch)));
+                },
+                recv(stop) -> _ => break,
+                default(Duration::from_millis(200)) => {},
+            }
+            if last_check.elapsed() >= Duration::from_millis(200) {
+                self.rotate_due();
+                last_check = Instant::now();
+            }
+        }
+        // Drain what is already queued, then finalize every file.
+        while let Ok(s) = served.try_recv() {
+            self.take_served(*s);
+        }
+        while let Ok((model, batch, reply)) = labels.try_recv() {
+            let _ = reply.send(Ok(self.take_labels(&model, &batch)));
+        }
+        self.finish_all();
+    }
+
+    fn take_served(&mut self, served: Served) {
+        if served.status == 200 {
+            let scores: Vec<f64> = served.outputs.first().and_then(|o| o.data.to_f64()).unwrap_or_default();
+            self.index.remember(&served.request_id, &served.model, served.version, served.arm, scores);
+        }
+        let finished = &self.finished;
+        self.drift.observe(&served, |model, since| {
+            finished.get(model).map_or_else(Vec::new, |files| {
+                files.iter().filter(|(t, _)| *t >= since).map(|(_, f)| f.clone()).collect()
+            })
+        });
+        if !served.sampled {
+            return;
+        }
+        let sink = self
+            .samples
+            .entry(served.model.clone())
+            .or_insert_with(|| Sink { rows: Rows::new(Plan::for_served(&served)), file: None });
+        if !sink.rows.plan().fits(&served) {
+            // A new shape (another version's outputs): close the file, start one with the new plan.
+            let model = served.model.clone();
+            self.flush_samples(&model, true);
+            if let Some(sink) = self.samples.get_mut(&model) {
+                sink.rows = Rows::new(Plan::for_served(&served));
+            }
+        }
+        let model = served.model.clone();
+        if let Some(sink) = self.samples.get_mut(&model) {
+            sink.rows.push(&served);
+            metrics::counter!(SAMPLE_ROWS, "model" => model.clone()).increment(served.rows() as u64);
+            if sink.rows.len() >= BATCH_ROWS.min(self.rotation.max_rows) {
+                self.flush_samples(&model, false);
+            }
+        }
+    }
+
+    fn take_labels(&mut self, model: &str, batch: &[Label]) -> usize {
+        let now = SystemTime::now();
+        let sink =
+            self.labels.entry(model.to_owned()).or_insert_with(|| Sink { rows: LabelRows::default(), file: None });
+        let mut stored = 0;
+        for label in batch {
+            if self.index.accept(model, label) {
+                sink.rows.push(label, now);
+                stored += 1;
+            }
+        }
+        stored
+    }
+
+    /// Writes buffered sample rows of `model`; with `close`, finalizes its file too.
+    fn flush_samples(&mut self, model: &str, close: bool) {
+        let (dir, rotation) = (self.dir.clone(), self.rotation.clone());
+        let Some(sink) = self.samples.get_mut(model) else { return };
+        let schema = sink.rows.plan().schema.clone();
+        if let Some(path) =
+            write_sink(&dir, samples::SAMPLES, model, sink, schema, &rotation, close, |r| r.take(), |r| r.len())
+        {
+            let name = path.strip_prefix(&dir).unwrap_or(&path).display().to_string();
+            self.finished.entry(model.to_owned()).or_default().push((SystemTime::now(), name));
+        }
+    }
+
+    fn flush_labels(&mut self, model: &str, close: bool) {
+        let (dir, rotation) = (self.dir.clone(), self.rotation.clone());
+        let Some(sink) = self.labels.get_mut(model) else { return };
+        write_sink(&dir, samples::LABELS, model, sink, labels::schema(), &rotation, close, |r| r.take(), |r| r.len);
+    }
+
+    /// Flushes buffers and closes files that reached a limit or a new day.
+    fn rotate_due(&mut self) {
+        let today = date_of(SystemTime::now());
+        let new_day = |file: &Option<PartFile>| file.as_ref().is_some_and(|f| f.date != today);
+        let sample_models: Vec<(String, bool)> =
+            self.samples.iter().map(|(m, s)| (m.clone(), new_day(&s.file))).collect();
+        for (model, close) in sample_models {
+            self.flush_samples(&model, close);
+        }
+        let label_models: Vec<(String, bool)> =
+            self.labels.iter().map(|(m, s)| (m.clone(), new_day(&s.file))).collect();
+        for (model, close) in label_models {
+            self.flush_labels(&model, close);
+        }
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        for files in self.finished.values_mut() {
+            files.retain(|(t, _)| *t >= hour_ago);
+        }
+    }
+
+    fn finish_all(&mut self) {
+        let models: Vec<String> = self.samples.keys().cloned().collect();
+        for model in models {
+            self.flush_samples(&model, true);
+        }
+        let models: Vec<String> = self.labels.keys().cloned().collect();
+        for model in models {
+            self.flush_labels(&model, true);
+        }
+    }
+}
+
+/// Moves a sink's buffered rows into its part file (opening one if needed) and, with `close`
+/// or when the file reached a rotation limit, finalizes the file. Returns the finished file's path. Errors are logged and counted; the
+/// rows involved are lost, serving is not affected.
+#[allow(clippy::too_many_arguments)]
+fn write_sink<R>(
+    dir: &std::path::Path,
+    kind: &str,
+    model: &str,
+    sink: &mut Sink<R>,
+    schema: arrow_schema::SchemaRef,
+    rotation: &Rotation,
+    close: bool,
+    take: impl Fn(&mut R) -> Result<arrow_array::RecordBatch, arrow_schema::ArrowError>,
+    len: impl Fn(&R) -> usize,
+) -> Option<PathBuf> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        tracing::error!(model, kind, error = %e, "{what}");
+        metrics::counter!(SAMPLE_WRITE_ERRORS, "model" => model.to_owned(), "kind" => kind.to_owned()).increment(1);
+    };
+    if len(&sink.rows) > 0 {
+        let batch = match take(&mut sink.rows) {
+            Ok(b) => b,
+            Err(e) => {
+                fail("building a record batch", &e);
+                return None;
+            }
+        };
+        if sink.file.is_none() {
+            let date = date_of(SystemTime::now());
+            let folder = dir.join(samples::partition(kind, model, &date));
+            match PartFile::open(&folder, schema, rotation, date) {
+                Ok(f) => sink.file = Some(f),
+                Err(e) => {
+                    fail("opening a part file", &e);
+                    return None;
+                }
+            }
+        }
+        if let Some(file) = sink.file.as_mut()
+            && let Err(e) = file.write(&batch)
+        {
+            fail("writing a part file", &e);
+            if let Some(f) = sink.file.take() {
+                f.abandon();
+            }
+            return None;
+        }
+    }
+    if !close && !sink.file.as_ref().is_some_and(|f| f.full(rotation)) {
+        return None;
+    }
+    let file = sink.file.take()?;
+    match file.finish() {
+        Ok(path) => {
+            metrics::counter!(SAMPLE_FILES, "model" => model.to_owned(), "kind" => kind.to_owned()).increment(1);
+            Some(path)
+        }
+        Err(e) => {
+            fail("finalizing a part file", &e);
+            None
+        }
+    }
+}

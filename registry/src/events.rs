@@ -1,0 +1,34 @@
+//! Drift events: appended by the gateway to `<registry>/<model>/drift-events.jsonl`, read by
+//! the trainer and the admin API.
+
+use serde::{Deserialize, Serialize};
+
+/// File name of a model's drift events log.
+pub const DRIFT_EVENTS_FILE: &str = "drift-events.jsonl";
+
+/// One detector tripping on one feature (or the prediction).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DriftEvent {
+    /// Position in the log (0-based line number), the `since` cursor of the admin API.
+    #[serde(default)]
+    pub seq: u64,
+    pub model: String,
+    pub version: u64,
+    /// `psi`, `ks`, `page_hinkley`, `data_quality`.
+    pub detector: String,
+    /// Feature column name, or `prediction`.
+    pub feature: String,
+    pub statistic: f64,
+    pub threshold: f64,
+    /// Rows in the window the statistic was computed on.
+    pub window_rows: u64,
+    /// RFC 3339 times of the first and last row of the window.
+    pub window_start: String,
+    pub window_end: String,
+    /// RFC 3339 time of the event.
+    pub time: String,
+    /// Sample files (relative to the sample folder) that cover the window, when sampling is on.
+    #[serde(default)]
+    pub sample_files: Vec<String>,
+}

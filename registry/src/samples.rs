@@ -1,0 +1,48 @@
+//! The sample and label files' layout and columns: what the gateway writes and the trainer,
+//! DuckDB, pyarrow or polars read.
+//!
+//! ```text
+//! <sample_dir>/samples/model=<m>/date=<YYYY-MM-DD>/part-<ms>-<seq>.parquet
+//! <sample_dir>/labels/model=<m>/date=<YYYY-MM-DD>/part-<ms>-<seq>.parquet
+//! ```
+//! One sample row per request row: the columns below, then one column per input feature
+//! (`in_<input>_<i>`, or `in_<input>` as a list for non-tabular inputs) and per output value
+//! (`out_<output>_<i>` / `out_<output>`). A file is written under a hidden `.tmp` name and
+//! renamed when complete, so any `*.parquet` is whole.
+
+/// Folder of sample files under the sample directory.
+pub const SAMPLES: &str = "samples";
+/// Folder of label files under the sample directory.
+pub const LABELS: &str = "labels";
+
+/// Request id (the response's `x-request-id`): the join key with labels.
+pub const REQUEST_ID: &str = "request_id";
+/// Row index within the request (0 for single-row requests).
+pub const ROW: &str = "row";
+/// Time the request was answered (timestamp, µs, UTC).
+pub const TIME: &str = "time";
+pub const MODEL: &str = "model";
+pub const VERSION: &str = "version";
+/// Routing arm: champion, canary, explicit.
+pub const ARM: &str = "arm";
+/// Total request latency in microseconds.
+pub const LATENCY_US: &str = "latency_us";
+/// HTTP status of the answer.
+pub const STATUS: &str = "status";
+/// The label value (labels files).
+pub const LABEL: &str = "label";
+
+/// Column name of input feature `i` of tabular input `input`.
+pub fn input_column(input: &str, i: usize) -> String {
+    format!("in_{input}_{i}")
+}
+
+/// Column name of value `i` of output `output`.
+pub fn output_column(output: &str, i: usize) -> String {
+    format!("out_{output}_{i}")
+}
+
+/// Partition folder of `kind` (`SAMPLES` or `LABELS`) for `model` on `date` (YYYY-MM-DD).
+pub fn partition(kind: &str, model: &str, date: &str) -> String {
+    format!("{kind}/model={model}/date={date}")
+}

@@ -1,0 +1,214 @@
+//! Sampling to Parquet, crash safety, labels, and drift detection on live traffic.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flywheel_onnx::fixtures::tiny;
+use flywheel_registry::{ManifestDraft, ReferenceProfile, Registry};
+use hyper::Method;
+use serde_json::json;
+
+use crate::support::{Http, TestGateway, tiny_request, wait_until};
+
+/// Every finished part file under `dir` (recursively), and the temporary ones.
+fn part_files(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut done, mut tmp) = (Vec::new(), Vec::new());
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if p.is_dir() {
+                stack.push(p);
+            } else if name.ends_with(".parquet") {
+                done.push(p);
+            } else if name.ends_with(".parquet.tmp") {
+                tmp.push(p);
+            }
+        }
+    }
+    (done, tmp)
+}
+
+/// Rows in a Parquet file, read through its footer (fails on a torn file).
+fn parquet_rows(path: &Path) -> i64 {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    reader.metadata().file_metadata().num_rows()
+}
+
+fn samples_dir(gw: &TestGateway) -> PathBuf {
+    gw.repo.parent().unwrap().join("samples")
+}
+
+const FAST_ROTATION: &str = "[sampling]\nrate = 1.0\nmax_rows_per_file = 40\nmax_file_age_ms = 200\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sampled_rows_survive_kill_9_and_leftovers_are_cleaned_on_restart() {
+    let gw = TestGateway::start(FAST_ROTATION);
+    let http = Http::new(false);
+    let url = format!("{}/v2/models/tiny/infer", gw.base);
+    let body = tiny_request(&crate::support::tiny_rows(1, 1));
+    for _ in 0..200 {
+        assert_eq!(http.post_json(&url, &body).await.status, 200);
+    }
+    let dir = samples_dir(&gw);
+    assert!(
+        wait_until(Duration::from_secs(5), || async { part_files(&dir).0.len() >= 3 }).await,
+        "files rotate by rows"
+    );
+    // Keep traffic flowing, then kill -9 mid-stream.
+    let traffic = {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        tokio::spawn(async move {
+            for _ in 0..400 {
+                let _ = http.post_json(&url, &body).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let pid = gw.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    let _ = traffic.await;
+    let (finished, _) = part_files(&dir);
+    let before: Vec<(PathBuf, i64)> = finished.iter().map(|p| (p.clone(), parquet_rows(p))).collect();
+    assert!(before.iter().all(|(_, rows)| *rows > 0), "every finished file reads back");
+
+    // Restart over the same folders: leftovers go, finished files are untouched.
+    let restarted = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--config", gw.config_path.to_str().unwrap(), "--listen", "127.0.0.1:0", "--model-repository"])
+        .arg(&gw.repo)
+        .env("FLYWHEEL_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut restarted = scopeguard(restarted);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(restarted.0.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.contains("listening"), "{line}");
+    let (after, tmp) = part_files(&dir);
+    assert!(tmp.is_empty(), "temporary files removed at startup: {tmp:?}");
+    for (path, rows) in before {
+        assert!(after.contains(&path));
+        assert_eq!(parquet_rows(&path), rows, "{} unchanged", path.display());
+    }
+}
+
+/// Kills the child when dropped.
+struct Guard(std::process::Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+fn scopeguard(child: std::process::Child) -> Guard {
+    Guard(child)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn labels_are_stored_once_and_shutdown_finalizes_every_file() {
+    let mut gw = TestGateway::start("[sampling]\nrate = 1.0\n");
+    let http = Http::new(false);
+    let url = format!("{}/v2/models/tiny/infer", gw.base);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let id = format!("req-{i}");
+        let reply = http
+            .send(
+                Method::POST,
+                &url,
+                &[("x-request-id", id.clone())],
+                serde_json::to_vec(&tiny_request(&[0.1; 16])).unwrap(),
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+        ids.push(id);
+    }
+    let feedback = format!("{}/v2/models/tiny/feedback", gw.base);
+    let labels: Vec<_> = ids.iter().take(10).map(|id| json!({"id": id, "label": 1})).collect();
+    let first = http.post_json(&feedback, &json!({"labels": labels})).await;
+    assert_eq!(first.json(), json!({"model": "tiny", "received": 10, "stored": 10}));
+    let again = http.post_json(&feedback, &json!({"labels": labels})).await;
+    assert_eq!(again.json()["stored"], 0, "repeats are not stored twice");
+    let bad = http.post_json(&feedback, &json!({"labels": [{"id": "x"}]})).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"].as_str().unwrap().contains("feedback body must be"));
+    assert_eq!(
+        http.post_json(&format!("{}/v2/models/nope/feedback", gw.base), &json!({"id": "a", "label": 1})).await.status,
+        404
+    );
+    let metrics = String::from_utf8(http.get(&format!("{}/metrics", gw.base)).await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("flywheel_quality{model=\"tiny\",version=\"2\",arm=\"champion\",measure=\"accuracy\"}"),
+        "{metrics}"
+    );
+
+    gw.terminate();
+    let status = gw.wait_exit(Duration::from_secs(20)).expect("exited");
+    assert!(status.success());
+    let dir = samples_dir(&gw);
+    let (finished, tmp) = part_files(&dir);
+    assert!(tmp.is_empty(), "nothing left half-written: {tmp:?}");
+    let count = |kind: &str| {
+        finished
+            .iter()
+            .filter(|p| p.to_string_lossy().contains(&format!("/{kind}/model=tiny/date=")))
+            .map(|p| parquet_rows(p))
+            .sum::<i64>()
+    };
+    assert_eq!(count("samples"), 20);
+    assert_eq!(count("labels"), 10);
+}
+
+/// Standard normal draws from a fixed seed.
+fn normal(rng: &mut fastrand::Rng) -> f32 {
+    let (u, v) = (rng.f64().max(1e-12), rng.f64());
+    ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_covariate_shift_in_one_feature_raises_one_event_naming_it() {
+    let config = "[drift]\nwindow_rows = 300\n[models.tiny.rollout]\nchampion = \"champion\"\n";
+    let gw = TestGateway::start_registry(config, |r| {
+        let v = r.publish("tiny", &tiny(1).to_onnx(1), ManifestDraft::default()).unwrap().version;
+        r.set_alias("tiny", "champion", v).unwrap();
+        let mut rng = fastrand::Rng::with_seed(1);
+        let rows: Vec<Vec<f64>> = (0..5000).map(|_| (0..16).map(|_| f64::from(normal(&mut rng))).collect()).collect();
+        let names: Vec<String> = (0..16).map(|i| flywheel_registry::samples::input_column("input", i)).collect();
+        r.write_profile("tiny", v, &ReferenceProfile::from_rows(&names, &rows, None, 1000)).unwrap();
+    });
+    let http = Http::new(false);
+    let url = format!("{}/v2/models/tiny/infer", gw.base);
+    let mut rng = fastrand::Rng::with_seed(2);
+    let mut send = |shift: f32| {
+        let rows: Vec<f32> = (0..30 * 16).map(|i| normal(&mut rng) + if i % 16 == 3 { shift } else { 0.0 }).collect();
+        tiny_request(&rows)
+    };
+    // 1200 unshifted rows (four windows): no event.
+    for _ in 0..40 {
+        assert_eq!(http.post_json(&url, &send(0.0)).await.status, 200);
+    }
+    let registry = Registry::open(&gw.repo);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = flywheel_gateway::drift::read_events(&registry, "tiny", 0);
+    assert!(events.is_empty(), "no drift on reference-like traffic: {events:?}");
+    // Feature 3 moves by 1.5 standard deviations.
+    for _ in 0..40 {
+        assert_eq!(http.post_json(&url, &send(1.5)).await.status, 200);
+    }
+    let found = wait_until(Duration::from_secs(5), || async {
+        !flywheel_gateway::drift::read_events(&registry, "tiny", 0).is_empty()
+    })
+    .await;
+    assert!(found, "the shift was detected");
+    let events = flywheel_gateway::drift::read_events(&registry, "tiny", 0);
+    let features: Vec<&str> = events.iter().map(|e| e.feature.as_str()).collect();
+    assert_eq!(features, ["in_input_3"], "one event, naming the shifted feature: {events:?}");
+    assert_eq!(events[0].window_rows, 300);
+    assert!(events[0].detector == "psi" || events[0].detector == "ks");
+    let admin = http.get(&format!("{}/admin/drift/tiny?since=0", gw.base)).await.json();
+    assert_eq!(admin["events"][0]["feature"], "in_input_3");
+    assert_eq!(admin["next"], 1);
+}
