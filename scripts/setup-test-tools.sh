@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real Triton clients the compatibility tests drive, from package registries only:
-# - .venv/: Python with the current tritonclient[http], numpy, pytest and onnxruntime (PyPI);
+# - .venv/: Python with the current tritonclient[http], numpy, pytest, onnxruntime, and pyarrow
+#   and DuckDB to read the sample files back (PyPI);
 # - .tools/perf_analyzer/: the perf_analyzer binary shipped inside the tritonclient==2.35.0
 #   manylinux wheel (the current `perf-analyzer` PyPI package is an empty placeholder), with
 #   libcudart.so.12 from PyPI's nvidia-cuda-runtime-cu12 (no GPU is used for HTTP) and Debian's
@@ -13,9 +14,9 @@ tools="$root/.tools/perf_analyzer"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import tritonclient.http, numpy, pytest, onnxruntime" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import tritonclient.http, numpy, pytest, onnxruntime, pyarrow, duckdb" 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "tritonclient[http]" numpy pytest "onnxruntime>=1.31"
+    "tritonclient[http]" numpy pytest "onnxruntime>=1.31" pyarrow duckdb
 fi
 
 if ! ldconfig -p | grep -q libb64.so.0d; then
