@@ -60,11 +60,11 @@ def run():
         post(f"{base}/v2/models/tiny/feedback", {"labels": [{"id": rid, "label": 1.0} for rid in labelled]})
         process.terminate()
         assert process.wait(timeout=20) == 0
-        yield tmp / "samples", ids, versions, labelled
+        yield tmp / "samples", ids, versions, labelled, repo
 
 
 def test_pyarrow_reads_every_sampled_request_with_its_version_and_arm(run):
-    root, ids, versions, _ = run
+    root, ids, versions, _, _ = run
     table = ds.dataset(root / "samples", format="parquet", partitioning="hive").to_table()
     expected = {rid for rid in ids if sampled(rid)}
     assert set(table.column("request_id").to_pylist()) == expected
@@ -79,7 +79,7 @@ def test_pyarrow_reads_every_sampled_request_with_its_version_and_arm(run):
 
 
 def test_duckdb_joins_labels_by_request_id(run):
-    root, ids, _, labelled = run
+    root, ids, _, labelled, _ = run
     samples = f"read_parquet('{root}/samples/**/*.parquet', hive_partitioning = true)"
     labels = f"read_parquet('{root}/labels/**/*.parquet', hive_partitioning = true)"
     con = duckdb.connect()
@@ -89,3 +89,19 @@ def test_duckdb_joins_labels_by_request_id(run):
     assert stored == len(labelled)
     (joined,) = con.execute(f"select count(*) from {samples} s join {labels} l using (request_id, row)").fetchone()
     assert joined == sum(sampled(rid) for rid in labelled)
+
+
+def test_a_profile_is_built_from_a_sample_file(run):
+    root, _, _, _, repo = run
+    part = next((root / "samples").rglob("*.parquet"))
+    done = subprocess.run(
+        [binary("flywheel-profile"), "--root", str(repo), "tiny", "2", "--from", str(part), "--prediction", "out_output_0"],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    profile = json.loads((repo / "tiny" / "2" / "profile.json").read_text())
+    assert [f["name"] for f in profile["features"]] == [f"in_input_{i}" for i in range(16)]
+    assert len(profile["features"][0]["edges"]) == 9 and profile["prediction"]["name"] == "prediction"
+    bad = subprocess.run([binary("flywheel-profile"), "--root", str(repo), "tiny", "2", "--from", str(part), "--features", "nope"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and 'no column "nope"' in bad.stderr
