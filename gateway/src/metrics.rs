@@ -52,6 +52,8 @@ pub const DRIFT_EVENTS: &str = "flywheel_drift_events_total";
 pub const DRIFT_PSI: &str = "flywheel_drift_psi";
 /// KS p-value of the last window, per feature.
 pub const DRIFT_KS_PVALUE: &str = "flywheel_drift_ks_pvalue";
+/// Drift events the webhook did not accept.
+pub const WEBHOOK_FAILURES: &str = "flywheel_drift_webhook_failures_total";
 /// Model versions that failed to load.
 pub const LOAD_FAILURES: &str = "flywheel_model_load_failures_total";
 
@@ -104,6 +106,7 @@ fn describe() {
     describe_counter!(DRIFT_EVENTS, "Drift events raised");
     describe_gauge!(DRIFT_PSI, "Population stability index of the last window");
     describe_gauge!(DRIFT_KS_PVALUE, "Kolmogorov-Smirnov p-value of the last window");
+    describe_counter!(WEBHOOK_FAILURES, "Drift events the webhook did not accept");
     describe_counter!(LOAD_FAILURES, "Model versions that failed to load");
 }
 

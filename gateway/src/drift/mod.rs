@@ -1,8 +1,11 @@
-//! Drift detection: [`stats`] (PSI, KS), [`page_hinkley`] (sequential mean change), and the
+//! Drift detection: [`stats`] (PSI, KS), [`page_hinkley`] (sequential mean change), [`ddm`]
+//! (error-rate change once labels arrive), and the
 //! per-model [`monitor`] the tap feeds, which writes drift events to the registry.
 
+pub mod ddm;
 pub mod monitor;
 pub mod page_hinkley;
 pub mod stats;
+pub mod webhook;
 
 pub use monitor::{DriftMonitor, DriftSettings, read_events};

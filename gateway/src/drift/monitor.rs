@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use flywheel_registry::{DRIFT_EVENTS_FILE, DriftEvent, FeatureProfile, ReferenceProfile, Registry};
 use serde::Deserialize;
 
+use super::ddm::Ddm;
 use super::page_hinkley::PageHinkley;
 use super::stats::{ks_pvalue, ks_statistic, psi};
 use crate::metrics::{DRIFT_EVENTS, DRIFT_KS_PVALUE, DRIFT_PSI};
@@ -35,6 +36,10 @@ pub struct DriftSettings {
     pub page_hinkley_lambda: f64,
     /// A NaN rate this much above the reference's trips the data-quality check.
     pub max_nan_rate_increase: f64,
+    /// Labelled predictions before DDM may signal (fewer false alarms, later detection).
+    pub ddm_min_samples: u64,
+    /// `http://host:port/path` to POST each event to, as JSON.
+    pub webhook: Option<String>,
 }
 
 impl Default for DriftSettings {
@@ -48,6 +53,8 @@ impl Default for DriftSettings {
             page_hinkley_delta: 0.005,
             page_hinkley_lambda: 50.0,
             max_nan_rate_increase: 0.05,
+            ddm_min_samples: 1000,
+            webhook: None,
         }
     }
 }
@@ -59,6 +66,9 @@ impl DriftSettings {
         }
         if !(50..=10_000_000).contains(&self.window_rows) {
             return Err(format!("drift.window_rows must be in 50..=10000000, given {}", self.window_rows));
+        }
+        if let Some(url) = &self.webhook {
+            super::webhook::parse_url(url)?;
         }
         if !(self.ks_alpha > 0.0 && self.ks_alpha < 1.0) {
             return Err(format!("drift.ks_alpha must be in (0, 1), given {}", self.ks_alpha));
@@ -75,6 +85,8 @@ struct ModelDrift {
     predictions: Vec<f64>,
     window_start: Option<SystemTime>,
     page_hinkley: PageHinkley,
+    /// On the error stream, fed by labels.
+    ddm: Ddm,
     active: HashSet<String>,
     next_seq: u64,
 }
@@ -134,6 +146,38 @@ impl DriftMonitor {
         events
     }
 
+    /// Feeds one labelled prediction of `model` `version` to DDM; returns the event it raised.
+    pub fn observe_outcome(&mut self, model: &str, version: u64, mistake: bool) -> Option<DriftEvent> {
+        if !self.settings.enabled {
+            return None;
+        }
+        let registry = self.registry.clone();
+        let state = self.state_for(model, version);
+        let rate = state.ddm.update(mistake)?;
+        let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let mut event = DriftEvent {
+            seq: 0,
+            model: model.to_owned(),
+            version,
+            detector: "ddm".into(),
+            feature: "error".into(),
+            statistic: rate,
+            threshold: 3.0,
+            window_rows: 0,
+            window_start: now.clone(),
+            window_end: now.clone(),
+            time: now,
+            sample_files: Vec::new(),
+        };
+        state.next_seq = append_event(registry.as_ref(), &mut event, state.next_seq);
+        if let Some(url) = &self.settings.webhook {
+            super::webhook::post(url, &event);
+        }
+        metrics::counter!(DRIFT_EVENTS, "model" => model.to_owned(), "detector" => "ddm").increment(1);
+        tracing::warn!(model, version, error_rate = rate, "error rate drift (DDM)");
+        Some(event)
+    }
+
     fn state_for(&mut self, model: &str, version: u64) -> &mut ModelDrift {
         let registry = self.registry.clone();
         let settings = &self.settings;
@@ -157,6 +201,7 @@ impl DriftMonitor {
                 predictions: Vec::new(),
                 window_start: None,
                 page_hinkley: PageHinkley::new(settings.page_hinkley_delta, settings.page_hinkley_lambda, 100),
+                ddm: Ddm::new(settings.ddm_min_samples),
                 active: HashSet::new(),
                 next_seq,
             }

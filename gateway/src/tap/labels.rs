@@ -146,6 +146,14 @@ impl Quality {
     }
 }
 
+/// What became of one label.
+#[derive(Debug, PartialEq)]
+pub struct Accepted {
+    pub stored: bool,
+    /// (model, version, mistake) when the label matched a recent prediction.
+    pub scored: Option<(String, u64, bool)>,
+}
+
 /// Recent predictions and labels seen, both bounded in count and age.
 pub struct LabelIndex {
     window: Duration,
@@ -182,20 +190,22 @@ impl LabelIndex {
         self.order.push_back((Instant::now(), id.to_owned()));
     }
 
-    /// Takes a label in: false when it repeats one already stored (same id, row and value),
-    /// which must not be written again. Scores it against its prediction when that is recent.
-    pub fn accept(&mut self, model: &str, label: &Label) -> bool {
+    /// Takes a label in: `stored` is false when it repeats one already stored (same id, row and
+    /// value), which must not be written again. When its prediction is recent, it is scored,
+    /// and `scored` says (model, version, whether the prediction was a mistake).
+    pub fn accept(&mut self, model: &str, label: &Label) -> Accepted {
         self.expire();
         let key = (label.id.clone(), label.row);
         if self.seen.get(&key) == Some(&label.label) {
             metrics::counter!(LABELS, "model" => model.to_owned(), "outcome" => "duplicate").increment(1);
-            return false;
+            return Accepted { stored: false, scored: None };
         }
         if self.seen.len() < self.capacity {
             self.seen.insert(key.clone(), label.label);
             self.seen_order.push_back((Instant::now(), key));
         }
         let matched = self.recent.get(&label.id).and_then(|r| r.scores.get(label.row as usize).map(|p| (r, *p)));
+        let scored = matched.map(|(r, p)| (r.model.clone(), r.version, (p >= 0.5) != (label.label >= 0.5)));
         let outcome = match matched {
             Some((recent, p)) => {
                 let labels = [
@@ -225,7 +235,7 @@ impl LabelIndex {
             None => "unmatched",
         };
         metrics::counter!(LABELS, "model" => model.to_owned(), "outcome" => outcome).increment(1);
-        true
+        Accepted { stored: true, scored }
     }
 
     fn expire(&mut self) {
@@ -268,10 +278,14 @@ mod tests {
         let mut index = LabelIndex::new(Duration::from_secs(60), 100);
         index.remember("r1", "m", 1, "champion", vec![0.9, 0.2]);
         let label = Label { id: "r1".into(), row: 0, label: 1.0 };
-        assert!(index.accept("m", &label));
-        assert!(!index.accept("m", &label), "same label again is a no-op");
-        assert!(index.accept("m", &Label { label: 0.0, ..label.clone() }), "a correction is stored");
-        assert!(index.accept("m", &Label { id: "r1".into(), row: 1, label: 0.0 }));
+        assert_eq!(index.accept("m", &label), Accepted { stored: true, scored: Some(("m".into(), 1, false)) });
+        assert!(!index.accept("m", &label).stored, "same label again is a no-op");
+        assert!(index.accept("m", &Label { label: 0.0, ..label.clone() }).stored, "a correction is stored");
+        assert_eq!(
+            index.accept("m", &Label { id: "r1".into(), row: 1, label: 0.0 }).scored,
+            Some(("m".into(), 1, false))
+        );
+        assert_eq!(index.accept("m", &Label { id: "zz".into(), row: 0, label: 0.0 }).scored, None, "unknown id");
         let q = &index.quality[&("m".to_owned(), 1, "champion")];
         assert_eq!((q.n, q.correct), (3, 2));
         // log loss: -(ln 0.9 + ln 0.1 + ln 0.8) / 3

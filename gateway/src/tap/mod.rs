@@ -291,9 +291,13 @@ impl Worker {
             self.labels.entry(model.to_owned()).or_insert_with(|| Sink { rows: LabelRows::default(), file: None });
         let mut stored = 0;
         for label in batch {
-            if self.index.accept(model, label) {
+            let accepted = self.index.accept(model, label);
+            if accepted.stored {
                 sink.rows.push(label, now);
                 stored += 1;
+            }
+            if let Some((model, version, mistake)) = accepted.scored {
+                self.drift.observe_outcome(&model, version, mistake);
             }
         }
         stored
