@@ -212,3 +212,59 @@ async fn a_covariate_shift_in_one_feature_raises_one_event_naming_it() {
     assert_eq!(admin["events"][0]["feature"], "in_input_3");
     assert_eq!(admin["next"], 1);
 }
+
+/// (request_id, arm, version) of every sample row under `dir`.
+fn sample_rows(dir: &Path) -> Vec<(String, String, u64)> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::UInt64Type;
+    let mut rows = Vec::new();
+    for path in part_files(dir).0.into_iter().filter(|p| p.to_string_lossy().contains("/samples/model=")) {
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let ids = batch.column_by_name("request_id").unwrap().as_string::<i32>().clone();
+            let arms = batch.column_by_name("arm").unwrap().as_string::<i32>().clone();
+            let versions = batch.column_by_name("version").unwrap().as_primitive::<UInt64Type>().clone();
+            for i in 0..batch.num_rows() {
+                rows.push((ids.value(i).to_owned(), arms.value(i).to_owned(), versions.value(i)));
+            }
+        }
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sampled_shadow_answers_are_stored_beside_the_primary() {
+    let config = "[sampling]\nrate = 1.0\n[models.tiny.rollout]\nchampion = \"champion\"\nshadow = { version = \"1\", fraction = 1.0 }\n";
+    let mut gw = TestGateway::start_registry(config, |r| {
+        r.publish("tiny", &tiny(1).to_onnx(1), ManifestDraft::default()).unwrap();
+        let v = r.publish("tiny", &tiny(2).to_onnx(2), ManifestDraft::default()).unwrap().version;
+        r.set_alias("tiny", "champion", v).unwrap();
+    });
+    let http = Http::new(false);
+    let url = format!("{}/v2/models/tiny/infer", gw.base);
+    for i in 0..10 {
+        let body = serde_json::to_vec(&tiny_request(&[0.2; 16])).unwrap();
+        let reply = http.send(Method::POST, &url, &[("x-request-id", format!("s-{i}"))], body).await;
+        assert_eq!(reply.header("x-model-version"), Some("2"));
+    }
+    let paired = wait_until(Duration::from_secs(5), || async {
+        crate::support::route_of(&http, &gw.base, "tiny").await["evidence"]["shadow"]["pairs"] == 10
+    })
+    .await;
+    assert!(paired);
+    gw.terminate();
+    assert!(gw.wait_exit(Duration::from_secs(20)).expect("exited").success());
+    let mut rows = sample_rows(&samples_dir(&gw));
+    rows.sort();
+    let expected: Vec<(String, String, u64)> = (0..10)
+        .flat_map(|i| [(format!("s-{i}"), "champion".to_owned(), 2), (format!("s-{i}"), "shadow".to_owned(), 1)])
+        .collect();
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(rows, expected);
+}

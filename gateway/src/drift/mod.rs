@@ -1,7 +1,8 @@
-//! Drift detection: [`stats`] (PSI, KS), [`page_hinkley`] (sequential mean change), [`ddm`]
+//! Drift detection: [`stats`] (PSI, KS), [`page_hinkley`] and [`adwin`] (sequential mean change), [`ddm`]
 //! (error-rate change once labels arrive), and the
 //! per-model [`monitor`] the tap feeds, which writes drift events to the registry.
 
+pub mod adwin;
 pub mod ddm;
 pub mod monitor;
 pub mod page_hinkley;

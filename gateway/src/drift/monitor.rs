@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use flywheel_registry::{DRIFT_EVENTS_FILE, DriftEvent, FeatureProfile, ReferenceProfile, Registry};
 use serde::Deserialize;
 
+use super::adwin::Adwin;
 use super::ddm::Ddm;
 use super::page_hinkley::PageHinkley;
 use super::stats::{ks_pvalue, ks_statistic, psi};
@@ -36,6 +37,8 @@ pub struct DriftSettings {
     pub page_hinkley_lambda: f64,
     /// A NaN rate this much above the reference's trips the data-quality check.
     pub max_nan_rate_increase: f64,
+    /// ADWIN's confidence on the prediction stream (smaller: fewer false alarms).
+    pub adwin_delta: f64,
     /// Labelled predictions before DDM may signal (fewer false alarms, later detection).
     pub ddm_min_samples: u64,
     /// `http://host:port/path` to POST each event to, as JSON.
@@ -53,6 +56,7 @@ impl Default for DriftSettings {
             page_hinkley_delta: 0.005,
             page_hinkley_lambda: 50.0,
             max_nan_rate_increase: 0.05,
+            adwin_delta: 0.002,
             ddm_min_samples: 1000,
             webhook: None,
         }
@@ -85,6 +89,8 @@ struct ModelDrift {
     predictions: Vec<f64>,
     window_start: Option<SystemTime>,
     page_hinkley: PageHinkley,
+    /// On the prediction stream.
+    adwin: Adwin,
     /// On the error stream, fed by labels.
     ddm: Ddm,
     active: HashSet<String>,
@@ -105,7 +111,8 @@ impl DriftMonitor {
 
     /// Feeds one served request; returns the events it raised (already appended to the log).
     pub fn observe(&mut self, served: &Served, files: impl Fn(&str, SystemTime) -> Vec<String>) -> Vec<DriftEvent> {
-        if !self.settings.enabled || served.status != 200 || served.inputs.is_empty() {
+        // Shadow rows belong to another version; the detectors follow the serving one.
+        if !self.settings.enabled || served.status != 200 || served.inputs.is_empty() || served.arm == "shadow" {
             return Vec::new();
         }
         let settings = self.settings.clone();
@@ -132,6 +139,17 @@ impl DriftMonitor {
                 let rows = state.predictions.len();
                 let trip = (statistic, settings.page_hinkley_lambda);
                 events.push(make_event(served, ("page_hinkley", "prediction"), trip, rows, state, &files));
+            }
+            if let Some(change) = state.adwin.update(*p) {
+                let rows = state.predictions.len();
+                events.push(make_event(
+                    served,
+                    ("adwin", "prediction"),
+                    (change, settings.adwin_delta),
+                    rows,
+                    state,
+                    &files,
+                ));
             }
         }
         if state.columns.first().is_some_and(|c| c.len() >= settings.window_rows) {
@@ -201,6 +219,7 @@ impl DriftMonitor {
                 predictions: Vec::new(),
                 window_start: None,
                 page_hinkley: PageHinkley::new(settings.page_hinkley_delta, settings.page_hinkley_lambda, 100),
+                adwin: Adwin::new(settings.adwin_delta, 4000, 32),
                 ddm: Ddm::new(settings.ddm_min_samples),
                 active: HashSet::new(),
                 next_seq,

@@ -69,7 +69,12 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
     mv.metrics.request_seconds.record(total.as_secs_f64());
     metrics::counter!(ARM_REQUESTS, "model" => mv.model.clone(), "arm" => arm.as_str()).increment(1);
     if let Some(extras) = extras {
-        extras.after_primary(arm, total, answered.as_ref().map(|(out, inputs)| (out, inputs.as_ref())));
+        let sample = state
+            .tap
+            .as_ref()
+            .filter(|_| tapping.as_ref().is_some_and(|t| t.sampled))
+            .map(|tap| (Arc::clone(tap), request_id.to_str().unwrap_or_default().to_owned()));
+        extras.after_primary(arm, total, answered.as_ref().map(|(out, inputs)| (out, inputs.as_ref())), sample);
     }
     if let (Some(tap), Some(decision)) = (state.tap.as_deref(), tapping) {
         let status = response.status().as_u16();
@@ -108,7 +113,13 @@ impl RouteExtras {
 
     /// Records the primary's outcome for its arm and starts the shadow, after the primary
     /// answer is ready: the shadow never delays or changes it.
-    fn after_primary(self, arm: Arm, latency: Duration, answered: Option<(&JobOutput, Option<&Vec<Tensor>>)>) {
+    fn after_primary(
+        self,
+        arm: Arm,
+        latency: Duration,
+        answered: Option<(&JobOutput, Option<&Vec<Tensor>>)>,
+        sample: Option<(Arc<Tap>, String)>,
+    ) {
         let record = match arm {
             Arm::Champion => &self.evidence.champion,
             Arm::Canary => &self.evidence.canary,
@@ -121,7 +132,16 @@ impl RouteExtras {
         let primary = first_output_f64(&output.outputs);
         record.record_ok(latency, primary.as_ref().and_then(|p| p.first().copied()));
         if let (Some((shadow, permit)), Some(inputs), Some(primary)) = (self.shadow, inputs, primary) {
-            tokio::spawn(run_shadow(shadow, permit, self.evidence, inputs.clone(), primary, latency));
+            let job = ShadowJob {
+                shadow,
+                permit,
+                evidence: self.evidence,
+                inputs: inputs.clone(),
+                primary,
+                primary_latency: latency,
+                sample,
+            };
+            tokio::spawn(run_shadow(job));
         }
     }
 }
@@ -187,18 +207,27 @@ impl TapDecision {
     }
 }
 
-/// Runs the mirrored request on the shadow version and records the pair; its outcome never
-/// reaches the client.
-async fn run_shadow(
+/// A mirrored request for the shadow version.
+struct ShadowJob {
     shadow: Arc<ModelVersion>,
-    _permit: BudgetPermit,
+    permit: BudgetPermit,
     evidence: Arc<RouteEvidence>,
     inputs: Vec<Tensor>,
     primary: Vec<f64>,
     primary_latency: Duration,
-) {
+    /// When the primary was sampled: the tap and request id, so the shadow's answer is stored
+    /// beside it (arm `shadow`).
+    sample: Option<(Arc<Tap>, String)>,
+}
+
+/// Runs the mirrored request on the shadow version and records the pair; its outcome never
+/// reaches the client.
+async fn run_shadow(job: ShadowJob) {
+    let ShadowJob { shadow, permit, evidence, inputs, primary, primary_latency, sample } = job;
+    let _permit = permit;
     let started = Instant::now();
     let rows = if shadow.signature.batchable { inputs[0].shape.first().map_or(1, |r| *r as usize) } else { 1 };
+    let kept_inputs = sample.as_ref().map(|_| inputs.clone());
     let reply = match shadow.queue.submit(inputs, rows) {
         Ok(reply) => reply,
         Err(_) => {
@@ -206,18 +235,36 @@ async fn run_shadow(
             return;
         }
     };
-    match reply.await {
-        Ok(Ok(out)) => match first_output_f64(&out.outputs) {
-            Some(answer) => {
-                evidence.shadow.record_pair(&primary, &answer, primary_latency, started.elapsed());
-                count_shadow(&shadow.model, "ok");
+    let (status, outputs) = match reply.await {
+        Ok(Ok(out)) => {
+            match first_output_f64(&out.outputs) {
+                Some(answer) => {
+                    evidence.shadow.record_pair(&primary, &answer, primary_latency, started.elapsed());
+                    count_shadow(&shadow.model, "ok");
+                }
+                None => count_shadow(&shadow.model, "not_comparable"),
             }
-            None => count_shadow(&shadow.model, "not_comparable"),
-        },
+            (200, out.outputs)
+        }
         _ => {
             evidence.shadow.record_candidate_error(primary_latency);
             count_shadow(&shadow.model, "error");
+            (500, Vec::new())
         }
+    };
+    if let (Some((tap, request_id)), Some(inputs)) = (sample, kept_inputs) {
+        tap.offer(Served {
+            request_id,
+            time: SystemTime::now(),
+            model: shadow.model.clone(),
+            version: shadow.version,
+            arm: "shadow",
+            status,
+            latency: started.elapsed(),
+            inputs,
+            outputs,
+            sampled: true,
+        });
     }
 }
 

@@ -250,7 +250,7 @@ impl Worker {
     }
 
     fn take_served(&mut self, served: Served) {
-        if served.status == 200 {
+        if served.status == 200 && served.arm != "shadow" {
             let scores: Vec<f64> = served.outputs.first().and_then(|o| o.data.to_f64()).unwrap_or_default();
             self.index.remember(&served.request_id, &served.model, served.version, served.arm, scores);
         }
