@@ -4,6 +4,7 @@
 //! - [`inproc`]: the same model in this process (the physical limit).
 //! - [`compare`]: runs both side by side and writes the Markdown/JSON report.
 //! - [`rollout`]: primary latency during hot swaps and with a full shadow; memory over swaps.
+//! - [`sampling`]: throughput with sampling at 0/10/100% and drift on; tap drops.
 //! - [`procs`]: starting the gateway and measurement subprocesses, CPU pinning.
 //! - [`summary`]: hdrhistogram percentiles and throughput.
 
@@ -12,6 +13,7 @@ mod inproc;
 mod load;
 mod procs;
 mod rollout;
+mod sampling;
 mod summary;
 
 use std::path::PathBuf;
@@ -92,6 +94,17 @@ enum Cmd {
         #[arg(long)]
         no_pin: bool,
     },
+    /// Throughput and latency with sampling at 0%, 10% and 100% (drift detectors on).
+    Sampling {
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long)]
+        no_pin: bool,
+    },
     /// Primary latency during hot swaps and with a 100% shadow; memory after many swaps.
     Rollout {
         #[arg(long, default_value_t = 1.0)]
@@ -152,6 +165,9 @@ fn main() -> anyhow::Result<()> {
             results,
             pin: !no_pin,
         }),
+        Cmd::Sampling { warmup, duration, concurrency, no_pin } => {
+            sampling::run(procs::Window { warmup: secs(warmup), duration: secs(duration) }, concurrency, !no_pin)
+        }
         Cmd::Rollout { warmup, duration, concurrency, swap_every_ms, memory_swaps, no_pin } => {
             rollout::run(&rollout::RolloutSpec {
                 window: procs::Window { warmup: secs(warmup), duration: secs(duration) },

@@ -170,7 +170,7 @@ fn wait_for(addr: &str, done: impl Fn(&str) -> bool) -> anyhow::Result<()> {
 }
 
 /// A one-shot HTTP/1.0 GET (the admin API answers loopback clients without a token).
-fn get(addr: &str, path: &str) -> anyhow::Result<String> {
+pub fn get(addr: &str, path: &str) -> anyhow::Result<String> {
     let mut stream = TcpStream::connect(addr)?;
     write!(stream, "GET {path} HTTP/1.0\r\nhost: {addr}\r\n\r\n")?;
     let mut text = String::new();
