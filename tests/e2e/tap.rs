@@ -206,8 +206,8 @@ async fn a_covariate_shift_in_one_feature_raises_one_event_naming_it() {
     let events = flywheel_gateway::drift::read_events(&registry, "tiny", 0);
     let features: Vec<&str> = events.iter().map(|e| e.feature.as_str()).collect();
     assert_eq!(features, ["in_input_3"], "one event, naming the shifted feature: {events:?}");
-    assert_eq!(events[0].window_rows, 300);
-    assert!(events[0].detector == "psi" || events[0].detector == "ks");
+    assert!(["psi", "ks", "page_hinkley"].contains(&events[0].detector.as_str()), "{events:?}");
+    assert!(events[0].window_rows > 0 && events[0].window_rows <= 300);
     let admin = http.get(&format!("{}/admin/drift/tiny?since=0", gw.base)).await.json();
     assert_eq!(admin["events"][0]["feature"], "in_input_3");
     assert_eq!(admin["next"], 1);
