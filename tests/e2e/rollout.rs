@@ -227,7 +227,9 @@ fn audit(gw: &TestGateway) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_controller_promotes_a_good_canary_step_by_step() {
-    let gw = TestGateway::start_registry(&policy_config("max_p99_ratio = 20.0\n"), |r| {
+    // Latency is not what this test is about: on a loaded 2-core CI machine one scheduling
+    // hiccup is the p99 of a few dozen requests, so the latency threshold is set out of reach.
+    let gw = TestGateway::start_registry(&policy_config("max_p99_ratio = 10000.0\n"), |r| {
         r.set_alias("tiny", "champion", publish_tiny(r, 1)).unwrap();
         r.set_alias("tiny", "challenger", publish_tiny(r, 2)).unwrap();
     });
