@@ -60,7 +60,7 @@ pub fn run(spec: &CompareSpec) -> anyhow::Result<()> {
     eprintln!("gateway    GET /v2/health/live c=1: {}", summary.line());
     results.push(Measurement { system: "gateway".into(), model: "-".into(), scenario: "http floor".into(), summary });
     for (model, features) in [("tiny", 16usize), ("heavy", 256)] {
-        let scenarios = [(1usize, false), (1, true), (spec.high_concurrency, true)];
+        let scenarios = [(1usize, false), (1, true), (spec.high_concurrency, false), (spec.high_concurrency, true)];
         for (concurrency, binary) in scenarios {
             let run = LoadRun { model, features, concurrency, binary, get: None };
             let summary = load(&gateway.addr, &run, window, pin)?;
@@ -70,6 +70,23 @@ pub fn run(spec: &CompareSpec) -> anyhow::Result<()> {
         }
     }
     gateway.stop();
+    match crate::peer::uvicorn() {
+        Some(uvicorn) => {
+            // Workers = the cores the peer may use: one when pinned like the gateway.
+            let workers = if pin { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
+            let peer = crate::peer::Peer::start(&uvicorn, &repo, workers, pin.then_some("1"))?;
+            for (model, features) in [("tiny", 16usize), ("heavy", 256)] {
+                for concurrency in [1, spec.high_concurrency] {
+                    let run = LoadRun { model, features, concurrency, binary: false, get: None };
+                    let summary = load(&peer.addr, &run, window, pin)?;
+                    let scenario = format!("c={concurrency} json");
+                    eprintln!("python     {model:5} {scenario:10}: {}", summary.line());
+                    results.push(Measurement { system: "python".into(), model: model.into(), scenario, summary });
+                }
+            }
+        }
+        None => eprintln!("python peer not set up (scripts/setup-python-peer.sh): its rows are left out"),
+    }
     let report = render(&results, spec, pin);
     std::fs::create_dir_all(&spec.results)?;
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
@@ -165,6 +182,48 @@ fn render(results: &[Measurement], spec: &CompareSpec, pin: bool) -> String {
              The gateway's own cost per request is its infer p50 minus this floor and minus in-process inference.\n",
             floor.p50_us, floor.p99_us
         ));
+    }
+    if results.iter().any(|m| m.system == "python") {
+        out.push_str("\n| model | measure (JSON) | Python peer | gateway | gateway vs peer |\n|---|---|---|---|---|\n");
+        for model in ["tiny", "heavy"] {
+            let rows = (|| -> anyhow::Result<Vec<String>> {
+                let (p1, g1) =
+                    (find(results, "python", model, "c=1 json")?, find(results, "gateway", model, "c=1 json")?);
+                let scenario = format!("c={c} json");
+                let (ph, gh) =
+                    (find(results, "python", model, &scenario)?, find(results, "gateway", model, &scenario)?);
+                Ok(vec![
+                    format!(
+                        "| {model} | p50 µs, c=1 | {:.1} | {:.1} | {:.2}× lower |",
+                        p1.p50_us,
+                        g1.p50_us,
+                        p1.p50_us / g1.p50_us
+                    ),
+                    format!(
+                        "| {model} | p99 µs, c=1 | {:.1} | {:.1} | {:.2}× lower |",
+                        p1.p99_us,
+                        g1.p99_us,
+                        p1.p99_us / g1.p99_us
+                    ),
+                    format!(
+                        "| {model} | rows/s, c={c} | {:.0} | {:.0} | {:.2}× |",
+                        ph.rows_per_second,
+                        gh.rows_per_second,
+                        gh.rows_per_second / ph.rows_per_second
+                    ),
+                    format!(
+                        "| {model} | p99 µs, c={c} | {:.1} | {:.1} | {:.2}× lower |",
+                        ph.p99_us,
+                        gh.p99_us,
+                        ph.p99_us / gh.p99_us
+                    ),
+                ])
+            })();
+            match rows {
+                Ok(rows) => rows.into_iter().for_each(|r| out.push_str(&(r + "\n"))),
+                Err(e) => out.push_str(&format!("| {model} | {e} | | | |\n")),
+            }
+        }
     }
     out.push_str("\nErrors (non-200) across all gateway runs: ");
     let errors: u64 = results.iter().filter(|m| m.system == "gateway").map(|m| m.summary.errors).sum();

@@ -29,6 +29,10 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// GET this path instead of inferring: measures the HTTP floor (e.g. `/v2/health/live`).
     pub get: Option<String>,
+    /// Open loop: send at this many requests per second regardless of answers, over
+    /// `concurrency` connections, and measure latency from each request's intended send time
+    /// (so queueing in the client is charged to the server, no coordinated omission).
+    pub rate: Option<f64>,
 }
 
 /// A request body and its `Inference-Header-Content-Length`, built once and reused.
@@ -95,8 +99,93 @@ impl Sender {
     }
 }
 
-/// Runs the closed loop and returns the measured window's summary.
+/// Runs the load (closed loop, or open loop with `rate`) and summarises the measured window.
 pub async fn run(spec: &LoadSpec) -> anyhow::Result<Summary> {
+    match spec.rate {
+        Some(rate) => run_open(spec, rate).await,
+        None => run_closed(spec).await,
+    }
+}
+
+/// Builds one request of the spec.
+fn request(uri: &hyper::Uri, host: &str, payload: &Payload, get: bool) -> anyhow::Result<Request<Full<Bytes>>> {
+    if get {
+        return Ok(Request::get(uri.clone()).header("host", host).body(Full::new(Bytes::new()))?);
+    }
+    let mut req = Request::post(uri.clone()).header("host", host).header("content-type", "application/json");
+    if let Some(n) = payload.header_length {
+        req = req.header("inference-header-content-length", n);
+    }
+    Ok(req.body(Full::new(payload.body.clone()))?)
+}
+
+/// Open loop: a dispatcher releases intended send times at `rate`; a pool of connections takes
+/// them in order; latency counts from the intended time.
+async fn run_open(spec: &LoadSpec, rate: f64) -> anyhow::Result<Summary> {
+    let payload = Arc::new(payload(spec));
+    let path = spec.get.clone().unwrap_or_else(|| format!("/v2/models/{}/infer", spec.model));
+    let uri: hyper::Uri = format!("http://{}{path}", spec.addr).parse()?;
+    let get = spec.get.is_some();
+    let start = Instant::now() + Duration::from_millis(50);
+    let measure_from = start + spec.warmup;
+    let end = measure_from + spec.duration;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut workers = Vec::new();
+    for _ in 0..spec.concurrency.max(1) {
+        let mut sender = Sender::connect(&spec.addr, spec.http2).await?;
+        let (rx, payload, uri, host) = (Arc::clone(&rx), Arc::clone(&payload), uri.clone(), spec.addr.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut hist, mut errors) = (new_histogram(), 0u64);
+            loop {
+                let Some(intended) = rx.lock().await.recv().await else { break };
+                let ok = sender.send(request(&uri, &host, &payload, get)?).await.unwrap_or(false);
+                if intended >= measure_from {
+                    if ok {
+                        hist.record(intended.elapsed().as_nanos() as u64).ok();
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            anyhow::Ok((hist, errors))
+        }));
+    }
+    // Release intended times from a plain thread that sleeps until each: tokio's timer has
+    // millisecond granularity, which would be charged to the server; a thread sleep overshoots
+    // by the kernel's timer slack (~50 µs), the imprecision left in open-loop numbers. No
+    // spinning: on a one-core client it would starve the connections.
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let dispatcher = std::thread::spawn(move || {
+        let mut i: u32 = 0;
+        loop {
+            let intended = start + interval * i;
+            if intended >= end {
+                break;
+            }
+            let now = Instant::now();
+            if intended > now {
+                std::thread::sleep(intended - now);
+            }
+            if tx.send(intended).is_err() {
+                break;
+            }
+            i += 1;
+        }
+    });
+    let _ = tokio::task::spawn_blocking(move || dispatcher.join()).await;
+    let mut hist = new_histogram();
+    let mut errors = 0;
+    for w in workers {
+        let (h, e) = w.await.map_err(|e| anyhow!("load task failed: {e}"))??;
+        hist.add(&h).ok();
+        errors += e;
+    }
+    Ok(Summary::from_histogram(&hist, errors, spec.rows, spec.duration))
+}
+
+/// Runs the closed loop and returns the measured window's summary.
+async fn run_closed(spec: &LoadSpec) -> anyhow::Result<Summary> {
     let payload = Arc::new(payload(spec));
     let path = spec.get.clone().unwrap_or_else(|| format!("/v2/models/{}/infer", spec.model));
     let uri: hyper::Uri = format!("http://{}{path}", spec.addr).parse()?;

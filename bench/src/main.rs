@@ -6,11 +6,13 @@
 //! - [`rollout`]: primary latency during hot swaps and with a full shadow; memory over swaps.
 //! - [`sampling`]: throughput with sampling at 0/10/100% and drift on; tap drops.
 //! - [`procs`]: starting the gateway and measurement subprocesses, CPU pinning.
+//! - [`peer`]: the Python peer (FastAPI + uvicorn + onnxruntime) measured beside the gateway.
 //! - [`summary`]: hdrhistogram percentiles and throughput.
 
 mod compare;
 mod inproc;
 mod load;
+mod peer;
 mod procs;
 mod rollout;
 mod sampling;
@@ -59,6 +61,10 @@ enum Cmd {
         /// GET this path instead of inferring, to measure the HTTP floor (e.g. /v2/health/live).
         #[arg(long)]
         get: Option<String>,
+        /// Open loop at this many requests per second (latency from the intended send time);
+        /// without it, closed loop.
+        #[arg(long)]
+        rate: Option<f64>,
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
@@ -136,7 +142,7 @@ fn print(summary: &summary::Summary, json: bool) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let secs = Duration::from_secs_f64;
     match Cli::parse().command {
-        Cmd::Load { addr, model, features, rows, concurrency, binary, http2, warmup, duration, get, json } => {
+        Cmd::Load { addr, model, features, rows, concurrency, binary, http2, warmup, duration, get, rate, json } => {
             let spec = load::LoadSpec {
                 addr,
                 model,
@@ -148,6 +154,7 @@ fn main() -> anyhow::Result<()> {
                 warmup: secs(warmup),
                 duration: secs(duration),
                 get,
+                rate,
             };
             // Two client threads: enough to keep 64 connections busy on this size of machine.
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
