@@ -32,8 +32,8 @@ struct Measurement {
     summary: Summary,
 }
 
-/// Runs every measurement and writes the report.
-pub fn run(spec: &CompareSpec) -> anyhow::Result<()> {
+/// Runs every measurement, writes the report files and returns the Markdown.
+pub fn run(spec: &CompareSpec) -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?;
     let repo = dir.path().join("models");
     flywheel_onnx::fixtures::write_demo_repository(&repo, true)?;
@@ -93,9 +93,8 @@ pub fn run(spec: &CompareSpec) -> anyhow::Result<()> {
     let md = spec.results.join(format!("compare-{stamp}.md"));
     std::fs::write(&md, &report)?;
     std::fs::write(spec.results.join(format!("compare-{stamp}.json")), serde_json::to_vec_pretty(&results)?)?;
-    println!("{report}");
     eprintln!("written to {}", md.display());
-    Ok(())
+    Ok(report)
 }
 
 fn find<'a>(results: &'a [Measurement], system: &str, model: &str, scenario: &str) -> anyhow::Result<&'a Summary> {

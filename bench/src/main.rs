@@ -5,6 +5,7 @@
 //! - [`compare`]: runs both side by side and writes the Markdown/JSON report.
 //! - [`rollout`]: primary latency during hot swaps and with a full shadow; memory over swaps.
 //! - [`sampling`]: throughput with sampling at 0/10/100% and drift on; tap drops.
+//! - [`suite`]: all of the above plus sweep, knee, overload, batching off, perf_analyzer.
 //! - [`procs`]: starting the gateway and measurement subprocesses, CPU pinning.
 //! - [`peer`]: the Python peer (FastAPI + uvicorn + onnxruntime) measured beside the gateway.
 //! - [`summary`]: hdrhistogram percentiles and throughput.
@@ -16,6 +17,7 @@ mod peer;
 mod procs;
 mod rollout;
 mod sampling;
+mod suite;
 mod summary;
 
 use std::path::PathBuf;
@@ -111,6 +113,15 @@ enum Cmd {
         #[arg(long)]
         no_pin: bool,
     },
+    /// Everything in one run (about 6 minutes; --quick about 3): compare, sweep + plot, knee,
+    /// overload, batching off, perf_analyzer, swaps and shadow, sampling.
+    Suite {
+        #[arg(long, default_value = "bench/results")]
+        results: PathBuf,
+        /// Shorter windows, for a smoke run.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Primary latency during hot swaps and with a 100% shadow; memory after many swaps.
     Rollout {
         #[arg(long, default_value_t = 1.0)]
@@ -165,24 +176,36 @@ fn main() -> anyhow::Result<()> {
             let summary = inproc::run(&model, features, rows, secs(warmup), secs(duration))?;
             print(&summary, json)
         }
-        Cmd::Compare { warmup, duration, concurrency, results, no_pin } => compare::run(&compare::CompareSpec {
-            warmup: secs(warmup),
-            duration: secs(duration),
-            high_concurrency: concurrency,
-            results,
-            pin: !no_pin,
-        }),
+        Cmd::Compare { warmup, duration, concurrency, results, no_pin } => {
+            let spec = compare::CompareSpec {
+                warmup: secs(warmup),
+                duration: secs(duration),
+                high_concurrency: concurrency,
+                results,
+                pin: !no_pin,
+            };
+            println!("{}", compare::run(&spec)?);
+            Ok(())
+        }
         Cmd::Sampling { warmup, duration, concurrency, no_pin } => {
-            sampling::run(procs::Window { warmup: secs(warmup), duration: secs(duration) }, concurrency, !no_pin)
+            let window = procs::Window { warmup: secs(warmup), duration: secs(duration) };
+            println!("{}", sampling::run(window, concurrency, !no_pin)?);
+            Ok(())
+        }
+        Cmd::Suite { results, quick } => {
+            println!("{}", suite::run(&results, quick)?);
+            Ok(())
         }
         Cmd::Rollout { warmup, duration, concurrency, swap_every_ms, memory_swaps, no_pin } => {
-            rollout::run(&rollout::RolloutSpec {
+            let spec = rollout::RolloutSpec {
                 window: procs::Window { warmup: secs(warmup), duration: secs(duration) },
                 concurrency,
                 swap_every: Duration::from_millis(swap_every_ms),
                 memory_swaps,
                 pin: !no_pin,
-            })
+            };
+            println!("{}", rollout::run(&spec)?);
+            Ok(())
         }
     }
 }

@@ -78,6 +78,18 @@ pub fn load(addr: &str, run: &LoadRun<'_>, window: Window, pin: bool) -> anyhow:
     parse(cmd.output()?)
 }
 
+/// Runs `bench load --rate` (open loop) as a subprocess, pinned like [`load`].
+pub fn load_open(addr: &str, run: &LoadRun<'_>, rate: f64, window: Window, pin: bool) -> anyhow::Result<Summary> {
+    let mut cmd = pinned(&this_exe()?, "0", pin);
+    cmd.args(["load", "--json", "--addr", addr, "--model", run.model, "--features", &run.features.to_string()])
+        .args(["--concurrency", &run.concurrency.to_string(), "--rate", &rate.to_string()])
+        .args(["--warmup", &secs(window.warmup), "--duration", &secs(window.duration)]);
+    if run.binary {
+        cmd.arg("--binary");
+    }
+    parse(cmd.output()?)
+}
+
 pub fn parse(out: std::process::Output) -> anyhow::Result<Summary> {
     if !out.status.success() {
         bail!("measurement failed: {}", String::from_utf8_lossy(&out.stderr));

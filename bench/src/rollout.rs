@@ -2,6 +2,7 @@
 //! primary's latency at steady state, while the champion is swapped every `swap_every`, and
 //! with a 100% shadow; then resident memory after the first swap and after 200 more.
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
@@ -39,7 +40,8 @@ struct Report {
 const CONFIG: &str = "[models.tiny.rollout]\nchampion = \"champion\"\n";
 
 /// Runs every phase and prints the report.
-pub fn run(spec: &RolloutSpec) -> anyhow::Result<()> {
+/// Runs every phase; returns the Markdown report.
+pub fn run(spec: &RolloutSpec) -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("registry");
     let registry = Registry::open(&root);
@@ -113,21 +115,23 @@ pub fn run(spec: &RolloutSpec) -> anyhow::Result<()> {
         rss_after_swaps_kib: rss_after,
         memory_swaps: spec.memory_swaps,
     };
-    print_report(&report, spec, pin);
-    Ok(())
+    Ok(render(&report, spec, pin))
 }
 
-fn print_report(r: &Report, spec: &RolloutSpec, pin: bool) {
+fn render(r: &Report, spec: &RolloutSpec, pin: bool) -> String {
+    let mut out = String::new();
     let ratio = |a: &Summary| a.p99_us / r.steady.p99_us;
-    println!(
+    let _ = writeln!(
+        out,
         "# Hot swap and shadow cost (tiny model, c={}, binary, {})\n",
         spec.concurrency,
         if pin { "pinned" } else { "unpinned" }
     );
-    println!("| phase | p50 µs | p99 µs | p99 vs steady | req/s | errors |\n|---|---|---|---|---|---|");
+    let _ = writeln!(out, "| phase | p50 µs | p99 µs | p99 vs steady | req/s | errors |\n|---|---|---|---|---|---|");
     for (name, s) in [("steady", &r.steady), ("swap every ~{swap}", &r.swapping), ("100% shadow", &r.shadow_100)] {
         let name = name.replace("{swap}", &format!("{:?} ({} swaps)", spec.swap_every, r.swaps_during_load));
-        println!(
+        let _ = writeln!(
+            out,
             "| {name} | {:.1} | {:.1} | {:.2}× | {:.0} | {} |",
             s.p50_us,
             s.p99_us,
@@ -136,13 +140,15 @@ fn print_report(r: &Report, spec: &RolloutSpec, pin: bool) {
             s.errors
         );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "\nResident memory: {} KiB after the first swap, {} KiB after {} more swaps ({:+.1}%).",
         r.rss_after_first_swap_kib,
         r.rss_after_swaps_kib,
         r.memory_swaps,
         (r.rss_after_swaps_kib as f64 / r.rss_after_first_swap_kib as f64 - 1.0) * 100.0
     );
+    out
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {

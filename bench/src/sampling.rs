@@ -2,6 +2,7 @@
 //! sampling at 0%, 10% and 100% (drift detectors on: the model has a reference profile), and
 //! the tap channel's drops.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use flywheel_onnx::fixtures::tiny;
@@ -11,8 +12,8 @@ use crate::procs::{Gateway, LoadRun, Window, load, which};
 use crate::rollout::get;
 use crate::summary::Summary;
 
-/// Runs the three phases and prints the table.
-pub fn run(window: Window, concurrency: usize, pin: bool) -> anyhow::Result<()> {
+/// Runs the three phases; returns the Markdown report.
+pub fn run(window: Window, concurrency: usize, pin: bool) -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("registry");
     let registry = Registry::open(&root);
@@ -52,13 +53,16 @@ pub fn run(window: Window, concurrency: usize, pin: bool) -> anyhow::Result<()> 
             .sum::<f64>()
     };
     let base = results[0].1.requests_per_second;
-    println!(
+    let mut out = String::new();
+    writeln!(
+        out,
         "# Sampling cost (tiny model, c={concurrency}, binary, drift detectors on, {})\n",
         if pin { "pinned" } else { "unpinned" }
-    );
-    println!("| sampling | req/s | vs 0% | p50 µs | p99 µs | errors |\n|---|---|---|---|---|---|");
+    )?;
+    writeln!(out, "| sampling | req/s | vs 0% | p50 µs | p99 µs | errors |\n|---|---|---|---|---|---|")?;
     for (rate, s) in &results {
-        println!(
+        writeln!(
+            out,
             "| {:.0}% | {:.0} | {:.3}× | {:.1} | {:.1} | {} |",
             rate * 100.0,
             s.requests_per_second,
@@ -66,13 +70,14 @@ pub fn run(window: Window, concurrency: usize, pin: bool) -> anyhow::Result<()> 
             s.p50_us,
             s.p99_us,
             s.errors
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "\nSample rows written: {:.0}; tap channel drops: {:.0}; sample write errors: {:.0}.",
         metric("flywheel_sample_rows_total"),
         metric("flywheel_tap_dropped_total"),
         metric("flywheel_sample_write_errors_total")
-    );
-    Ok(())
+    )?;
+    Ok(out)
 }
