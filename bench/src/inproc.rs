@@ -55,5 +55,5 @@ pub fn run(
     }
     std::hint::black_box(sink);
     let elapsed = measured_from.map_or(duration, |t| t.elapsed());
-    Ok(Summary::from_histogram(&hist, 0, rows, elapsed))
+    Ok(Summary::from_histogram(&hist, Default::default(), rows, elapsed))
 }

@@ -81,8 +81,8 @@ impl Sender {
         }
     }
 
-    /// Sends one request; true when the answer was a 200.
-    async fn send(&mut self, req: Request<Full<Bytes>>) -> anyhow::Result<bool> {
+    /// Sends one request; returns the answer's status.
+    async fn send(&mut self, req: Request<Full<Bytes>>) -> anyhow::Result<u16> {
         let response = match self {
             Sender::H1(s) => {
                 s.ready().await?;
@@ -93,9 +93,9 @@ impl Sender {
                 s.send_request(req).await?
             }
         };
-        let ok = response.status() == 200;
+        let status = response.status().as_u16();
         response.into_body().collect().await?;
-        Ok(ok)
+        Ok(status)
     }
 }
 
@@ -136,15 +136,15 @@ async fn run_open(spec: &LoadSpec, rate: f64) -> anyhow::Result<Summary> {
         let mut sender = Sender::connect(&spec.addr, spec.http2).await?;
         let (rx, payload, uri, host) = (Arc::clone(&rx), Arc::clone(&payload), uri.clone(), spec.addr.clone());
         workers.push(tokio::spawn(async move {
-            let (mut hist, mut errors) = (new_histogram(), 0u64);
+            let (mut hist, mut errors) = (new_histogram(), std::collections::BTreeMap::<String, u64>::new());
             loop {
                 let Some(intended) = rx.lock().await.recv().await else { break };
-                let ok = sender.send(request(&uri, &host, &payload, get)?).await.unwrap_or(false);
+                let status = sender.send(request(&uri, &host, &payload, get)?).await.unwrap_or(0);
                 if intended >= measure_from {
-                    if ok {
+                    if status == 200 {
                         hist.record(intended.elapsed().as_nanos() as u64).ok();
                     } else {
-                        errors += 1;
+                        *errors.entry(status.to_string()).or_insert(0) += 1;
                     }
                 }
             }
@@ -175,11 +175,13 @@ async fn run_open(spec: &LoadSpec, rate: f64) -> anyhow::Result<Summary> {
     });
     let _ = tokio::task::spawn_blocking(move || dispatcher.join()).await;
     let mut hist = new_histogram();
-    let mut errors = 0;
+    let mut errors = std::collections::BTreeMap::<String, u64>::new();
     for w in workers {
         let (h, e) = w.await.map_err(|e| anyhow!("load task failed: {e}"))??;
         hist.add(&h).ok();
-        errors += e;
+        for (status, n) in e {
+            *errors.entry(status).or_insert(0) += n;
+        }
     }
     Ok(Summary::from_histogram(&hist, errors, spec.rows, spec.duration))
 }
@@ -204,7 +206,7 @@ async fn run_closed(spec: &LoadSpec) -> anyhow::Result<Summary> {
         let (payload, uri, host) = (Arc::clone(&payload), uri.clone(), spec.addr.clone());
         tasks.push(tokio::spawn(async move {
             let mut hist = new_histogram();
-            let mut errors = 0u64;
+            let mut errors = std::collections::BTreeMap::<String, u64>::new();
             loop {
                 let t0 = Instant::now();
                 if t0 >= end {
@@ -220,12 +222,12 @@ async fn run_closed(spec: &LoadSpec) -> anyhow::Result<Summary> {
                     }
                     req.body(Full::new(payload.body.clone()))?
                 };
-                let ok = sender.send(req).await.unwrap_or(false);
+                let status = sender.send(req).await.unwrap_or(0);
                 if t0 >= measure_from {
-                    if ok {
+                    if status == 200 {
                         hist.record(t0.elapsed().as_nanos() as u64).ok();
                     } else {
-                        errors += 1;
+                        *errors.entry(status.to_string()).or_insert(0) += 1;
                     }
                 }
             }
@@ -233,11 +235,13 @@ async fn run_closed(spec: &LoadSpec) -> anyhow::Result<Summary> {
         }));
     }
     let mut hist = new_histogram();
-    let mut errors = 0;
+    let mut errors = std::collections::BTreeMap::<String, u64>::new();
     for task in tasks {
         let (h, e) = task.await.map_err(|e| anyhow!("load task failed: {e}"))??;
         hist.add(&h).ok();
-        errors += e;
+        for (status, n) in e {
+            *errors.entry(status).or_insert(0) += n;
+        }
     }
     Ok(Summary::from_histogram(&hist, errors, spec.rows, spec.duration))
 }

@@ -50,6 +50,11 @@ pub fn run(results: &Path, quick: bool) -> anyhow::Result<String> {
     flywheel_onnx::fixtures::write_demo_repository(&repo, true)?;
     let mut points = Vec::new();
     let gateway = Gateway::start(&repo, None, pin)?;
+    // The client's own ceiling: the cheapest request the gateway answers, at the sweep's top
+    // concurrency. Far above the infer rates, the load generator is not what limits them.
+    let floor = LoadRun { model: "-", features: 0, concurrency: 64, binary: false, get: Some("/v2/health/live") };
+    let client_ceiling = load(&gateway.addr, &floor, window, pin)?;
+    eprintln!("client ceiling (GET /v2/health/live, c=64): {}", client_ceiling.line());
     sweep(&gateway.addr, "gateway", window, pin, &mut points)?;
     let gateway_knee = knee(&gateway.addr, true, pin)?;
     let analyzer = perf_analyzer(&gateway.addr, pin);
@@ -64,7 +69,11 @@ pub fn run(results: &Path, quick: bool) -> anyhow::Result<String> {
     };
     drop(peer);
 
-    writeln!(out, "\n## Concurrency sweep (closed loop, 1 row a request)\n")?;
+    writeln!(
+        out,
+        "\n## Concurrency sweep (closed loop, 1 row a request)\n\nLoad generator ceiling on its core (GET /v2/health/live, c=64): {:.0} req/s, p99 {:.1} µs.\n",
+        client_ceiling.requests_per_second, client_ceiling.p99_us
+    )?;
     writeln!(out, "| system | model | c | rows/s | p50 µs | p99 µs | errors |\n|---|---|---|---|---|---|---|")?;
     for p in &points {
         let s = &p.summary;
