@@ -1,6 +1,18 @@
 //! # Layout
-//! The trainer closes the loop (issue 5): it will assemble datasets from the gateway's Parquet
-//! samples joined with labels, train (GPU when present, CPU otherwise), export ONNX through
-//! `flywheel-onnx`, gate the candidate against the champion with `flywheel-shadow`, and register
-//! it with lineage. Nothing is implemented yet; this crate exists so the workspace has its shape.
+//! The trainer closes the loop (issue 5). Built so far:
+//! - [`synthetic`]: fraud-like data with controllable covariate shift and concept drift.
+//! - [`dataset`]: the gateway's Parquet samples joined with labels, windowed, split by time,
+//!   checked and digested for lineage.
+//!
+//! Still to build (see the issue note): training with burn (CPU, CUDA when present), ONNX export
+//! through `flywheel-onnx` with verification, the quality gate with `flywheel-shadow`,
+//! registration with lineage and the `challenger` alias, `trainer watch`, bring-your-own
+//! training, and the demo.
 #![forbid(unsafe_code)]
+
+pub mod dataset;
+pub mod synthetic;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod dataset_tests;

@@ -1,0 +1,259 @@
+//! Dataset assembly: the gateway's sampled rows joined with their labels by (request id, row),
+//! restricted to a model and a time window, split by time (train before holdout, no leakage
+//! from the future), checked, and digested so lineage records exactly which rows were used.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Float64Type, TimestampMicrosecondType, UInt32Type};
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::DataType;
+use flywheel_registry::samples;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use sha2::{Digest, Sha256};
+
+/// What to assemble.
+#[derive(Clone, Debug)]
+pub struct AssembleSpec {
+    /// The gateway's sample folder (holding `samples/` and `labels/`).
+    pub sample_dir: PathBuf,
+    pub model: String,
+    /// Only rows served at or after this time (µs since the epoch).
+    pub since_us: Option<i64>,
+    /// Only rows served before this time (µs since the epoch).
+    pub until_us: Option<i64>,
+    /// Share of the newest rows held out for the gate.
+    pub holdout_fraction: f64,
+    pub min_rows: usize,
+    /// Largest allowed share of NaN per feature.
+    pub max_nan_rate: f64,
+    /// Fewest rows of each class.
+    pub min_per_class: usize,
+}
+
+/// Rows of one split, in time order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Split {
+    pub x: Vec<Vec<f64>>,
+    pub y: Vec<f64>,
+    pub time_us: Vec<i64>,
+}
+
+/// An assembled, checked dataset.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    /// Feature columns, in the model's input order.
+    pub features: Vec<String>,
+    pub train: Split,
+    pub holdout: Split,
+    /// SHA-256 over exactly the rows used, in order (ids, times, labels, feature bits).
+    pub digest: String,
+    /// First and last row times (µs since the epoch).
+    pub window_us: (i64, i64),
+}
+
+/// Why a dataset cannot be used; the message says what and how much.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("{path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{file} has feature columns {found:?}, but earlier files have {expected:?}")]
+    Schema { file: String, expected: Vec<String>, found: Vec<String> },
+    #[error("{rows} labelled rows of model '{model}' in the window; at least {min} are needed")]
+    TooFew { model: String, rows: usize, min: usize },
+    #[error("feature '{feature}' is {rate:.1}% NaN; at most {max:.1}% is allowed")]
+    Nan { feature: String, rate: f64, max: f64 },
+    #[error("{positives} positive and {negatives} negative labels; at least {min} of each are needed")]
+    Balance { positives: usize, negatives: usize, min: usize },
+}
+
+/// Labels by (request id, row): (label, time it was given).
+type Labels = HashMap<(String, u32), (f64, i64)>;
+
+/// One labelled sample row.
+struct Joined {
+    id: String,
+    row: u32,
+    time: i64,
+    label: f64,
+    x: Vec<f64>,
+}
+
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet")
+                && !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn read_batches(path: &Path) -> Result<Vec<RecordBatch>, DatasetError> {
+    let err = |reason: String| DatasetError::Read { path: path.display().to_string(), reason };
+    let file = File::open(path).map_err(|e| err(e.to_string()))?;
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(file).and_then(|b| b.build()).map_err(|e| err(e.to_string()))?;
+    reader.collect::<Result<Vec<_>, _>>().map_err(|e| err(e.to_string()))
+}
+
+fn floats(batch: &RecordBatch, name: &str) -> Option<Vec<f64>> {
+    let column = batch.column_by_name(name)?;
+    match column.data_type() {
+        DataType::Float32 => {
+            Some(column.as_primitive::<Float32Type>().iter().map(|v| v.map_or(f64::NAN, f64::from)).collect())
+        }
+        DataType::Float64 => Some(column.as_primitive::<Float64Type>().iter().map(|v| v.unwrap_or(f64::NAN)).collect()),
+        _ => None,
+    }
+}
+
+/// The labels of `model`: (request id, row) → (label, time); a later label replaces an earlier one.
+fn labels(spec: &AssembleSpec) -> Result<Labels, DatasetError> {
+    let mut map: Labels = HashMap::new();
+    let dir = spec.sample_dir.join(samples::LABELS).join(format!("model={}", spec.model));
+    for path in parquet_files(&dir) {
+        for batch in read_batches(&path)? {
+            let bad = |what: &str| DatasetError::Read {
+                path: path.display().to_string(),
+                reason: format!("no {what} column"),
+            };
+            let ids =
+                batch.column_by_name(samples::REQUEST_ID).ok_or_else(|| bad("request_id"))?.as_string::<i32>().clone();
+            let rows =
+                batch.column_by_name(samples::ROW).ok_or_else(|| bad("row"))?.as_primitive::<UInt32Type>().clone();
+            let times = batch
+                .column_by_name(samples::TIME)
+                .ok_or_else(|| bad("time"))?
+                .as_primitive::<TimestampMicrosecondType>()
+                .clone();
+            let values = floats(&batch, samples::LABEL).ok_or_else(|| bad("label"))?;
+            for (i, label) in values.into_iter().enumerate() {
+                let key = (ids.value(i).to_owned(), rows.value(i));
+                let time = times.value(i);
+                if map.get(&key).is_none_or(|(_, t)| *t <= time) {
+                    map.insert(key, (label, time));
+                }
+            }
+        }
+    }
+    Ok(map)
+}
+
+/// Assembles the dataset `spec` describes.
+pub fn assemble(spec: &AssembleSpec) -> Result<Dataset, DatasetError> {
+    let labels = labels(spec)?;
+    let dir = spec.sample_dir.join(samples::SAMPLES).join(format!("model={}", spec.model));
+    let mut features: Option<Vec<String>> = None;
+    let mut joined: Vec<Joined> = Vec::new();
+    for path in parquet_files(&dir) {
+        for batch in read_batches(&path)? {
+            let names: Vec<String> =
+                batch.schema().fields().iter().map(|f| f.name().clone()).filter(|n| n.starts_with("in_")).collect();
+            match &features {
+                None => features = Some(names.clone()),
+                Some(expected) if *expected != names => {
+                    return Err(DatasetError::Schema {
+                        file: path.display().to_string(),
+                        expected: expected.clone(),
+                        found: names,
+                    });
+                }
+                Some(_) => {}
+            }
+            let bad = |what: &str| DatasetError::Read {
+                path: path.display().to_string(),
+                reason: format!("no {what} column"),
+            };
+            let ids =
+                batch.column_by_name(samples::REQUEST_ID).ok_or_else(|| bad("request_id"))?.as_string::<i32>().clone();
+            let rows =
+                batch.column_by_name(samples::ROW).ok_or_else(|| bad("row"))?.as_primitive::<UInt32Type>().clone();
+            let times = batch
+                .column_by_name(samples::TIME)
+                .ok_or_else(|| bad("time"))?
+                .as_primitive::<TimestampMicrosecondType>()
+                .clone();
+            let arms = batch.column_by_name(samples::ARM).ok_or_else(|| bad("arm"))?.as_string::<i32>().clone();
+            let columns: Vec<Vec<f64>> =
+                names.iter().map(|n| floats(&batch, n).ok_or_else(|| bad(n))).collect::<Result<_, _>>()?;
+            for i in 0..batch.num_rows() {
+                let time = times.value(i);
+                // Shadow answers are another version's; the window bounds the rows by serving time.
+                if arms.value(i) == "shadow"
+                    || spec.since_us.is_some_and(|s| time < s)
+                    || spec.until_us.is_some_and(|u| time >= u)
+                {
+                    continue;
+                }
+                let key = (ids.value(i).to_owned(), rows.value(i));
+                if let Some((label, _)) = labels.get(&key) {
+                    let x = columns.iter().map(|c| c[i]).collect();
+                    joined.push(Joined { id: key.0, row: key.1, time, label: *label, x });
+                }
+            }
+        }
+    }
+    let features = features.unwrap_or_default();
+    joined.sort_by(|a, b| (a.time, &a.id, a.row).cmp(&(b.time, &b.id, b.row)));
+    joined.dedup_by(|a, b| a.id == b.id && a.row == b.row);
+    check(spec, &features, &joined)?;
+    let digest = digest(&joined);
+    let window_us = (joined.first().map_or(0, |j| j.time), joined.last().map_or(0, |j| j.time));
+    let holdout_rows = ((joined.len() as f64) * spec.holdout_fraction).round() as usize;
+    let cut = joined.len() - holdout_rows.min(joined.len());
+    let split = |rows: &[Joined]| Split {
+        x: rows.iter().map(|j| j.x.clone()).collect(),
+        y: rows.iter().map(|j| j.label).collect(),
+        time_us: rows.iter().map(|j| j.time).collect(),
+    };
+    Ok(Dataset { features, train: split(&joined[..cut]), holdout: split(&joined[cut..]), digest, window_us })
+}
+
+fn check(spec: &AssembleSpec, features: &[String], rows: &[Joined]) -> Result<(), DatasetError> {
+    if rows.len() < spec.min_rows {
+        return Err(DatasetError::TooFew { model: spec.model.clone(), rows: rows.len(), min: spec.min_rows });
+    }
+    for (i, feature) in features.iter().enumerate() {
+        let nan = rows.iter().filter(|r| r.x[i].is_nan()).count() as f64 / rows.len() as f64;
+        if nan > spec.max_nan_rate {
+            return Err(DatasetError::Nan {
+                feature: feature.clone(),
+                rate: nan * 100.0,
+                max: spec.max_nan_rate * 100.0,
+            });
+        }
+    }
+    let positives = rows.iter().filter(|r| r.label >= 0.5).count();
+    let negatives = rows.len() - positives;
+    if positives < spec.min_per_class || negatives < spec.min_per_class {
+        return Err(DatasetError::Balance { positives, negatives, min: spec.min_per_class });
+    }
+    Ok(())
+}
+
+fn digest(rows: &[Joined]) -> String {
+    let mut h = Sha256::new();
+    for r in rows {
+        h.update(r.id.as_bytes());
+        h.update([0]);
+        h.update(r.row.to_le_bytes());
+        h.update(r.time.to_le_bytes());
+        h.update(r.label.to_le_bytes());
+        for v in &r.x {
+            h.update(v.to_le_bytes());
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
