@@ -165,7 +165,7 @@ fn knee(addr: &str, binary: bool, pin: bool) -> anyhow::Result<(f64, Summary)> {
 fn overload(repo: &Path, knee: (f64, Summary), pin: bool) -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("overload.toml");
-    std::fs::write(&config, "[batching]\nqueue_capacity = 64\n")?;
+    std::fs::write(&config, "max_in_flight = 64\n[batching]\nqueue_capacity = 64\n")?;
     let gateway = Gateway::start(repo, Some(&config), pin)?;
     let rss_before = rss_kib(gateway.child.id());
     let run = LoadRun { model: "tiny", features: 16, concurrency: 256, binary: true, get: None };
@@ -174,7 +174,7 @@ fn overload(repo: &Path, knee: (f64, Summary), pin: bool) -> anyhow::Result<Stri
     let rss_after = rss_kib(gateway.child.id());
     let total = s.requests + s.errors;
     Ok(format!(
-        "\n## Overload at 2× the knee ({:.0} req/s offered, queue_capacity 64)\n\n\
+        "\n## Overload at 2× the knee ({:.0} req/s offered, max_in_flight 64, queue_capacity 64)\n\n\
          Admitted: {} ({:.0} req/s), p50 {:.1} µs, p99 {:.1} µs ({:.1}× the knee's p99); refused (503): {} ({:.1}%). \
          Resident memory {} KiB before, {} KiB after.\n",
         2.0 * knee.0,

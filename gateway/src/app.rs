@@ -101,6 +101,7 @@ impl Gateway {
             ready: AtomicBool::new(false),
             reloader: Some(Arc::clone(&reloader)),
             tap,
+            admission: (config.max_in_flight > 0).then(|| crate::model::table::Budget::new(config.max_in_flight)),
         });
         Ok(Self { listener, state, reloader, baseline, grace: Duration::from_millis(config.shutdown_grace_ms) })
     }

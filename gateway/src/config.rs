@@ -43,6 +43,10 @@ pub struct Config {
     /// to inference threads.
     #[serde(default)]
     pub http_threads: usize,
+    /// Inference requests handled at once, server-wide; beyond it a request is refused (503)
+    /// before its body is read. 0: no limit (the batch queues still bound the work).
+    #[serde(default)]
+    pub max_in_flight: usize,
     /// Batching for every model unless overridden under `[models.<name>]`.
     #[serde(default)]
     pub batching: Batching,
@@ -221,6 +225,7 @@ impl Default for Config {
             max_body_bytes: default_max_body_bytes(),
             shutdown_grace_ms: default_grace_ms(),
             http_threads: 0,
+            max_in_flight: 0,
             admin_token: None,
             audit_log: None,
             controller_interval_ms: default_controller_ms(),

@@ -70,3 +70,31 @@ async fn a_full_queue_answers_503_with_retry_after_at_once() {
     let after = http.post_json(&format!("{}/v2/models/tiny/infer", gw.base), &tiny_request(&tiny_rows(1, 0))).await;
     assert_eq!(after.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_in_flight_refuses_before_reading_the_body() {
+    let config = "max_in_flight = 1\n[models.slow]\nmax_batch_size = 4096\n";
+    let gw = TestGateway::start_with(config, |repo| {
+        let dir = repo.join("slow/1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.onnx"), flywheel_onnx::Mlp::random(&[16, 2048, 2048, 1], 5).to_onnx(1)).unwrap();
+    });
+    let http = Http::new(false);
+    let long = {
+        let (http, url) = (http.clone(), format!("{}/v2/models/slow/infer", gw.base));
+        tokio::spawn(async move { http.post_json(&url, &tiny_request(&tiny_rows(4000, 1))).await })
+    };
+    let metrics_url = format!("{}/metrics", gw.base);
+    let busy = crate::support::wait_until(std::time::Duration::from_secs(5), || async {
+        String::from_utf8(http.get(&metrics_url).await.body.to_vec()).unwrap().contains("flywheel_requests_in_flight 1")
+    })
+    .await;
+    assert!(busy);
+    let refused = http.post_json(&format!("{}/v2/models/tiny/infer", gw.base), &tiny_request(&tiny_rows(1, 2))).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(refused.json()["error"].as_str().unwrap().contains("max_in_flight"));
+    assert_eq!(long.await.unwrap().status, 200);
+    let after = http.post_json(&format!("{}/v2/models/tiny/infer", gw.base), &tiny_request(&tiny_rows(1, 2))).await;
+    assert_eq!(after.status, 200, "the unit is given back");
+}

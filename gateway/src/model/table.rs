@@ -77,6 +77,11 @@ impl Budget {
         Arc::new(Self { in_flight: AtomicUsize::new(0), max })
     }
 
+    /// The limit.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// Takes a unit if one is free.
     pub fn try_acquire(self: &Arc<Self>) -> Option<BudgetPermit> {
         self.in_flight

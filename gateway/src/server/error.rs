@@ -28,6 +28,8 @@ pub enum ApiError {
     MethodNotAllowed { method: String, path: String, allowed: &'static str },
     #[error("the gateway is not ready: {0}")]
     NotReady(String),
+    #[error("the gateway is handling its limit of {max} requests (max_in_flight); retry later")]
+    Overloaded { max: usize },
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -44,7 +46,9 @@ impl ApiError {
             ApiError::Unauthorized(_) => 401,
             ApiError::Forbidden(_) => 403,
             ApiError::BodyTooLarge { .. } => 413,
-            ApiError::Infer(InferError::QueueFull { .. } | InferError::Closed { .. }) | ApiError::NotReady(_) => 503,
+            ApiError::Infer(InferError::QueueFull { .. } | InferError::Closed { .. })
+            | ApiError::NotReady(_)
+            | ApiError::Overloaded { .. } => 503,
             ApiError::Infer(InferError::Runtime(_)) => 500,
         }
     }
@@ -52,9 +56,9 @@ impl ApiError {
     /// How long a client should wait before retrying, for overload answers.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ApiError::Infer(InferError::QueueFull { .. } | InferError::Closed { .. }) | ApiError::NotReady(_) => {
-                Some(Duration::from_secs(1))
-            }
+            ApiError::Infer(InferError::QueueFull { .. } | InferError::Closed { .. })
+            | ApiError::NotReady(_)
+            | ApiError::Overloaded { .. } => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -72,6 +76,7 @@ impl ApiError {
             ApiError::NotFound { .. } => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::NotReady(_) => "not_ready",
+            ApiError::Overloaded { .. } => "overloaded",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
         }

@@ -32,6 +32,15 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
     let started = Instant::now();
     let _in_flight = InFlight::start();
     let request_id = request_id(req.headers());
+    // Admission first: over the limit, answer before reading the body, so an overloaded
+    // gateway spends as little as possible on work it will not do.
+    let _admitted = match state.admission.as_ref().map(|b| (b.try_acquire(), b.max())) {
+        Some((None, max)) => {
+            return finish(error_response(&ApiError::Overloaded { max }), &request_id, None, started, None);
+        }
+        Some((permit, _)) => permit,
+        None => None,
+    };
     // Route once; the Arcs keep these versions alive until the answer (and any shadow) is done
     // even if the table is swapped meanwhile.
     let routed = {

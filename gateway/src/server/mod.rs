@@ -42,6 +42,8 @@ pub struct AppState {
     pub reloader: Option<Arc<crate::rollout::Reloader>>,
     /// Sampling, labels and drift (absent when it could not start).
     pub tap: Option<Arc<crate::tap::Tap>>,
+    /// Server-wide limit on inference requests in flight (`max_in_flight`), when set.
+    pub admission: Option<Arc<crate::model::table::Budget>>,
 }
 
 /// Serves connections until `shutdown` resolves, then stops accepting and waits up to `grace`
