@@ -7,13 +7,17 @@
 //!   differences, and a paired bootstrap interval on the mean difference.
 //! - [`bootstrap`]: the seeded bootstrap used by [`paired`].
 //! - [`verdict`]: a policy's thresholds applied to the evidence: promote, hold or roll back.
+//! - [`quality`]: AUC, log loss, accuracy, calibration against labels, and a paired bootstrap
+//!   of the difference between two models on the same rows (the trainer's gate).
 #![forbid(unsafe_code)]
 
 pub mod arm;
 pub mod bootstrap;
 pub mod paired;
+pub mod quality;
 pub mod verdict;
 
 pub use arm::{ArmRecord, ArmSnapshot};
 pub use paired::{PairedComparison, PairedSnapshot};
+pub use quality::{Quality, paired_difference, roc_auc};
 pub use verdict::{Evidence, Policy, Verdict, judge};
