@@ -174,16 +174,7 @@ async fn run_open(spec: &LoadSpec, rate: f64) -> anyhow::Result<Summary> {
         }
     });
     let _ = tokio::task::spawn_blocking(move || dispatcher.join()).await;
-    let mut hist = new_histogram();
-    let mut errors = std::collections::BTreeMap::<String, u64>::new();
-    for w in workers {
-        let (h, e) = w.await.map_err(|e| anyhow!("load task failed: {e}"))??;
-        hist.add(&h).ok();
-        for (status, n) in e {
-            *errors.entry(status).or_insert(0) += n;
-        }
-    }
-    Ok(Summary::from_histogram(&hist, errors, spec.rows, spec.duration))
+    summarise(workers, spec).await
 }
 
 /// Runs the closed loop and returns the measured window's summary.
@@ -234,6 +225,17 @@ async fn run_closed(spec: &LoadSpec) -> anyhow::Result<Summary> {
             anyhow::Ok((hist, errors))
         }));
     }
+    summarise(tasks, spec).await
+}
+
+/// What one connection measured: latencies and non-200 answers by status.
+type Measured = (hdrhistogram::Histogram<u64>, std::collections::BTreeMap<String, u64>);
+
+/// Merges the connections' measurements into one summary.
+async fn summarise(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Measured>>>,
+    spec: &LoadSpec,
+) -> anyhow::Result<Summary> {
     let mut hist = new_histogram();
     let mut errors = std::collections::BTreeMap::<String, u64>::new();
     for task in tasks {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, TimestampMicrosecondType, UInt32Type};
-use arrow_array::{Array, RecordBatch};
+use arrow_array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
 use arrow_schema::DataType;
 use flywheel_registry::samples;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -119,6 +119,15 @@ fn floats(batch: &RecordBatch, name: &str) -> Option<Vec<f64>> {
     }
 }
 
+/// The (request id, row, time) columns every sample and label file has.
+fn keys(batch: &RecordBatch) -> Option<(StringArray, UInt32Array, TimestampMicrosecondArray)> {
+    Some((
+        batch.column_by_name(samples::REQUEST_ID)?.as_string_opt::<i32>()?.clone(),
+        batch.column_by_name(samples::ROW)?.as_primitive_opt::<UInt32Type>()?.clone(),
+        batch.column_by_name(samples::TIME)?.as_primitive_opt::<TimestampMicrosecondType>()?.clone(),
+    ))
+}
+
 /// The labels of `model`: (request id, row) → (label, time); a later label replaces an earlier one.
 fn labels(spec: &AssembleSpec) -> Result<Labels, DatasetError> {
     let mut map: Labels = HashMap::new();
@@ -129,15 +138,7 @@ fn labels(spec: &AssembleSpec) -> Result<Labels, DatasetError> {
                 path: path.display().to_string(),
                 reason: format!("no {what} column"),
             };
-            let ids =
-                batch.column_by_name(samples::REQUEST_ID).ok_or_else(|| bad("request_id"))?.as_string::<i32>().clone();
-            let rows =
-                batch.column_by_name(samples::ROW).ok_or_else(|| bad("row"))?.as_primitive::<UInt32Type>().clone();
-            let times = batch
-                .column_by_name(samples::TIME)
-                .ok_or_else(|| bad("time"))?
-                .as_primitive::<TimestampMicrosecondType>()
-                .clone();
+            let (ids, rows, times) = keys(&batch).ok_or_else(|| bad("request_id, row or time"))?;
             let values = floats(&batch, samples::LABEL).ok_or_else(|| bad("label"))?;
             for (i, label) in values.into_iter().enumerate() {
                 let key = (ids.value(i).to_owned(), rows.value(i));
@@ -176,15 +177,7 @@ pub fn assemble(spec: &AssembleSpec) -> Result<Dataset, DatasetError> {
                 path: path.display().to_string(),
                 reason: format!("no {what} column"),
             };
-            let ids =
-                batch.column_by_name(samples::REQUEST_ID).ok_or_else(|| bad("request_id"))?.as_string::<i32>().clone();
-            let rows =
-                batch.column_by_name(samples::ROW).ok_or_else(|| bad("row"))?.as_primitive::<UInt32Type>().clone();
-            let times = batch
-                .column_by_name(samples::TIME)
-                .ok_or_else(|| bad("time"))?
-                .as_primitive::<TimestampMicrosecondType>()
-                .clone();
+            let (ids, rows, times) = keys(&batch).ok_or_else(|| bad("request_id, row or time"))?;
             let arms = batch.column_by_name(samples::ARM).ok_or_else(|| bad("arm"))?.as_string::<i32>().clone();
             let columns: Vec<Vec<f64>> =
                 names.iter().map(|n| floats(&batch, n).ok_or_else(|| bad(n))).collect::<Result<_, _>>()?;
