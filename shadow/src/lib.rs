@@ -8,16 +8,20 @@
 //! - [`bootstrap`]: the seeded bootstrap used by [`paired`].
 //! - [`verdict`]: a policy's thresholds applied to the evidence: promote, hold or roll back.
 //! - [`quality`]: AUC, log loss, accuracy, calibration against labels, and a paired bootstrap
-//!   of the difference between two models on the same rows (the trainer's gate).
+//!   of the difference between two models on the same rows.
+//! - [`gate`]: the trainer's quality gate built on them (gain with an interval above zero, log
+//!   loss tolerance, no slice worse than allowed).
 #![forbid(unsafe_code)]
 
 pub mod arm;
 pub mod bootstrap;
+pub mod gate;
 pub mod paired;
 pub mod quality;
 pub mod verdict;
 
 pub use arm::{ArmRecord, ArmSnapshot};
+pub use gate::{GatePolicy, GateVerdict, gate};
 pub use paired::{PairedComparison, PairedSnapshot};
 pub use quality::{Quality, paired_difference, roc_auc};
 pub use verdict::{Evidence, Policy, Verdict, judge};
