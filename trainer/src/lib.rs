@@ -3,15 +3,18 @@
 //! - [`synthetic`]: fraud-like data with controllable covariate shift and concept drift.
 //! - [`dataset`]: the gateway's Parquet samples joined with labels, windowed, split by time,
 //!   checked and digested for lineage.
+//! - [`train`]: logistic regression or an MLP with burn on CPU, exported as a
+//!   `flywheel_onnx::Mlp` taking raw features.
 //!
-//! Still to build (see the issue note): training with burn (CPU, CUDA when present), ONNX export
-//! through `flywheel-onnx` with verification, the quality gate with `flywheel-shadow`,
+//! Still to build (see the issue note): the CUDA path, ONNX export verification through ONNX
+//! Runtime, the quality gate with `flywheel-shadow`,
 //! registration with lineage and the `challenger` alias, `trainer watch`, bring-your-own
 //! training, and the demo.
 #![forbid(unsafe_code)]
 
 pub mod dataset;
 pub mod synthetic;
+pub mod train;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
