@@ -1,4 +1,5 @@
-//! `trainer`: synthetic data and dataset inspection (training, gate and watch are to come).
+//! `trainer`: synthetic data, dataset inspection, a training smoke test (gate, registration and
+//! watch are to come).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use arrow_schema::{DataType, Field, Schema};
 use clap::{Parser, Subcommand};
 use flywheel_trainer::dataset::{AssembleSpec, assemble};
 use flywheel_trainer::synthetic::{DriftKind, FEATURES, Synthetic};
+use flywheel_trainer::train::{TrainConfig, train};
 use parquet::arrow::ArrowWriter;
 
 /// Flywheel's trainer.
@@ -35,6 +37,19 @@ enum Cmd {
         /// Rows over which it ramps in (0: abrupt).
         #[arg(long, default_value_t = 0)]
         ramp: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Train on synthetic data and write the ONNX model: a smoke test of training and export
+    /// (reports rows/s, epochs and holdout AUC).
+    Fit {
+        #[arg(long, default_value_t = 50_000)]
+        rows: usize,
+        /// Hidden layer widths, comma-separated; empty for logistic regression.
+        #[arg(long, value_delimiter = ',', default_value = "32")]
+        hidden: Vec<usize>,
+        #[arg(long, default_value_t = 200)]
+        epochs: usize,
         #[arg(long)]
         out: PathBuf,
     },
@@ -75,6 +90,35 @@ fn main() -> anyhow::Result<()> {
             writer.close()?;
             let positives = generated.iter().filter(|r| r.label >= 0.5).count();
             println!("wrote {rows} rows ({positives} positive) to {}", out.display());
+        }
+        Cmd::Fit { rows, hidden, epochs, out } => {
+            let data: Vec<_> =
+                Synthetic { seed: 1, drift: DriftKind::None, onset: 0, ramp: 0 }.stream().take(rows).collect();
+            let cut = rows * 4 / 5;
+            let split = |r: &[flywheel_trainer::synthetic::Row]| flywheel_trainer::dataset::Split {
+                x: r.iter().map(|r| r.features.to_vec()).collect(),
+                y: r.iter().map(|r| r.label).collect(),
+                time_us: (0..r.len() as i64).collect(),
+            };
+            let (train_rows, holdout) = (split(&data[..cut]), split(&data[cut..]));
+            let config = TrainConfig { hidden, epochs, ..TrainConfig::default() };
+            let started = std::time::Instant::now();
+            let trained = train(&train_rows, &config);
+            let seconds = started.elapsed().as_secs_f64();
+            let scores: Vec<f64> = holdout
+                .x
+                .iter()
+                .map(|x| f64::from(trained.model.forward(&x.iter().map(|v| *v as f32).collect::<Vec<_>>())[0]))
+                .collect();
+            std::fs::write(&out, trained.model.to_onnx(1)).with_context(|| format!("writing {}", out.display()))?;
+            let auc = flywheel_shadow::roc_auc(&scores, &holdout.y);
+            let row_epochs = (cut * trained.epochs_run) as f64;
+            println!(
+                "trained on {cut} rows: {} epochs in {seconds:.2} s ({:.0} row-epochs/s), holdout AUC {auc:.4}; wrote {}",
+                trained.epochs_run,
+                row_epochs / seconds,
+                out.display()
+            );
         }
         Cmd::Dataset { samples, model, holdout, min_rows } => {
             let spec = AssembleSpec {
