@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use flywheel_shadow::{Evidence, Verdict, judge};
 
 use super::audit::AuditEntry;
+use super::background::Background;
 use super::reload::Reloader;
 use crate::config::RolloutPolicy;
 
@@ -24,33 +24,15 @@ struct Progress {
     requests_at_step: u64,
 }
 
-/// Runs the controller on its own thread until the handle is dropped.
-pub struct ControllerHandle {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for ControllerHandle {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Starts the controller, looking at the evidence every `interval`.
-pub fn spawn(reloader: Arc<Reloader>, interval: Duration) -> std::io::Result<ControllerHandle> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    let thread = std::thread::Builder::new().name("rollout-controller".into()).spawn(move || {
+/// Starts the controller, looking at the evidence every `interval`, until the handle is dropped.
+pub fn spawn(reloader: Arc<Reloader>, interval: Duration) -> std::io::Result<Background> {
+    Background::spawn("rollout-controller", move |running| {
         let mut progress: HashMap<String, Progress> = HashMap::new();
-        while !flag.load(Ordering::SeqCst) {
+        while running.keep_going() {
             std::thread::sleep(interval);
             tick(&reloader, &mut progress);
         }
-    })?;
-    Ok(ControllerHandle { stop, thread: Some(thread) })
+    })
 }
 
 /// One look at every model with a policy; public for tests that step the controller by hand.

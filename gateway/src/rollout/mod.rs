@@ -4,6 +4,7 @@
 //! canaries through their policy and promotes or rolls back; [`audit`] records every decision.
 
 pub mod audit;
+pub mod background;
 pub mod build;
 pub mod controller;
 pub mod controls;

@@ -5,11 +5,11 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 
+use super::background::Background;
 use super::reload::Reloader;
 
 /// Watch settings.
@@ -21,26 +21,10 @@ pub struct WatchSettings {
     pub debounce: Duration,
 }
 
-/// A running watcher; stops when dropped.
-pub struct WatchHandle {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for WatchHandle {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Starts watching on its own thread; reloads run there too (never on the hot path).
 /// `baseline` is the [`fingerprint`] taken before the table in force was built, so a change
 /// made while it was being built is still seen.
-pub fn spawn(reloader: Arc<Reloader>, settings: WatchSettings, baseline: u64) -> std::io::Result<WatchHandle> {
-    let stop = Arc::new(AtomicBool::new(false));
+pub fn spawn(reloader: Arc<Reloader>, settings: WatchSettings, baseline: u64) -> std::io::Result<Background> {
     let (tx, rx) = crossbeam_channel::unbounded::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reads (ours included: the fingerprint lists folders) are not changes.
@@ -55,11 +39,10 @@ pub fn spawn(reloader: Arc<Reloader>, settings: WatchSettings, baseline: u64) ->
             tracing::warn!(path = %path.display(), error = %e, "no file notifications; polling only");
         }
     }
-    let stop_flag = Arc::clone(&stop);
-    let thread = std::thread::Builder::new().name("rollout-watch".into()).spawn(move || {
+    Background::spawn("rollout-watch", move |running| {
         let _watcher = watcher;
         let mut last = baseline;
-        while !stop_flag.load(Ordering::SeqCst) {
+        while running.keep_going() {
             let notified = rx.recv_timeout(settings.poll).is_ok();
             if notified {
                 // Debounce: wait until the burst of events is over, but never longer than ten
@@ -68,14 +51,13 @@ pub fn spawn(reloader: Arc<Reloader>, settings: WatchSettings, baseline: u64) ->
                 while Instant::now() < limit && rx.recv_timeout(settings.debounce).is_ok() {}
             }
             let now = fingerprint(&reloader);
-            if now != last && !stop_flag.load(Ordering::SeqCst) {
+            if now != last && running.keep_going() {
                 last = now;
                 reloader.reload();
                 // The reload itself may have been raced by more edits: look again next round.
             }
         }
-    })?;
-    Ok(WatchHandle { stop, thread: Some(thread) })
+    })
 }
 
 fn watched_paths(reloader: &Reloader) -> Vec<(PathBuf, RecursiveMode)> {
