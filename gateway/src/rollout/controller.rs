@@ -88,7 +88,16 @@ fn decide(
     let evidence_json = serde_json::to_value(evidence).unwrap_or_default();
     match verdict {
         Verdict::RollBack => {
-            roll_back(reloader, name, champion, state.candidate, "controller", &reasons.join("; "), evidence_json);
+            let reason = reasons.join("; ");
+            let d = Decision {
+                model: name,
+                champion,
+                candidate: state.candidate,
+                actor: "controller",
+                reason: &reason,
+                evidence: evidence_json,
+            };
+            roll_back(reloader, d);
         }
         Verdict::Hold => {}
         Verdict::Promote => {
@@ -111,7 +120,16 @@ fn decide(
                 reloader.audit.append(&entry);
                 reloader.reload();
             } else {
-                promote(reloader, name, champion, state.candidate, "controller", &reasons.join("; "), evidence_json);
+                let reason = reasons.join("; ");
+                let d = Decision {
+                    model: name,
+                    champion,
+                    candidate: state.candidate,
+                    actor: "controller",
+                    reason: &reason,
+                    evidence: evidence_json,
+                };
+                promote(reloader, d);
             }
         }
     }
@@ -126,17 +144,21 @@ fn set_weight(reloader: &Reloader, name: &str, candidate: u64, from: u32, to: u3
     reloader.reload();
 }
 
+/// A promotion or rollback of one model's candidate, and why.
+pub struct Decision<'a> {
+    pub model: &'a str,
+    pub champion: u64,
+    pub candidate: u64,
+    /// `controller` or `admin`.
+    pub actor: &'static str,
+    pub reason: &'a str,
+    pub evidence: serde_json::Value,
+}
+
 /// Makes `candidate` the champion: moves the config's champion alias to it and removes the
 /// canary alias (if the canary was named by one), then reloads.
-pub fn promote(
-    reloader: &Reloader,
-    name: &str,
-    champion: u64,
-    candidate: u64,
-    actor: &'static str,
-    reason: &str,
-    evidence: serde_json::Value,
-) {
+pub fn promote(reloader: &Reloader, d: Decision<'_>) {
+    let Decision { model: name, champion, candidate, actor, reason, evidence } = d;
     let config = reloader.config.load_full();
     let mut entry = AuditEntry::now(name, actor, "promote");
     entry.from = Some(champion);
@@ -165,15 +187,8 @@ pub fn promote(
 }
 
 /// Takes `candidate` out of routing for good and removes the canary alias, then reloads.
-pub fn roll_back(
-    reloader: &Reloader,
-    name: &str,
-    champion: u64,
-    candidate: u64,
-    actor: &'static str,
-    reason: &str,
-    evidence: serde_json::Value,
-) {
+pub fn roll_back(reloader: &Reloader, d: Decision<'_>) {
+    let Decision { model: name, champion, candidate, actor, reason, evidence } = d;
     reloader.controls.reject(name, candidate);
     remove_candidate_alias(reloader, name);
     let mut entry = AuditEntry::now(name, actor, "roll_back");

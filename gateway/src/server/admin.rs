@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::rollout::Reloader;
-use crate::rollout::controller::{promote, roll_back};
+use crate::rollout::controller::{Decision, promote, roll_back};
 
 /// Handles `/admin/...`; `rest` is the path after `admin`.
 pub async fn handle(
@@ -151,11 +151,33 @@ async fn model_action(
     match action {
         "promote" => {
             let (candidate, _) = need_canary()?;
-            blocking(move || promote(&r, &model_owned, champion, candidate, "admin", &reason, Value::Null)).await?;
+            blocking(move || {
+                let d = Decision {
+                    model: &model_owned,
+                    champion,
+                    candidate,
+                    actor: "admin",
+                    reason: &reason,
+                    evidence: Value::Null,
+                };
+                promote(&r, d)
+            })
+            .await?;
         }
         "rollback" => {
             let (candidate, _) = need_canary()?;
-            blocking(move || roll_back(&r, &model_owned, champion, candidate, "admin", &reason, Value::Null)).await?;
+            blocking(move || {
+                let d = Decision {
+                    model: &model_owned,
+                    champion,
+                    candidate,
+                    actor: "admin",
+                    reason: &reason,
+                    evidence: Value::Null,
+                };
+                roll_back(&r, d)
+            })
+            .await?;
         }
         "weight" => {
             let (candidate, current) = need_canary()?;
