@@ -10,9 +10,10 @@
 //! Runtime, the quality gate with `flywheel-shadow`,
 //! registration with lineage and the `challenger` alias, `trainer watch`, bring-your-own
 //! training, and the demo.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod dataset;
+pub mod device;
 pub mod synthetic;
 pub mod train;
 

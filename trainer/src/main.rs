@@ -50,6 +50,12 @@ enum Cmd {
         hidden: Vec<usize>,
         #[arg(long, default_value_t = 200)]
         epochs: usize,
+        /// Rows per optimiser step (0: full batch).
+        #[arg(long, default_value_t = 0)]
+        batch_size: usize,
+        /// auto, cpu or cuda.
+        #[arg(long, default_value = "auto")]
+        device: flywheel_trainer::device::DeviceChoice,
         #[arg(long)]
         out: PathBuf,
     },
@@ -91,7 +97,7 @@ fn main() -> anyhow::Result<()> {
             let positives = generated.iter().filter(|r| r.label >= 0.5).count();
             println!("wrote {rows} rows ({positives} positive) to {}", out.display());
         }
-        Cmd::Fit { rows, hidden, epochs, out } => {
+        Cmd::Fit { rows, hidden, epochs, batch_size, device, out } => {
             let data: Vec<_> =
                 Synthetic { seed: 1, drift: DriftKind::None, onset: 0, ramp: 0 }.stream().take(rows).collect();
             let cut = rows * 4 / 5;
@@ -101,10 +107,11 @@ fn main() -> anyhow::Result<()> {
                 time_us: (0..r.len() as i64).collect(),
             };
             let (train_rows, holdout) = (split(&data[..cut]), split(&data[cut..]));
-            let config = TrainConfig { hidden, epochs, ..TrainConfig::default() };
-            let started = std::time::Instant::now();
-            let trained = train(&train_rows, &config);
-            let seconds = started.elapsed().as_secs_f64();
+            let config = TrainConfig { hidden, epochs, batch_size, device, ..TrainConfig::default() };
+            let trained = train(&train_rows, &config).map_err(anyhow::Error::msg)?;
+            if let Some(note) = &trained.device.note {
+                eprintln!("{note}");
+            }
             let scores: Vec<f64> = holdout
                 .x
                 .iter()
@@ -112,11 +119,13 @@ fn main() -> anyhow::Result<()> {
                 .collect();
             std::fs::write(&out, trained.model.to_onnx(1)).with_context(|| format!("writing {}", out.display()))?;
             let auc = flywheel_shadow::roc_auc(&scores, &holdout.y);
-            let row_epochs = (cut * trained.epochs_run) as f64;
             println!(
-                "trained on {cut} rows: {} epochs in {seconds:.2} s ({:.0} row-epochs/s), holdout AUC {auc:.4}; wrote {}",
+                "trained on {} rows on {}: {} epochs in {:.2} s ({:.0} row-epochs/s), holdout AUC {auc:.4}; wrote {}",
+                trained.train_rows,
+                trained.device.name,
                 trained.epochs_run,
-                row_epochs / seconds,
+                trained.seconds,
+                trained.row_epochs_per_second(),
                 out.display()
             );
         }
