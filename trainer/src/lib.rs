@@ -12,11 +12,22 @@
 //! training, and the demo.
 #![deny(unsafe_code)]
 
+pub mod bootstrap;
+pub mod byo;
+pub mod config;
+pub mod cycle;
 pub mod dataset;
 pub mod device;
+pub mod score;
 pub mod synthetic;
+pub mod table_file;
 pub mod train;
+pub mod watch;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod dataset_tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod cycle_tests;

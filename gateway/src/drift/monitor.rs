@@ -117,8 +117,13 @@ impl DriftMonitor {
 
     /// Feeds one served request; returns the events it raised (already appended to the log).
     pub fn observe(&mut self, served: &Served, files: impl Fn(&str, SystemTime) -> Vec<String>) -> Vec<DriftEvent> {
-        // Shadow rows belong to another version; the detectors follow the serving one.
-        if !self.settings.enabled || served.status != 200 || served.inputs.is_empty() || served.arm == "shadow" {
+        // Detectors follow the champion: canary and shadow rows belong to a candidate (feeding
+        // them would restart the champion's detectors at every switch of version).
+        if !self.settings.enabled
+            || served.status != 200
+            || served.inputs.is_empty()
+            || matches!(served.arm, "shadow" | "canary")
+        {
             return Vec::new();
         }
         let settings = self.settings.clone();
@@ -185,7 +190,9 @@ impl DriftMonitor {
             return None;
         }
         let registry = self.registry.clone();
-        let state = self.state_for(model, version);
+        // Labels of another version than the one the detectors follow (a canary's) are not
+        // the champion's error stream.
+        let state = self.models.get_mut(model).filter(|s| s.version == version)?;
         let rate = state.ddm.update(mistake)?;
         let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let mut event = DriftEvent {

@@ -131,7 +131,8 @@ fn warm_up(session: &mut Session, signature: &Signature) -> Result<(), String> {
     session.run(inputs).map(drop).map_err(|e| e.to_string())
 }
 
-fn open_session(env: &Environment, bytes: &[u8], intra_op_threads: usize) -> Result<Session, String> {
+/// Opens an ONNX Runtime session on `bytes` (the trainer scores with the same settings).
+pub fn open_session(env: &Environment, bytes: &[u8], intra_op_threads: usize) -> Result<Session, String> {
     // ort's builder errors carry the builder and are not Send: turn them into text here.
     Session::builder(env)
         .map_err(|e| e.to_string())?

@@ -1,0 +1,188 @@
+//! One retraining cycle against a registry and sample files laid out as the gateway writes them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{
+    ArrayRef, Float32Array, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
+};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use flywheel_registry::Registry;
+use parquet::arrow::ArrowWriter;
+
+use crate::config::TrainerConfig;
+use crate::cycle::{RunRecord, read_records, run};
+use crate::device::DeviceChoice;
+use crate::synthetic::{DriftKind, Row, Synthetic};
+use crate::train::TrainConfig;
+
+const T0: i64 = 1_790_000_000_000_000;
+
+fn write(path: &Path, batch: RecordBatch) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Writes `rows` as served samples of model `fraud` (one row per request, 10 ms apart) and
+/// their labels; `flip` replaces each label by a coin toss with that probability.
+fn served(dir: &Path, rows: &[Row], flip: f64) {
+    let ids: Vec<String> = (0..rows.len()).map(|i| format!("r{i}")).collect();
+    let times: Vec<i64> = (0..rows.len() as i64).map(|i| T0 + i * 10_000).collect();
+    let mut fields = vec![
+        Field::new("request_id", DataType::Utf8, false),
+        Field::new("row", DataType::UInt32, false),
+        Field::new("time", ts(), false),
+        Field::new("arm", DataType::Utf8, false),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(ids.clone())),
+        Arc::new(UInt32Array::from(vec![0u32; rows.len()])),
+        Arc::new(TimestampMicrosecondArray::from(times.clone()).with_timezone("UTC")),
+        Arc::new(StringArray::from(vec!["champion"; rows.len()])),
+    ];
+    for j in 0..12 {
+        fields.push(Field::new(format!("in_input_{j}"), DataType::Float32, true));
+        columns.push(Arc::new(Float32Array::from(rows.iter().map(|r| r.features[j] as f32).collect::<Vec<_>>())));
+    }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+    write(&dir.join("samples/model=fraud/date=2026-09-21/part-0.parquet"), batch);
+    let mut rng = fastrand::Rng::with_seed(99);
+    let labels: Vec<f64> =
+        rows.iter().map(|r| if rng.f64() < flip { f64::from(u8::from(rng.bool())) } else { r.label }).collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("request_id", DataType::Utf8, false),
+        Field::new("row", DataType::UInt32, false),
+        Field::new("label", DataType::Float64, false),
+        Field::new("time", ts(), false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(ids)),
+        Arc::new(UInt32Array::from(vec![0u32; rows.len()])),
+        Arc::new(Float64Array::from(labels)),
+        Arc::new(
+            TimestampMicrosecondArray::from(times.iter().map(|t| t + 1_000_000).collect::<Vec<_>>())
+                .with_timezone("UTC"),
+        ),
+    ];
+    write(
+        &dir.join("labels/model=fraud/date=2026-09-21/part-0.parquet"),
+        RecordBatch::try_new(schema, columns).unwrap(),
+    );
+}
+
+fn quick_train() -> TrainConfig {
+    TrainConfig {
+        hidden: vec![16],
+        epochs: 150,
+        learning_rate: 0.03,
+        device: DeviceChoice::Cpu,
+        ..TrainConfig::default()
+    }
+}
+
+/// A registry with a champion trained before the drift, and `rows` drifted rows served since.
+fn setup(rows: usize, flip: f64) -> (tempfile::TempDir, TrainerConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(dir.path().join("models"));
+    crate::bootstrap::bootstrap(&registry, "fraud", "champion", 6000, 1, &quick_train(), None).unwrap();
+    let drifted: Vec<Row> =
+        Synthetic { seed: 2, drift: DriftKind::Both, onset: 0, ramp: 0 }.stream().take(rows).collect();
+    served(&dir.path().join("samples"), &drifted, flip);
+    let config = TrainerConfig {
+        registry: dir.path().join("models"),
+        samples: dir.path().join("samples"),
+        model: "fraud".into(),
+        min_rows: 500,
+        slice_feature: Some("in_input_7".into()),
+        train: quick_train(),
+        gate: flywheel_shadow::GatePolicy { max_slice_auc_drop: 0.05, ..Default::default() },
+        ..TrainerConfig::default()
+    };
+    (dir, config)
+}
+
+fn last_record(config: &TrainerConfig) -> RunRecord {
+    read_records(&Registry::open(&config.registry), "fraud").pop().unwrap()
+}
+
+#[test]
+fn after_drift_a_better_model_is_registered_with_complete_lineage_profile_and_alias() {
+    let (_dir, config) = setup(5000, 0.0);
+    let record = run(&config, Some(serde_json::json!({"drift_event": {"feature": "in_input_7"}})), None);
+    assert_eq!(record.outcome, "registered", "{record:#?}");
+    let logged = last_record(&config);
+    assert_eq!((&logged.time, &logged.outcome, logged.version), (&record.time, &record.outcome, record.version));
+    assert_eq!(logged.digest(), record.digest());
+    let registry = Registry::open(&config.registry);
+    assert_eq!(registry.resolve("fraud", "challenger").unwrap(), 2);
+    assert_eq!(registry.resolve("fraud", "champion").unwrap(), 1, "promotion is the gateway's job");
+    let manifest = registry.version("fraud", 2).unwrap().manifest.unwrap().unwrap();
+    assert_eq!(manifest.parent_version, Some(1));
+    let data = manifest.data.as_ref().unwrap();
+    assert_eq!(Some(data.digest.as_str()), record.digest());
+    assert_eq!(data.rows, 5000);
+    assert!(data.window.as_ref().unwrap().contains('/'));
+    assert!(manifest.code_revision.unwrap().starts_with("flywheel-trainer"));
+    assert_eq!(manifest.hyperparameters["hidden"], serde_json::json!([16]));
+    assert!(manifest.evaluation["export_max_abs_difference"].as_f64().unwrap() <= 1e-4);
+    let gate = manifest.gate.unwrap();
+    assert_eq!(gate["verdict"]["passed"], true);
+    assert!(gate["verdict"]["candidate"]["auc"].as_f64() > gate["verdict"]["champion"]["auc"].as_f64());
+    assert_eq!(manifest.trigger.unwrap()["drift_event"]["feature"], "in_input_7");
+    let profile = registry.profile("fraud", 2).unwrap().unwrap();
+    assert_eq!(profile.features.len(), 12);
+    assert_eq!(profile.features[0].name, "in_input_0");
+    for stage in ["assemble", "train", "export_check", "gate", "register"] {
+        assert!(record.stages_ms.contains_key(stage), "{stage} timed: {:?}", record.stages_ms);
+    }
+    // While version 2 rolls out, another cycle does nothing.
+    let again = run(&config, None, None);
+    assert_eq!(again.outcome, "skipped", "{again:#?}");
+    assert_eq!(registry.versions("fraud").unwrap().0.len(), 2);
+}
+
+#[test]
+fn when_labels_are_noise_the_gate_rejects_and_nothing_is_registered() {
+    let (_dir, config) = setup(5000, 1.0);
+    let record = run(&config, None, None);
+    assert_eq!(record.outcome, "rejected", "{record:#?}");
+    assert!(record.reasons.iter().any(|r| r.starts_with("AUC")), "{:?}", record.reasons);
+    assert!(record.gate.as_ref().unwrap()["verdict"]["candidate"]["auc"].is_number());
+    let registry = Registry::open(&config.registry);
+    assert_eq!(registry.versions("fraud").unwrap().0.len(), 1);
+    assert!(registry.resolve("fraud", "challenger").is_err());
+}
+
+#[test]
+fn a_command_is_held_to_the_same_checks() {
+    let (dir, mut config) = setup(2000, 0.0);
+    // Fails: its stderr ends up in the record.
+    config.command = Some("echo 'no GPU here' >&2; exit 3".into());
+    let r = run(&config, None, None);
+    assert_eq!(r.outcome, "failed");
+    assert!(r.reasons[0].contains("no GPU here"), "{:?}", r.reasons);
+    // Writes nothing.
+    config.command = Some("true".into());
+    assert!(run(&config, None, None).reasons[0].contains("wrote no model"));
+    // Writes a model clients could not call (16 inputs instead of 12).
+    let wrong = dir.path().join("wrong.onnx");
+    std::fs::write(&wrong, flywheel_onnx::fixtures::tiny(1).to_onnx(1)).unwrap();
+    config.command = Some(format!("cp {} \"$FLYWHEEL_MODEL_OUT\"", wrong.display()));
+    let r = run(&config, None, None);
+    assert!(r.reasons[0].contains("does not load") || r.reasons[0].contains("signature"), "{:?}", r.reasons);
+    // Hands back the champion itself: loads and checks fine, but is no better.
+    let champion = dir.path().join("models/fraud/1/model.onnx");
+    config.command = Some(format!(
+        "test \"$FLYWHEEL_FEATURES\" = 12 && test -s \"$FLYWHEEL_TRAIN_PARQUET\" && cp {} \"$FLYWHEEL_MODEL_OUT\"",
+        champion.display()
+    ));
+    let r = run(&config, None, None);
+    assert_eq!(r.outcome, "rejected", "{r:#?}");
+    assert_eq!(r.training.unwrap()["device"], "command");
+}

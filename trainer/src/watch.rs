@@ -1,0 +1,170 @@
+//! `trainer watch`: follows a model's drift events log and runs a cycle when one trips — once
+//! enough labelled rows were served after it, never within the cooldown of the last run, never
+//! while a candidate is still rolling out, and never twice on the same data after a rejection.
+//! Its cursor survives restarts (`<registry>/<model>/trainer-watch.json`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use flywheel_registry::{DRIFT_EVENTS_FILE, DriftEvent, Registry};
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainerConfig;
+use crate::cycle::{self, RunRecord};
+use crate::dataset::{DatasetError, assemble};
+
+/// File name of the watcher's cursor.
+pub const CURSOR_FILE: &str = "trainer-watch.json";
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+struct Cursor {
+    /// Next event `seq` to read.
+    next_seq: u64,
+}
+
+/// A drift waiting for data (several events of one shift coalesce into it).
+struct Pending {
+    event: DriftEvent,
+    since_us: i64,
+    first_seen: Instant,
+    /// Events folded into it.
+    events: usize,
+}
+
+/// What the watcher did (for the caller to print).
+#[derive(Debug)]
+pub enum Note {
+    Drift(DriftEvent),
+    Ignored(DriftEvent, String),
+    Waiting(String),
+    Run(Box<RunRecord>),
+    GaveUp(String),
+}
+
+/// Follows `config.model`'s drift events until `stop` is set; `notify` hears every step.
+pub fn watch(config: &TrainerConfig, stop: &AtomicBool, mut notify: impl FnMut(Note)) {
+    let registry = Registry::open(&config.registry);
+    let cursor_path = registry.root().join(&config.model).join(CURSOR_FILE);
+    let mut cursor: Cursor = match std::fs::read(&cursor_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        // First start: old events are history, not work.
+        Err(_) => Cursor { next_seq: read_events(&registry, &config.model, 0).len() as u64 },
+    };
+    let mut pending: Option<Pending> = None;
+    let mut last_wait = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        for event in read_events(&registry, &config.model, cursor.next_seq) {
+            cursor.next_seq = event.seq + 1;
+            match registry.resolve(&config.model, &config.champion_alias) {
+                Ok(champion) if champion != event.version => {
+                    let why = format!("about version {}, no longer the champion ({champion})", event.version);
+                    notify(Note::Ignored(event, why));
+                }
+                _ => match &mut pending {
+                    Some(p) => p.events += 1,
+                    None => {
+                        let since_us = parse_us(&event.window_start).unwrap_or_else(cycle::now_us);
+                        notify(Note::Drift(event.clone()));
+                        pending = Some(Pending { event, since_us, first_seen: Instant::now(), events: 1 });
+                    }
+                },
+            }
+            save_cursor(&cursor_path, &cursor);
+        }
+        if let Some(p) = &pending {
+            match ready(config, &registry, p) {
+                Ok(()) => {
+                    let trigger = serde_json::json!({"drift_event": p.event, "events_coalesced": p.events});
+                    let record = cycle::run(config, Some(trigger), Some(p.since_us));
+                    if record.outcome != "rejected" && record.outcome != "skipped" {
+                        pending = None;
+                    }
+                    notify(Note::Run(Box::new(record)));
+                    last_wait.clear();
+                }
+                Err(Wait::Until(why)) => {
+                    if why != last_wait {
+                        notify(Note::Waiting(why.clone()));
+                        last_wait = why;
+                    }
+                }
+                Err(Wait::GiveUp(why)) => {
+                    notify(Note::GaveUp(why));
+                    pending = None;
+                }
+            }
+            if pending.as_ref().is_some_and(|p| p.first_seen.elapsed() > Duration::from_secs(config.watch.max_wait_s)) {
+                notify(Note::GaveUp(format!("no usable data within max_wait_s = {}", config.watch.max_wait_s)));
+                pending = None;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(config.watch.poll_ms.max(10)));
+    }
+}
+
+enum Wait {
+    Until(String),
+    GiveUp(String),
+}
+
+/// Whether a cycle may run now for `p`.
+fn ready(config: &TrainerConfig, registry: &Registry, p: &Pending) -> Result<(), Wait> {
+    let records = cycle::read_records(registry, &config.model);
+    let last_run = records.iter().rev().find(|r| r.outcome != "skipped");
+    if let Some(last) = last_run
+        && let Some(at) = parse_us(&last.time)
+    {
+        let left = at + config.watch.cooldown_s as i64 * 1_000_000 - cycle::now_us();
+        if left > 0 {
+            return Err(Wait::Until(format!("cooldown: {:.0} s left since the last run", left as f64 / 1e6)));
+        }
+    }
+    if let Ok(v) = registry.resolve(&config.model, &config.candidate_alias) {
+        return Err(Wait::Until(format!("version {v} ('{}') is still rolling out", config.candidate_alias)));
+    }
+    let mut spec = crate::cycle::assemble_spec(config, Some(p.since_us));
+    spec.min_rows = spec.min_rows.max(config.watch.min_rows_after_event);
+    let dataset = match assemble(&spec) {
+        Ok(d) => d,
+        Err(DatasetError::TooFew { rows, min, .. }) => {
+            return Err(Wait::Until(format!("{rows} of {min} labelled rows since the drift")));
+        }
+        Err(e @ (DatasetError::Balance { .. } | DatasetError::Read { .. })) => {
+            return Err(Wait::Until(format!("data not usable yet: {e}")));
+        }
+        Err(e) => return Err(Wait::GiveUp(format!("the data since the drift cannot be used: {e}"))),
+    };
+    let rows = (dataset.train.y.len() + dataset.holdout.y.len()) as u64;
+    if let Some(rejected) = records.iter().rev().find(|r| r.outcome == "rejected") {
+        if rejected.digest() == Some(dataset.digest.as_str()) {
+            return Err(Wait::Until("the data is the same as the last rejected run's".into()));
+        }
+        let needed = rejected.rows() + config.watch.min_new_rows_after_reject as u64;
+        if rows < needed {
+            return Err(Wait::Until(format!("{rows} of {needed} labelled rows (more than the rejected run had)")));
+        }
+    }
+    Ok(())
+}
+
+fn read_events(registry: &Registry, model: &str, since: u64) -> Vec<DriftEvent> {
+    std::fs::read_to_string(registry.root().join(model).join(DRIFT_EVENTS_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<DriftEvent>(l).ok())
+        .filter(|e| e.seq >= since)
+        .collect()
+}
+
+fn save_cursor(path: &std::path::Path, cursor: &Cursor) {
+    let bytes = serde_json::to_vec(cursor).unwrap_or_default();
+    if let Err(e) = flywheel_registry::fsutil::write_atomic(path, &bytes) {
+        tracing::warn!(path = %path.display(), error = %e, "watch cursor not saved");
+    }
+}
+
+/// µs since the epoch of an RFC 3339 time.
+pub fn parse_us(text: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339_weak(text).ok()?;
+    Some(t.duration_since(UNIX_EPOCH).ok()?.as_micros() as i64)
+}
