@@ -81,7 +81,13 @@ impl Gateway {
             .report
             .rejected
             .iter()
-            .filter(|r| r.version.is_none() && config.models.contains_key(&r.model))
+            // A configured model that is not served at all stops the start; one served without
+            // its canary or shadow (e.g. no 'challenger' alias yet) starts, with a warning.
+            .filter(|r| {
+                r.version.is_none()
+                    && config.models.contains_key(&r.model)
+                    && !table.load().models.contains_key(&r.model)
+            })
             .cloned()
             .collect();
         if !unserved.is_empty() {

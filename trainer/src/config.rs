@@ -126,7 +126,7 @@ impl TrainerConfig {
         if self.champion_alias == self.candidate_alias {
             return Err(format!("candidate_alias must differ from champion_alias, both are {:?}", self.champion_alias));
         }
-        if !(self.export_tolerance > 0.0) {
+        if self.export_tolerance.is_nan() || self.export_tolerance <= 0.0 {
             return Err(format!("export_tolerance must be positive, given {}", self.export_tolerance));
         }
         self.train.validate().map_err(|e| format!("[train] {e}"))

@@ -337,3 +337,37 @@ pub fn read_records(registry: &Registry, model: &str) -> Vec<RunRecord> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
+
+/// One line describing a run (for `trainer watch` and the demo's timeline).
+pub fn summary(r: &RunRecord) -> String {
+    let total: u64 = r.stages_ms.values().sum();
+    let training = r.training.as_ref().map_or(String::new(), |t| {
+        format!(
+            "trained {:.2} s on {} with {} rows; ",
+            t["seconds"].as_f64().unwrap_or(0.0),
+            t["device"].as_str().unwrap_or("?"),
+            t["train_rows"]
+        )
+    });
+    let gate = r.gate.as_ref().map_or(String::new(), |g| {
+        let v = &g["verdict"];
+        format!(
+            "gate: AUC {:.3} vs champion {:.3}, log loss {:.3} vs {:.3}",
+            v["candidate"]["auc"].as_f64().unwrap_or(f64::NAN),
+            v["champion"]["auc"].as_f64().unwrap_or(f64::NAN),
+            v["candidate"]["log_loss"].as_f64().unwrap_or(f64::NAN),
+            v["champion"]["log_loss"].as_f64().unwrap_or(f64::NAN),
+        )
+    });
+    match r.outcome.as_str() {
+        "registered" => format!(
+            "run: registered version {} as the candidate in {:.2} s ({training}{gate})",
+            r.version.unwrap_or(0),
+            total as f64 / 1000.0
+        ),
+        "rejected" => {
+            format!("run: rejected in {:.2} s ({training}{gate}): {}", total as f64 / 1000.0, r.reasons.join("; "))
+        }
+        other => format!("run: {other}: {}", r.reasons.join("; ")),
+    }
+}

@@ -17,6 +17,7 @@ pub mod byo;
 pub mod config;
 pub mod cycle;
 pub mod dataset;
+pub mod demo;
 pub mod device;
 pub mod score;
 pub mod synthetic;

@@ -1,17 +1,21 @@
-//! `trainer`: synthetic data, dataset inspection, a training smoke test (gate, registration and
-//! watch are to come).
+//! `trainer`: closes the loop — one retraining cycle by hand (`run`), following drift events
+//! (`watch`), the first champion (`bootstrap`), the end-to-end demo (`demo`), and tools for
+//! synthetic data, datasets and training speed (`generate`, `dataset`, `fit`).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
-use arrow_array::{ArrayRef, Float64Array, RecordBatch};
-use arrow_schema::{DataType, Field, Schema};
-use clap::{Parser, Subcommand};
-use flywheel_trainer::dataset::{AssembleSpec, assemble};
+use clap::{Args, Parser, Subcommand};
+use flywheel_registry::Registry;
+use flywheel_trainer::config::TrainerConfig;
+use flywheel_trainer::dataset::{AssembleSpec, Split, assemble};
+use flywheel_trainer::device::DeviceChoice;
 use flywheel_trainer::synthetic::{DriftKind, FEATURES, Synthetic};
+use flywheel_trainer::table_file::{Column, write};
 use flywheel_trainer::train::{TrainConfig, train};
-use parquet::arrow::ArrowWriter;
+use flywheel_trainer::watch::{Note, watch};
+use flywheel_trainer::{cycle, demo};
 
 /// Flywheel's trainer.
 #[derive(Parser)]
@@ -20,8 +24,69 @@ struct Cli {
     command: Cmd,
 }
 
+/// Where the settings come from: a file, then these flags.
+#[derive(Args, Clone)]
+struct Settings {
+    /// Trainer config (TOML; see configs/trainer.toml). Without it, defaults.
+    #[arg(long, env = "FLYWHEEL_TRAINER_CONFIG")]
+    config: Option<PathBuf>,
+    /// The model registry (the gateway's model_repository).
+    #[arg(long)]
+    registry: Option<PathBuf>,
+    /// The gateway's sample folder (holding samples/ and labels/).
+    #[arg(long)]
+    samples: Option<PathBuf>,
+    #[arg(long)]
+    model: Option<String>,
+    /// Train with this shell command instead of the built-in trainer (contract: docs/TRAINER.md).
+    #[arg(long)]
+    command: Option<String>,
+    /// auto, cpu or cuda.
+    #[arg(long)]
+    device: Option<DeviceChoice>,
+}
+
+impl Settings {
+    fn load(&self) -> anyhow::Result<TrainerConfig> {
+        let mut config = match &self.config {
+            Some(path) => TrainerConfig::load(path).map_err(anyhow::Error::msg)?,
+            None => TrainerConfig::default(),
+        };
+        config.registry = self.registry.clone().unwrap_or(config.registry);
+        config.samples = self.samples.clone().unwrap_or(config.samples);
+        config.model = self.model.clone().unwrap_or(config.model);
+        config.command = self.command.clone().or(config.command);
+        config.train.device = self.device.unwrap_or(config.train.device);
+        Ok(config)
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// One cycle now: assemble, train, check the export, gate, register (prints the run record).
+    Run {
+        #[command(flatten)]
+        settings: Settings,
+        /// Only rows served at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Follow the model's drift events and run a cycle when drift trips (until Ctrl-C).
+    Watch {
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Train a first champion on synthetic history and register it with the champion alias.
+    Bootstrap {
+        #[command(flatten)]
+        settings: Settings,
+        #[arg(long, default_value_t = 20_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// The whole loop on synthetic traffic: gateway + trainer watch, drift injected part-way.
+    Demo(demo::DemoArgs),
     /// Write synthetic fraud-like rows (named features, `label`, `probability`) to Parquet.
     Generate {
         #[arg(long, default_value_t = 10_000)]
@@ -40,8 +105,7 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Train on synthetic data and write the ONNX model: a smoke test of training and export
-    /// (reports rows/s, epochs and holdout AUC).
+    /// Train on synthetic data and write the ONNX model: training speed and export smoke test.
     Fit {
         #[arg(long, default_value_t = 50_000)]
         rows: usize,
@@ -55,91 +119,86 @@ enum Cmd {
         batch_size: usize,
         /// auto, cpu or cuda.
         #[arg(long, default_value = "auto")]
-        device: flywheel_trainer::device::DeviceChoice,
+        device: DeviceChoice,
         #[arg(long)]
         out: PathBuf,
     },
     /// Assemble a model's dataset from the gateway's samples and labels and describe it.
     Dataset {
-        /// The gateway's sample folder (holding samples/ and labels/).
-        #[arg(long, default_value = "var/samples")]
-        samples: PathBuf,
-        model: String,
-        #[arg(long, default_value_t = 0.2)]
-        holdout: f64,
-        #[arg(long, default_value_t = 200)]
-        min_rows: usize,
+        #[command(flatten)]
+        settings: Settings,
     },
 }
 
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,flywheel_trainer=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
+        Cmd::Run { settings, since } => {
+            let config = settings.load()?;
+            let since_us = since
+                .map(|s| flywheel_trainer::watch::parse_us(&s).with_context(|| format!("--since is not RFC 3339: {s}")))
+                .transpose()?;
+            let record = cycle::run(&config, None, since_us);
+            println!("{}", serde_json::to_string_pretty(&record)?);
+            if record.outcome == "failed" {
+                std::process::exit(1);
+            }
+        }
+        Cmd::Watch { settings } => {
+            let config = settings.load()?;
+            let stop = AtomicBool::new(false);
+            println!("watching drift events of '{}' in {}", config.model, config.registry.display());
+            watch(&config, &stop, |note| println!("{}", describe(&note)));
+        }
+        Cmd::Bootstrap { settings, rows, seed } => {
+            let config = settings.load()?;
+            let registry = Registry::open(&config.registry);
+            let manifest = flywheel_trainer::bootstrap::bootstrap(
+                &registry,
+                &config.model,
+                &config.champion_alias,
+                rows,
+                seed,
+                &config.train,
+                config.ort_library.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?;
+            println!(
+                "registered {} version {} as '{}' in {}",
+                config.model,
+                manifest.version,
+                config.champion_alias,
+                config.registry.display()
+            );
+        }
+        Cmd::Demo(args) => std::process::exit(demo::run(args)?),
         Cmd::Generate { rows, seed, drift, onset, ramp, out } => {
             let drift: DriftKind = serde_json::from_value(serde_json::Value::String(drift.clone()))
                 .with_context(|| format!("--drift must be none, covariate, concept or both, given {drift:?}"))?;
             let generated: Vec<_> = Synthetic { seed, drift, onset, ramp }.stream().take(rows as usize).collect();
-            let mut fields: Vec<Field> = FEATURES.iter().map(|f| Field::new(*f, DataType::Float64, false)).collect();
-            fields.push(Field::new("probability", DataType::Float64, false));
-            fields.push(Field::new("label", DataType::Float64, false));
-            let mut columns: Vec<ArrayRef> = (0..FEATURES.len())
-                .map(|i| {
-                    Arc::new(Float64Array::from(generated.iter().map(|r| r.features[i]).collect::<Vec<_>>()))
-                        as ArrayRef
-                })
+            let mut columns: Vec<Column<'_>> = FEATURES
+                .iter()
+                .enumerate()
+                .map(|(i, name)| Column::F64(name, generated.iter().map(|r| r.features[i]).collect()))
                 .collect();
-            columns.push(Arc::new(Float64Array::from(generated.iter().map(|r| r.probability).collect::<Vec<_>>())));
-            columns.push(Arc::new(Float64Array::from(generated.iter().map(|r| r.label).collect::<Vec<_>>())));
-            let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-            let file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
-            let mut writer = ArrowWriter::try_new(file, batch.schema(), None)?;
-            writer.write(&batch)?;
-            writer.close()?;
+            columns.push(Column::F64("probability", generated.iter().map(|r| r.probability).collect()));
+            columns.push(Column::F64("label", generated.iter().map(|r| r.label).collect()));
+            write(&out, columns).map_err(anyhow::Error::msg)?;
             let positives = generated.iter().filter(|r| r.label >= 0.5).count();
             println!("wrote {rows} rows ({positives} positive) to {}", out.display());
         }
         Cmd::Fit { rows, hidden, epochs, batch_size, device, out } => {
-            let data: Vec<_> =
-                Synthetic { seed: 1, drift: DriftKind::None, onset: 0, ramp: 0 }.stream().take(rows).collect();
-            let cut = rows * 4 / 5;
-            let split = |r: &[flywheel_trainer::synthetic::Row]| flywheel_trainer::dataset::Split {
-                x: r.iter().map(|r| r.features.to_vec()).collect(),
-                y: r.iter().map(|r| r.label).collect(),
-                time_us: (0..r.len() as i64).collect(),
-            };
-            let (train_rows, holdout) = (split(&data[..cut]), split(&data[cut..]));
-            let config = TrainConfig { hidden, epochs, batch_size, device, ..TrainConfig::default() };
-            let trained = train(&train_rows, &config).map_err(anyhow::Error::msg)?;
-            if let Some(note) = &trained.device.note {
-                eprintln!("{note}");
-            }
-            let scores: Vec<f64> = holdout
-                .x
-                .iter()
-                .map(|x| f64::from(trained.model.forward(&x.iter().map(|v| *v as f32).collect::<Vec<_>>())[0]))
-                .collect();
-            std::fs::write(&out, trained.model.to_onnx(1)).with_context(|| format!("writing {}", out.display()))?;
-            let auc = flywheel_shadow::roc_auc(&scores, &holdout.y);
-            println!(
-                "trained on {} rows on {}: {} epochs in {:.2} s ({:.0} row-epochs/s), holdout AUC {auc:.4}; wrote {}",
-                trained.train_rows,
-                trained.device.name,
-                trained.epochs_run,
-                trained.seconds,
-                trained.row_epochs_per_second(),
-                out.display()
-            );
+            fit(rows, hidden, epochs, batch_size, device, &out)?
         }
-        Cmd::Dataset { samples, model, holdout, min_rows } => {
-            let spec = AssembleSpec {
-                sample_dir: samples,
-                model,
-                since_us: None,
-                until_us: None,
-                holdout_fraction: holdout,
-                min_rows,
-                max_nan_rate: 0.05,
-                min_per_class: 10,
-            };
+        Cmd::Dataset { settings } => {
+            let config = settings.load()?;
+            let spec = AssembleSpec { min_rows: 1, ..cycle::assemble_spec(&config, None) };
             let d = assemble(&spec)?;
             let summary = serde_json::json!({
                 "features": d.features,
@@ -153,4 +212,58 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn fit(
+    rows: usize,
+    hidden: Vec<usize>,
+    epochs: usize,
+    batch_size: usize,
+    device: DeviceChoice,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let data: Vec<_> = Synthetic { seed: 1, drift: DriftKind::None, onset: 0, ramp: 0 }.stream().take(rows).collect();
+    let cut = rows * 4 / 5;
+    let split = |r: &[flywheel_trainer::synthetic::Row]| Split {
+        x: r.iter().map(|r| r.features.to_vec()).collect(),
+        y: r.iter().map(|r| r.label).collect(),
+        time_us: (0..r.len() as i64).collect(),
+    };
+    let (train_rows, holdout) = (split(&data[..cut]), split(&data[cut..]));
+    let config = TrainConfig { hidden, epochs, batch_size, device, ..TrainConfig::default() };
+    let trained = train(&train_rows, &config).map_err(anyhow::Error::msg)?;
+    if let Some(note) = &trained.device.note {
+        eprintln!("{note}");
+    }
+    let scores: Vec<f64> = holdout
+        .x
+        .iter()
+        .map(|x| f64::from(trained.model.forward(&x.iter().map(|v| *v as f32).collect::<Vec<_>>())[0]))
+        .collect();
+    std::fs::write(out, trained.model.to_onnx(1)).with_context(|| format!("writing {}", out.display()))?;
+    let auc = flywheel_shadow::roc_auc(&scores, &holdout.y);
+    println!(
+        "trained on {} rows on {}: {} epochs in {:.2} s ({:.0} row-epochs/s), holdout AUC {auc:.4}; wrote {}",
+        trained.train_rows,
+        trained.device.name,
+        trained.epochs_run,
+        trained.seconds,
+        trained.row_epochs_per_second(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// One line per watcher note (the demo shows these lines in its timeline).
+fn describe(note: &Note) -> String {
+    match note {
+        Note::Drift(e) => format!(
+            "drift: {} on {} of version {} ({:.3} > {:.3}); waiting for labelled rows since {}",
+            e.detector, e.feature, e.version, e.statistic, e.threshold, e.window_start
+        ),
+        Note::Ignored(e, why) => format!("ignored: {} on {}: {why}", e.detector, e.feature),
+        Note::Waiting(why) => format!("waiting: {why}"),
+        Note::GaveUp(why) => format!("gave up: {why}"),
+        Note::Run(r) => cycle::summary(r),
+    }
 }
