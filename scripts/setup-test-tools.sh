@@ -14,9 +14,9 @@ tools="$root/.tools/perf_analyzer"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import tritonclient.http, numpy, pytest, onnxruntime, pyarrow, duckdb" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import tritonclient.http, numpy, pytest, onnxruntime, pyarrow, duckdb, sklearn, skl2onnx, onnx" 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "tritonclient[http]" numpy pytest "onnxruntime>=1.31" pyarrow duckdb
+    "tritonclient[http]" numpy pytest "onnxruntime>=1.31" pyarrow duckdb scikit-learn skl2onnx onnx
 fi
 
 if ! ldconfig -p | grep -q libb64.so.0d; then
