@@ -1,15 +1,16 @@
 //! # Layout
-//! The trainer closes the loop (issue 5). Built so far:
+//! The trainer closes the loop (see `docs/TRAINER.md`):
 //! - [`synthetic`]: fraud-like data with controllable covariate shift and concept drift.
 //! - [`dataset`]: the gateway's Parquet samples joined with labels, windowed, split by time,
 //!   checked and digested for lineage.
-//! - [`train`]: logistic regression or an MLP with burn on CPU, exported as a
-//!   `flywheel_onnx::Mlp` taking raw features.
-//!
-//! Still to build (see the issue note): the CUDA path, ONNX export verification through ONNX
-//! Runtime, the quality gate with `flywheel-shadow`,
-//! registration with lineage and the `challenger` alias, `trainer watch`, bring-your-own
-//! training, and the demo.
+//! - [`train`]: logistic regression or an MLP with burn, exported as a `flywheel_onnx::Mlp`
+//!   taking raw features; [`device`] picks CPU or CUDA (feature `cuda`) with a probe.
+//! - [`score`]: scoring ONNX files with ONNX Runtime, as the gateway serves them.
+//! - [`cycle`]: assemble → train (or [`byo`], the user's command) → export check → gate →
+//!   register; the run log.
+//! - [`watch`]: drift events → cycles, with cooldown and anti-thrash.
+//! - [`bootstrap`]: the first champion; [`demo`]: the whole loop with the gateway.
+//! - [`config`]: the trainer's TOML settings; [`table_file`]: plain Parquet tables.
 #![deny(unsafe_code)]
 
 pub mod bootstrap;
