@@ -81,6 +81,71 @@ impl Mlp {
         }
     }
 
+    /// The inverse of [`Self::fold_standardisation`]: the first layer for inputs standardised
+    /// with `mean` and `std` (so training can continue from a raw-feature model).
+    pub fn unfold_standardisation(&mut self, mean: &[f32], std: &[f32]) {
+        let Some(first) = self.layers.first_mut() else { return };
+        for i in 0..first.inputs {
+            let s = if std[i] > 0.0 { std[i] } else { 1.0 };
+            for o in 0..first.outputs {
+                let w = first.weights[i * first.outputs + o];
+                first.bias[o] += w * mean[i];
+                first.weights[i * first.outputs + o] = w * s;
+            }
+        }
+    }
+
+    /// Reads back a model that [`Self::to_onnx`] wrote (Gemm layers with ReLU between them and an
+    /// optional final Sigmoid); any other graph is an error saying why.
+    pub fn from_onnx(bytes: &[u8]) -> Result<Self, String> {
+        use prost::Message;
+        let model = crate::proto::ModelProto::decode(bytes).map_err(|e| format!("not an ONNX model: {e}"))?;
+        let graph = model.graph.ok_or("the model has no graph")?;
+        let (Some(input), Some(output)) = (graph.input.first(), graph.output.first()) else {
+            return Err("the graph has no input or output".into());
+        };
+        let find = |name: &str| graph.initializer.iter().find(|t| t.name == name);
+        let mut layers = Vec::new();
+        while let (Some(w), Some(b)) =
+            (find(&format!("layer{}.weight", layers.len())), find(&format!("layer{}.bias", layers.len())))
+        {
+            let (inputs, outputs) = match w.dims.as_slice() {
+                [i, o] if *i > 0 && *o > 0 => (*i as usize, *o as usize),
+                other => return Err(format!("layer{} weight has dims {other:?}", layers.len())),
+            };
+            let floats = |raw: &[u8]| -> Vec<f32> {
+                raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            };
+            let (weights, bias) = (floats(&w.raw_data), floats(&b.raw_data));
+            if weights.len() != inputs * outputs || bias.len() != outputs {
+                return Err(format!(
+                    "layer{} has {} weights and {} biases for {inputs}x{outputs}",
+                    layers.len(),
+                    weights.len(),
+                    bias.len()
+                ));
+            }
+            layers.push(Dense { inputs, outputs, weights, bias });
+        }
+        let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
+        let sigmoid_output = ops.last() == Some(&"Sigmoid");
+        let expected: Vec<&str> = (0..layers.len())
+            .flat_map(|i| if i + 1 < layers.len() { vec!["Gemm", "Relu"] } else { vec!["Gemm"] })
+            .chain(sigmoid_output.then_some("Sigmoid"))
+            .collect();
+        if layers.is_empty() || ops != expected {
+            return Err(format!("not a Flywheel MLP graph (operators {ops:?})"));
+        }
+        let batch = match input.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()).and_then(|t| t.shape.as_ref()) {
+            Some(shape) => match shape.dim.first().and_then(|d| d.dim_value) {
+                Some(n) => BatchDim::Fixed(n),
+                None => BatchDim::Dynamic,
+            },
+            None => BatchDim::Dynamic,
+        };
+        Ok(Self { input_name: input.name.clone(), output_name: output.name.clone(), layers, sigmoid_output, batch })
+    }
+
     /// Reference forward pass over `rows` (row-major, `features()` values per row).
     pub fn forward(&self, rows: &[f32]) -> Vec<f32> {
         let mut x = rows.to_vec();
@@ -145,6 +210,29 @@ impl Mlp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_back_an_export_gives_the_same_model_and_unfolding_undoes_folding() {
+        let mut mlp = Mlp::random(&[3, 4, 1], 9);
+        mlp.sigmoid_output = true;
+        let back = Mlp::from_onnx(&mlp.to_onnx(1)).unwrap();
+        assert_eq!(back, mlp);
+        let (mean, std) = ([1.0, -2.0, 0.5], [2.0, 0.5, 1.0]);
+        let mut folded = mlp.clone();
+        folded.fold_standardisation(&mean, &std);
+        folded.unfold_standardisation(&mean, &std);
+        for (a, b) in folded.layers[0]
+            .weights
+            .iter()
+            .chain(&folded.layers[0].bias)
+            .zip(mlp.layers[0].weights.iter().chain(&mlp.layers[0].bias))
+        {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        assert!(Mlp::from_onnx(b"not onnx").is_err());
+        let other = crate::fixtures::multi_io();
+        assert!(Mlp::from_onnx(&other).unwrap_err().contains("MLP"), "a foreign graph is refused");
+    }
 
     #[test]
     fn folding_standardisation_matches_standardising_inputs() {

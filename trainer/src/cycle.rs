@@ -121,7 +121,7 @@ fn cycle(config: &TrainerConfig, since_us: Option<i64>, record: &mut RunRecord) 
     let t = Instant::now();
     let candidate = match &config.command {
         Some(command) => crate::byo::train(command, config, &dataset, &signature)?,
-        None => builtin(config, &dataset, &signature)?,
+        None => builtin(config, &dataset, &signature, &champion_bytes)?,
     };
     record.stages_ms.insert("train".into(), elapsed_ms(t));
     record.training = Some(candidate.training.clone());
@@ -222,8 +222,22 @@ fn champion_signature(champion: &Scorer, dataset: &Dataset) -> Result<ChampionSi
     Ok(ChampionSignature { input, output, features: champion.features })
 }
 
-fn builtin(config: &TrainerConfig, dataset: &Dataset, signature: &ChampionSignature) -> Result<Candidate, String> {
-    let mut trained = crate::train::train(&dataset.train, &config.train)?;
+fn builtin(
+    config: &TrainerConfig,
+    dataset: &Dataset,
+    signature: &ChampionSignature,
+    champion: &[u8],
+) -> Result<Candidate, String> {
+    // Warm start from the champion when it is one of ours with the configured widths.
+    let init = match Mlp::from_onnx(champion) {
+        Ok(mlp) => Some(mlp),
+        Err(why) if config.train.warm_start => {
+            tracing::info!("no warm start: the champion is not a Flywheel MLP ({why})");
+            None
+        }
+        Err(_) => None,
+    };
+    let mut trained = crate::train::train_from(&dataset.train, &config.train, init.as_ref())?;
     if let Some(note) = &trained.device.note {
         tracing::info!("{note}");
     }
@@ -237,6 +251,7 @@ fn builtin(config: &TrainerConfig, dataset: &Dataset, signature: &ChampionSignat
     let training = json!({
         "device": trained.device.name,
         "device_note": trained.device.note,
+        "warm_start": trained.warm_start,
         "epochs_run": trained.epochs_run,
         "best_validation_loss": trained.best_validation_loss,
         "train_rows": trained.train_rows,

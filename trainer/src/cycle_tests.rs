@@ -138,6 +138,7 @@ fn after_drift_a_better_model_is_registered_with_complete_lineage_profile_and_al
     let profile = registry.profile("fraud", 2).unwrap().unwrap();
     assert_eq!(profile.features.len(), 12);
     assert_eq!(profile.features[0].name, "in_input_0");
+    assert_eq!(record.training.as_ref().unwrap()["warm_start"], "from the given model's weights");
     for stage in ["assemble", "train", "export_check", "gate", "register"] {
         assert!(record.stages_ms.contains_key(stage), "{stage} timed: {:?}", record.stages_ms);
     }

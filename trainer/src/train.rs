@@ -37,6 +37,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// `auto` (CUDA when built in and usable, else CPU), `cpu` or `cuda`.
     pub device: DeviceChoice,
+    /// Start from the champion's weights when its layers have the configured widths.
+    pub warm_start: bool,
 }
 
 impl Default for TrainConfig {
@@ -51,6 +53,7 @@ impl Default for TrainConfig {
             validation_fraction: 0.1,
             seed: 1,
             device: DeviceChoice::Auto,
+            warm_start: true,
         }
     }
 }
@@ -88,6 +91,8 @@ pub struct Trained {
     pub device: Picked,
     pub train_rows: usize,
     pub seconds: f64,
+    /// Whether training started from given weights, or why not.
+    pub warm_start: Option<String>,
 }
 
 impl Trained {
@@ -179,8 +184,14 @@ impl<B: Backend> Tensors<B> {
 }
 
 /// Trains on `split` (rows in time order; the newest `validation_fraction` validate) on the
-/// device `config.device` picks.
+/// device `config.device` picks, from a random start.
 pub fn train(split: &Split, config: &TrainConfig) -> Result<Trained, String> {
+    train_from(split, config, None)
+}
+
+/// As [`train`], starting from `init` (a raw-feature model, e.g. the champion) when
+/// `config.warm_start` is on and its layer widths are the configured ones.
+pub fn train_from(split: &Split, config: &TrainConfig, init: Option<&Mlp>) -> Result<Trained, String> {
     config.validate()?;
     if split.x.len() < 10 {
         return Err(format!("{} training rows; at least 10 are needed", split.x.len()));
@@ -189,12 +200,13 @@ pub fn train(split: &Split, config: &TrainConfig) -> Result<Trained, String> {
     let started = Instant::now();
     let mut trained = match &picked.kind {
         crate::device::Kind::Cpu => {
-            train_on::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(split, config, &Default::default())
+            train_on::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(split, config, init, &Default::default())
         }
         #[cfg(feature = "cuda")]
         crate::device::Kind::Cuda(index) => train_on::<burn::backend::Autodiff<burn::backend::Cuda<f32, i32>>>(
             split,
             config,
+            init,
             &burn::backend::cuda::CudaDevice { index: *index },
         ),
     };
@@ -203,7 +215,12 @@ pub fn train(split: &Split, config: &TrainConfig) -> Result<Trained, String> {
     Ok(trained)
 }
 
-fn train_on<B: AutodiffBackend>(split: &Split, config: &TrainConfig, device: &B::Device) -> Trained {
+fn train_on<B: AutodiffBackend>(
+    split: &Split,
+    config: &TrainConfig,
+    init: Option<&Mlp>,
+    device: &B::Device,
+) -> Trained {
     B::seed(device, config.seed);
     let features = split.x.first().map_or(0, Vec::len);
     let (mean, std) = standardise(split);
@@ -216,6 +233,13 @@ fn train_on<B: AutodiffBackend>(split: &Split, config: &TrainConfig, device: &B:
     widths.extend(&config.hidden);
     widths.push(1);
     let mut net = Net::<B>::new(&widths, device);
+    let warm_start = match init.filter(|_| config.warm_start) {
+        None => None,
+        Some(init) => Some(match warm(&mut net, init, &widths, (&mean, &std), device) {
+            Ok(()) => "from the given model's weights".to_owned(),
+            Err(why) => format!("skipped: {why}"),
+        }),
+    };
     let mut optim = AdamConfig::new().init();
     let mut rng = fastrand::Rng::with_seed(config.seed);
     let bar = indicatif::ProgressBar::new(config.epochs as u64);
@@ -268,7 +292,32 @@ fn train_on<B: AutodiffBackend>(split: &Split, config: &TrainConfig, device: &B:
         device: crate::device::Picked::cpu(None),
         train_rows: cut,
         seconds: 0.0,
+        warm_start,
     }
+}
+
+/// Loads `init`'s weights into `net`, re-expressed for inputs standardised with `scale`.
+fn warm<B: Backend>(
+    net: &mut Net<B>,
+    init: &Mlp,
+    widths: &[usize],
+    scale: (&[f32], &[f32]),
+    device: &B::Device,
+) -> Result<(), String> {
+    let theirs: Vec<usize> =
+        init.layers.iter().map(|l| l.inputs).chain(init.layers.last().map(|l| l.outputs)).collect();
+    if theirs != widths || !init.sigmoid_output {
+        return Err(format!("its layer widths are {theirs:?}, training wants {widths:?}"));
+    }
+    let mut init = init.clone();
+    init.unfold_standardisation(scale.0, scale.1);
+    for (layer, dense) in net.layers.iter_mut().zip(&init.layers) {
+        let weight = TensorData::new(dense.weights.clone(), [dense.inputs, dense.outputs]);
+        layer.weight = burn::module::Param::from_tensor(Tensor::from_data(weight, device));
+        let bias = TensorData::new(dense.bias.clone(), [dense.outputs]);
+        layer.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(bias, device)));
+    }
+    Ok(())
 }
 
 fn export<B: Backend>(net: &Net<B>) -> Mlp {

@@ -95,3 +95,25 @@ fn cuda_without_a_gpu_is_an_error_and_auto_falls_back_with_the_reason() {
 fn pick_cuda_works() -> bool {
     crate::device::pick(DeviceChoice::Cuda).is_ok()
 }
+
+#[test]
+fn a_warm_start_begins_from_the_given_model() {
+    let rows = split(3000, 5);
+    let config = TrainConfig { hidden: vec![8], epochs: 60, device: DeviceChoice::Cpu, ..TrainConfig::default() };
+    let champion = train(&rows, &config).unwrap().model;
+    // With a vanishing learning rate, warm-started training hands back the champion itself.
+    let frozen = TrainConfig { epochs: 1, learning_rate: 1e-12, ..config.clone() };
+    let warmed = train_from(&split(2000, 6), &frozen, Some(&champion)).unwrap();
+    assert_eq!(warmed.warm_start.as_deref(), Some("from the given model's weights"));
+    for x in split(50, 7).x {
+        let x: Vec<f32> = x.iter().map(|v| *v as f32).collect();
+        let (a, b) = (champion.forward(&x)[0], warmed.model.forward(&x)[0]);
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    // Another architecture starts fresh and says why; warm_start = false ignores the model.
+    let wider =
+        train_from(&rows, &TrainConfig { hidden: vec![4], epochs: 2, ..config.clone() }, Some(&champion)).unwrap();
+    assert!(wider.warm_start.unwrap().starts_with("skipped: its layer widths are [12, 8, 1]"));
+    let off = train_from(&rows, &TrainConfig { warm_start: false, epochs: 2, ..config }, Some(&champion)).unwrap();
+    assert_eq!(off.warm_start, None);
+}

@@ -153,6 +153,11 @@ pub fn print(s: &Summary, dir: &std::path::Path) {
             t["epochs_run"],
             t["row_epochs_per_second"].as_f64().unwrap_or(0.0)
         );
+        for key in ["device_note", "warm_start"] {
+            if let Some(text) = t[key].as_str() {
+                println!("  {}: {text}", key.replace('_', " "));
+            }
+        }
     }
     println!("── live quality (labels as sent) ──────────────────────");
     println!("  {:<36} {:>8} {:>7} {:>9} {:>9}", "phase", "requests", "AUC", "log loss", "accuracy");
