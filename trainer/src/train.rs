@@ -233,13 +233,11 @@ fn train_on<B: AutodiffBackend>(
     widths.extend(&config.hidden);
     widths.push(1);
     let mut net = Net::<B>::new(&widths, device);
-    let warm_start = match init.filter(|_| config.warm_start) {
-        None => None,
-        Some(init) => Some(match warm(&mut net, init, &widths, (&mean, &std), device) {
+    let warm_start =
+        init.filter(|_| config.warm_start).map(|init| match warm(&mut net, init, &widths, (&mean, &std), device) {
             Ok(()) => "from the given model's weights".to_owned(),
             Err(why) => format!("skipped: {why}"),
-        }),
-    };
+        });
     let mut optim = AdamConfig::new().init();
     let mut rng = fastrand::Rng::with_seed(config.seed);
     let bar = indicatif::ProgressBar::new(config.epochs as u64);
