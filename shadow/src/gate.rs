@@ -1,7 +1,7 @@
 //! The quality gate: a candidate replaces the champion only when it is better on the same
 //! recent labelled rows — by a minimum AUC gain whose paired bootstrap interval excludes zero,
-//! without worse log loss beyond a tolerance, and with no slice (e.g. a category) losing more
-//! AUC than allowed.
+//! without worse log loss or calibration (ECE) beyond a tolerance, and with no slice (e.g. a
+//! category) losing more AUC than allowed.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +15,8 @@ pub struct GatePolicy {
     pub min_auc_gain: f64,
     /// Largest allowed log-loss increase.
     pub max_log_loss_increase: f64,
+    /// Largest allowed increase of the expected calibration error (10 bins).
+    pub max_ece_increase: f64,
     /// Largest AUC loss allowed in any slice with at least `min_slice_rows` rows.
     pub max_slice_auc_drop: f64,
     pub min_slice_rows: usize,
@@ -29,6 +31,7 @@ impl Default for GatePolicy {
         Self {
             min_auc_gain: 0.005,
             max_log_loss_increase: 0.01,
+            max_ece_increase: 0.02,
             max_slice_auc_drop: 0.02,
             min_slice_rows: 200,
             confidence: 0.95,
@@ -88,6 +91,16 @@ pub fn gate(
             c.log_loss, h.log_loss, policy.max_log_loss_increase
         ));
     }
+    if c.ece - h.ece > policy.max_ece_increase {
+        passed = false;
+        reasons.push(format!(
+            "calibration error {:.4} vs {:.4}: +{:.4} exceeds {}",
+            c.ece,
+            h.ece,
+            c.ece - h.ece,
+            policy.max_ece_increase
+        ));
+    }
     let mut judged = Vec::new();
     if let Some(names) = slices {
         let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = std::collections::BTreeMap::new();
@@ -131,9 +144,10 @@ mod tests {
         (y, weak, strong, slices)
     }
 
-    /// The default policy with fewer resamples, to keep debug-build tests quick.
+    /// The default policy with fewer resamples, to keep debug-build tests quick; the scores of
+    /// `data` are not calibrated, so calibration is judged in its own test.
     fn policy() -> GatePolicy {
-        GatePolicy { resamples: 200, ..GatePolicy::default() }
+        GatePolicy { resamples: 200, max_ece_increase: 1.0, ..GatePolicy::default() }
     }
 
     #[test]
@@ -152,6 +166,28 @@ mod tests {
         let same: Vec<f64> = weak.iter().map(|p| p * p).collect();
         let no_better = gate(&policy(), &same, &weak, &y, None);
         assert!(!no_better.passed, "same ranking, no gain: {:?}", no_better.reasons);
+    }
+
+    #[test]
+    fn a_better_ranking_with_far_worse_calibration_is_refused() {
+        // Labels drawn from known probabilities p: p itself is calibrated; so is a coarse model
+        // that predicts the mean p of its half (worse AUC); p squeezed towards 0.5 ranks like p
+        // but is badly calibrated.
+        let mut rng = fastrand::Rng::with_seed(11);
+        let p: Vec<f64> = (0..4000).map(|_| 0.05 + 0.55 * rng.f64()).collect();
+        let y: Vec<f64> = p.iter().map(|p| if rng.f64() < *p { 1.0 } else { 0.0 }).collect();
+        let half_mean = |low: bool| {
+            let v: Vec<f64> = p.iter().copied().filter(|v| (*v < 0.325) == low).collect();
+            v.iter().sum::<f64>() / v.len() as f64
+        };
+        let (low, high) = (half_mean(true), half_mean(false));
+        let coarse: Vec<f64> = p.iter().map(|v| if *v < 0.325 { low } else { high }).collect();
+        let squeezed: Vec<f64> = p.iter().map(|v| 0.4 + 0.2 * v).collect();
+        let lenient = GatePolicy { resamples: 200, max_log_loss_increase: 10.0, ..GatePolicy::default() };
+        assert!(gate(&lenient, &p, &coarse, &y, None).passed, "better and calibrated: passes");
+        let v = gate(&lenient, &squeezed, &coarse, &y, None);
+        assert!(!v.passed, "{:?}", v.reasons);
+        assert!(v.reasons.iter().any(|r| r.starts_with("calibration error")), "{:?}", v.reasons);
     }
 
     #[test]

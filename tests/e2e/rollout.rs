@@ -135,6 +135,29 @@ async fn canary_weight_and_sticky_keys_hold_end_to_end() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_standing_canary_alias_that_does_not_exist_yet_starts_and_routes_once_it_appears() {
+    // The closed loop's config names 'challenger' before the trainer has registered any.
+    let config = format!("{CHAMPION_ONLY}canary = {{ version = \"challenger\", weight = 50 }}\n");
+    let gw = TestGateway::start_registry(&config, |r| {
+        r.set_alias("tiny", "champion", publish_tiny(r, 1)).unwrap();
+    });
+    let http = Http::new(false);
+    let url = format!("{}/v2/models/tiny/infer", gw.base);
+    let body = serde_json::to_vec(&tiny_request(&tiny_rows(1, 0))).unwrap();
+    for _ in 0..20 {
+        let reply = http.send(hyper::Method::POST, &url, &[], body.clone()).await;
+        assert_eq!((reply.status, reply.header("x-model-version")), (200, Some("1")));
+    }
+    let registry = Registry::open(&gw.repo);
+    registry.set_alias("tiny", "challenger", publish_tiny(&registry, 2)).unwrap();
+    let routed = wait_until(Duration::from_secs(10), || async {
+        route_of(&http, &gw.base, "tiny").await["canary"]["version"] == 2
+    })
+    .await;
+    assert!(routed, "the canary appears once its alias does: {}", route_of(&http, &gw.base, "tiny").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn shadow_answers_are_compared_never_returned() {
     let config = format!("{CHAMPION_ONLY}shadow = {{ version = \"1\", fraction = 1.0, max_in_flight = 64 }}\n");
     let gw = TestGateway::start_registry(&config, |r| {

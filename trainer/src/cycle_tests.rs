@@ -16,7 +16,7 @@ use crate::device::DeviceChoice;
 use crate::synthetic::{DriftKind, Row, Synthetic};
 use crate::train::TrainConfig;
 
-const T0: i64 = 1_790_000_000_000_000;
+pub const T0: i64 = 1_790_000_000_000_000;
 
 fn write(path: &Path, batch: RecordBatch) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -87,7 +87,7 @@ fn quick_train() -> TrainConfig {
 }
 
 /// A registry with a champion trained before the drift, and `rows` drifted rows served since.
-fn setup(rows: usize, flip: f64) -> (tempfile::TempDir, TrainerConfig) {
+pub fn setup(rows: usize, flip: f64) -> (tempfile::TempDir, TrainerConfig) {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::open(dir.path().join("models"));
     crate::bootstrap::bootstrap(&registry, "fraud", "champion", 6000, 1, &quick_train(), None).unwrap();

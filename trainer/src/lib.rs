@@ -33,3 +33,7 @@ mod dataset_tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod cycle_tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod watch_tests;

@@ -71,6 +71,14 @@ pub fn watch(config: &TrainerConfig, stop: &AtomicBool, mut notify: impl FnMut(N
             }
             save_cursor(&cursor_path, &cursor);
         }
+        // A drift of a champion that has since been replaced (e.g. by the candidate this very
+        // drift produced) is no longer work.
+        if let Some(p) = pending
+            .take_if(|p| registry.resolve(&config.model, &config.champion_alias).is_ok_and(|v| v != p.event.version))
+        {
+            let why = format!("about version {}, no longer the champion", p.event.version);
+            notify(Note::Ignored(p.event, why));
+        }
         if let Some(p) = &pending {
             match ready(config, &registry, p) {
                 Ok(()) => {
