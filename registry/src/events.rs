@@ -6,6 +6,11 @@ use serde::{Deserialize, Serialize};
 /// File name of a model's drift events log.
 pub const DRIFT_EVENTS_FILE: &str = "drift-events.jsonl";
 
+/// File name of a model's trainer run log (one JSON object per retraining cycle: outcome,
+/// version, trigger, data, stages, gate verdict), written by the trainer, served by the gateway's
+/// admin API.
+pub const TRAINER_RUNS_FILE: &str = "trainer-runs.jsonl";
+
 /// One detector tripping on one feature (or the prediction).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -5,7 +5,7 @@
 //! - [`manifest`]: a version's manifest (identity and lineage).
 //! - [`profile`]: reference profiles (per-feature quantile bins, samples) for drift detection.
 //! - [`samples`]: the sample and label Parquet layout and column names.
-//! - [`events`]: the drift event format.
+//! - [`events`]: the drift event format and the trainer's run log name.
 //! - [`fsutil`]: atomic, durable writes.
 //!
 //! The `registry` binary exposes the same operations to operators.
@@ -18,7 +18,7 @@ pub mod profile;
 pub mod samples;
 pub mod store;
 
-pub use events::{DRIFT_EVENTS_FILE, DriftEvent};
+pub use events::{DRIFT_EVENTS_FILE, DriftEvent, TRAINER_RUNS_FILE};
 pub use manifest::{DataLineage, MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
 pub use profile::{FeatureProfile, PROFILE_FILE, ReferenceProfile};
 pub use store::{

@@ -155,6 +155,12 @@ async fn a_standing_canary_alias_that_does_not_exist_yet_starts_and_routes_once_
     })
     .await;
     assert!(routed, "the canary appears once its alias does: {}", route_of(&http, &gw.base, "tiny").await);
+    // The trainer's run log is served beside the gateway's own audit.
+    let runs = gw.repo.join("tiny").join(flywheel_registry::TRAINER_RUNS_FILE);
+    std::fs::write(&runs, "{\"outcome\":\"rejected\"}\n{\"outcome\":\"registered\",\"version\":2}\n").unwrap();
+    let body = http.get(&format!("{}/admin/runs/tiny", gw.base)).await.json();
+    assert_eq!(body["runs"][1]["version"], 2, "{body}");
+    assert_eq!(body["runs"].as_array().unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -17,7 +17,7 @@ use crate::dataset::{AssembleSpec, Dataset, assemble};
 use crate::score::Scorer;
 
 /// File name of a model's trainer run log, beside its versions.
-pub const RUNS_FILE: &str = "trainer-runs.jsonl";
+pub const RUNS_FILE: &str = flywheel_registry::TRAINER_RUNS_FILE;
 
 /// What happened in one cycle (one line of the run log).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

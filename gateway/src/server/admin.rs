@@ -42,6 +42,15 @@ pub async fn handle(
             let next = events.last().map_or(since, |e| e.seq + 1);
             Ok(json!({"model": model, "events": events, "next": next}))
         }
+        (Method::GET, ["runs", model]) => {
+            // The trainer's retraining runs and gate verdicts (newest last).
+            let registry = reloader.registry().ok_or_else(|| ApiError::NotReady("no registry".into()))?;
+            let path = registry.root().join(model).join(flywheel_registry::TRAINER_RUNS_FILE);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let runs: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            let start = runs.len().saturating_sub(100);
+            Ok(json!({"model": model, "runs": &runs[start..]}))
+        }
         (Method::POST, ["reload"]) => {
             let r = Arc::clone(&reloader);
             let status = tokio::task::spawn_blocking(move || r.reload())
