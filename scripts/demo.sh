@@ -10,5 +10,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-toolchain.sh
 scripts/setup-ort.sh
-cargo build --release --locked --bin gateway --bin trainer
+features=()
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  # A GPU: build the trainer's CUDA backend too (it falls back to CPU if the driver or NVRTC is
+  # unusable). CUDARC_CUDA_VERSION defaults to 13.0; set it to your driver's CUDA version.
+  export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}"
+  features=(--features flywheel-trainer/cuda)
+fi
+cargo build --release --locked --bin gateway --bin trainer "${features[@]}"
 exec ./target/release/trainer demo "$@"
