@@ -38,12 +38,14 @@ pub fn loaded_library() -> Option<&'static Path> {
     ENVIRONMENT.get().map(|(p, _)| p.as_path())
 }
 
-/// Resolves the library file: the explicit file or folder, else `.ort/lib` under the current
+/// Resolves the library file: the explicit file or folder, else `FLYWHEEL_ORT_LIBRARY` (the
+/// gateway's flag reads it too; the trainer and tools rely on this), else `.ort/lib` under the current
 /// folder and under each folder above the executable (so `target/release/gateway` finds the
 /// project's copy).
 pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf, ModelError> {
-    let candidates: Vec<PathBuf> = match explicit {
-        Some(p) => vec![p.to_path_buf()],
+    let from_env = std::env::var_os("FLYWHEEL_ORT_LIBRARY").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let candidates: Vec<PathBuf> = match explicit.map(Path::to_path_buf).or(from_env) {
+        Some(p) => vec![p],
         None => default_dirs(),
     };
     for candidate in &candidates {
