@@ -377,3 +377,7 @@ pub fn read_events(registry: &Registry, model: &str, since: u64) -> Vec<DriftEve
         .filter(|e| e.seq >= since)
         .collect()
 }
+
+#[cfg(test)]
+#[path = "monitor_tests.rs"]
+mod tests;
