@@ -11,6 +11,9 @@ pub const DRIFT_EVENTS_FILE: &str = "drift-events.jsonl";
 /// admin API.
 pub const TRAINER_RUNS_FILE: &str = "trainer-runs.jsonl";
 
+/// File name of `trainer watch`'s cursor into the drift events log.
+pub const TRAINER_CURSOR_FILE: &str = "trainer-watch.json";
+
 /// One detector tripping on one feature (or the prediction).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

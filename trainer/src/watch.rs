@@ -14,7 +14,7 @@ use crate::cycle::{self, RunRecord};
 use crate::dataset::{DatasetError, assemble};
 
 /// File name of the watcher's cursor.
-pub const CURSOR_FILE: &str = "trainer-watch.json";
+pub const CURSOR_FILE: &str = flywheel_registry::TRAINER_CURSOR_FILE;
 
 #[derive(Debug, Default, Deserialize, Serialize)]
 struct Cursor {

@@ -85,13 +85,21 @@ pub fn fingerprint(reloader: &Reloader) -> u64 {
         for model in sorted_entries(&root).into_iter().filter(|p| p.is_dir()) {
             model.hash(&mut h);
             stat(&model).hash(&mut h);
-            for entry in sorted_entries(&model) {
+            for entry in sorted_entries(&model).into_iter().filter(|e| affects_routing(e)) {
                 entry.hash(&mut h);
                 stat(&entry).hash(&mut h);
             }
         }
     }
     h.finish()
+}
+
+/// Whether a file in a model folder can change what is served: versions and aliases do; the
+/// logs appended beside them (drift events, trainer runs) and the trainer's cursor do not, so
+/// writing them does not cost a reload.
+fn affects_routing(entry: &Path) -> bool {
+    let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    !(name.ends_with(".jsonl") || name == flywheel_registry::TRAINER_CURSOR_FILE)
 }
 
 fn stat(path: &Path) -> Option<(u64, std::time::SystemTime)> {
@@ -109,4 +117,19 @@ fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     entries.sort();
     entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_beside_the_versions_do_not_count_as_routing_changes() {
+        for name in ["3", "aliases.json", "model.onnx"] {
+            assert!(affects_routing(Path::new(name)), "{name}");
+        }
+        for name in ["drift-events.jsonl", "trainer-runs.jsonl", "trainer-watch.json"] {
+            assert!(!affects_routing(Path::new(name)), "{name}");
+        }
+    }
 }
