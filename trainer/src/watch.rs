@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use flywheel_registry::{DRIFT_EVENTS_FILE, DriftEvent, Registry};
+use flywheel_registry::{DRIFT_EVENTS_FILE, DriftEvent, Registry, samples};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainerConfig;
@@ -29,6 +29,9 @@ struct Pending {
     first_seen: Instant,
     /// Events folded into it.
     events: usize,
+    /// The sample files' stamp and the answer when the data last was not ready: while the files
+    /// stay the same the answer does (no re-reading every file at every poll).
+    data_wait: Option<(u64, String)>,
 }
 
 /// What the watcher did (for the caller to print).
@@ -65,7 +68,8 @@ pub fn watch(config: &TrainerConfig, stop: &AtomicBool, mut notify: impl FnMut(N
                     None => {
                         let since_us = parse_us(&event.window_start).unwrap_or_else(cycle::now_us);
                         notify(Note::Drift(event.clone()));
-                        pending = Some(Pending { event, since_us, first_seen: Instant::now(), events: 1 });
+                        pending =
+                            Some(Pending { event, since_us, first_seen: Instant::now(), events: 1, data_wait: None });
                     }
                 },
             }
@@ -79,7 +83,7 @@ pub fn watch(config: &TrainerConfig, stop: &AtomicBool, mut notify: impl FnMut(N
             let why = format!("about version {}, no longer the champion", p.event.version);
             notify(Note::Ignored(p.event, why));
         }
-        if let Some(p) = &pending {
+        if let Some(p) = &mut pending {
             match ready(config, &registry, p) {
                 Ok(()) => {
                     let trigger = serde_json::json!({"drift_event": p.event, "events_coalesced": p.events});
@@ -116,7 +120,7 @@ enum Wait {
 }
 
 /// Whether a cycle may run now for `p`.
-fn ready(config: &TrainerConfig, registry: &Registry, p: &Pending) -> Result<(), Wait> {
+fn ready(config: &TrainerConfig, registry: &Registry, p: &mut Pending) -> Result<(), Wait> {
     let records = cycle::read_records(registry, &config.model);
     let last_run = records.iter().rev().find(|r| r.outcome != "skipped");
     if let Some(last) = last_run
@@ -130,18 +134,30 @@ fn ready(config: &TrainerConfig, registry: &Registry, p: &Pending) -> Result<(),
     if let Ok(v) = registry.resolve(&config.model, &config.candidate_alias) {
         return Err(Wait::Until(format!("version {v} ('{}') is still rolling out", config.candidate_alias)));
     }
+    let stamp = files_stamp(config);
+    if let Some((seen, why)) = &p.data_wait
+        && *seen == stamp
+    {
+        return Err(Wait::Until(why.clone()));
+    }
     let mut spec = crate::cycle::assemble_spec(config, Some(p.since_us));
     spec.min_rows = spec.min_rows.max(config.watch.min_rows_after_event);
-    let dataset = match assemble(&spec) {
-        Ok(d) => d,
-        Err(DatasetError::TooFew { rows, min, .. }) => {
-            return Err(Wait::Until(format!("{rows} of {min} labelled rows since the drift")));
-        }
-        Err(e @ (DatasetError::Balance { .. } | DatasetError::Read { .. })) => {
-            return Err(Wait::Until(format!("data not usable yet: {e}")));
-        }
+    let not_yet = match assemble(&spec) {
+        Ok(dataset) => return check_rejected(config, &records, &dataset),
+        Err(DatasetError::TooFew { rows, min, .. }) => format!("{rows} of {min} labelled rows since the drift"),
+        Err(e @ (DatasetError::Balance { .. } | DatasetError::Read { .. })) => format!("data not usable yet: {e}"),
         Err(e) => return Err(Wait::GiveUp(format!("the data since the drift cannot be used: {e}"))),
     };
+    p.data_wait = Some((stamp, not_yet.clone()));
+    Err(Wait::Until(not_yet))
+}
+
+/// After a rejection: never the same data again, and only with enough new rows.
+fn check_rejected(
+    config: &TrainerConfig,
+    records: &[RunRecord],
+    dataset: &crate::dataset::Dataset,
+) -> Result<(), Wait> {
     let rows = (dataset.train.y.len() + dataset.holdout.y.len()) as u64;
     if let Some(rejected) = records.iter().rev().find(|r| r.outcome == "rejected") {
         if rejected.digest() == Some(dataset.digest.as_str()) {
@@ -153,6 +169,30 @@ fn ready(config: &TrainerConfig, registry: &Registry, p: &Pending) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Count, sizes and times of the model's finished sample and label files.
+fn files_stamp(config: &TrainerConfig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for kind in [samples::SAMPLES, samples::LABELS] {
+        let dir = config.samples.join(kind).join(format!("{}={}", samples::MODEL, config.model));
+        let mut stack = vec![dir];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                match entry.metadata() {
+                    Ok(m) if m.is_dir() => stack.push(path),
+                    Ok(m) if path.extension().is_some_and(|e| e == "parquet") => {
+                        (path, m.len(), m.modified().ok()).hash(&mut h);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    h.finish()
 }
 
 fn read_events(registry: &Registry, model: &str, since: u64) -> Vec<DriftEvent> {
