@@ -39,6 +39,8 @@ pub struct Timeline {
     pub marks: Milestones,
     last_live: Instant,
     live_from: usize,
+    /// The last routing line printed.
+    routing: String,
 }
 
 impl Timeline {
@@ -55,6 +57,7 @@ impl Timeline {
             marks: Milestones::default(),
             last_live: Instant::now(),
             live_from: 0,
+            routing: String::new(),
         }
     }
 
@@ -78,6 +81,7 @@ impl Timeline {
         }
         self.drift_events();
         self.audit();
+        self.routing();
         if let Ok(v) = self.registry.resolve(&self.model, "champion")
             && v != self.champion
         {
@@ -127,6 +131,31 @@ impl Timeline {
             } else if self.marks.drift_events == 5 {
                 self.say("gateway", "more drift events follow (all in drift-events.jsonl)");
             }
+        }
+    }
+
+    /// Prints the model's routing whenever it changes (shadow and canary appear, weights move).
+    fn routing(&mut self) {
+        let Some(body) = self.get("/admin/routing") else { return };
+        let Some(m) = body["models"].as_array().and_then(|ms| ms.iter().find(|m| m["name"] == self.model.as_str()))
+        else {
+            return;
+        };
+        let mut line = format!("routing: champion v{}", m["champion"]);
+        if m["canary"].is_object() {
+            line += &format!(", canary v{} at {}%", m["canary"]["version"], m["canary"]["weight"]);
+        }
+        if m["shadow"].is_object() {
+            let fraction = m["shadow"]["fraction"].as_f64().unwrap_or(0.0);
+            line += &format!(
+                ", shadow v{} ({:.0}% mirrored, answers compared, never returned)",
+                m["shadow"]["version"],
+                fraction * 100.0
+            );
+        }
+        if line != self.routing {
+            self.say("gateway", &line);
+            self.routing = line;
         }
     }
 
