@@ -147,11 +147,7 @@ impl Timeline {
         }
         if m["shadow"].is_object() {
             let fraction = m["shadow"]["fraction"].as_f64().unwrap_or(0.0);
-            line += &format!(
-                ", shadow v{} ({:.0}% mirrored, answers compared, never returned)",
-                m["shadow"]["version"],
-                fraction * 100.0
-            );
+            line += &format!(", shadow v{} ({:.0}% mirrored)", m["shadow"]["version"], fraction * 100.0);
         }
         if line != self.routing {
             self.say("gateway", &line);
