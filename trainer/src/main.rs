@@ -120,6 +120,9 @@ enum Cmd {
         /// auto, cpu or cuda.
         #[arg(long, default_value = "auto")]
         device: DeviceChoice,
+        /// Also score the holdout through ONNX Runtime and compare with the trained model.
+        #[arg(long)]
+        verify_export: bool,
         #[arg(long)]
         out: PathBuf,
     },
@@ -193,8 +196,8 @@ fn main() -> anyhow::Result<()> {
             let positives = generated.iter().filter(|r| r.label >= 0.5).count();
             println!("wrote {rows} rows ({positives} positive) to {}", out.display());
         }
-        Cmd::Fit { rows, hidden, epochs, batch_size, device, out } => {
-            fit(rows, hidden, epochs, batch_size, device, &out)?
+        Cmd::Fit { rows, hidden, epochs, batch_size, device, verify_export, out } => {
+            fit(FitArgs { rows, hidden, epochs, batch_size, device, verify_export }, &out)?;
         }
         Cmd::Dataset { settings } => {
             let config = settings.load()?;
@@ -214,14 +217,17 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fit(
+struct FitArgs {
     rows: usize,
     hidden: Vec<usize>,
     epochs: usize,
     batch_size: usize,
     device: DeviceChoice,
-    out: &std::path::Path,
-) -> anyhow::Result<()> {
+    verify_export: bool,
+}
+
+fn fit(args: FitArgs, out: &std::path::Path) -> anyhow::Result<()> {
+    let FitArgs { rows, hidden, epochs, batch_size, device, verify_export } = args;
     let data: Vec<_> = Synthetic { seed: 1, drift: DriftKind::None, onset: 0, ramp: 0 }.stream().take(rows).collect();
     let cut = rows * 4 / 5;
     let split = |r: &[flywheel_trainer::synthetic::Row]| Split {
@@ -240,7 +246,18 @@ fn fit(
         .iter()
         .map(|x| f64::from(trained.model.forward(&x.iter().map(|v| *v as f32).collect::<Vec<_>>())[0]))
         .collect();
-    std::fs::write(out, trained.model.to_onnx(1)).with_context(|| format!("writing {}", out.display()))?;
+    let bytes = trained.model.to_onnx(1);
+    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    if verify_export {
+        let mut scorer = flywheel_trainer::score::Scorer::open(&bytes, None).map_err(anyhow::Error::msg)?;
+        let served = scorer.score(&holdout.x).map_err(anyhow::Error::msg)?;
+        let worst = served.iter().zip(&scores).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        println!(
+            "export check: ONNX Runtime vs the trained model on {} holdout rows, max |difference| {worst:e}",
+            served.len()
+        );
+        anyhow::ensure!(worst <= 1e-4, "the export differs from the trained model by {worst:e} (limit 1e-4)");
+    }
     let auc = flywheel_shadow::roc_auc(&scores, &holdout.y);
     println!(
         "trained on {} rows on {}: {} epochs in {:.2} s ({:.0} row-epochs/s), holdout AUC {auc:.4}; wrote {}",
