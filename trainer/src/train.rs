@@ -39,6 +39,9 @@ pub struct TrainConfig {
     pub device: DeviceChoice,
     /// Start from the champion's weights when its layers have the configured widths.
     pub warm_start: bool,
+    /// With `device = "auto"`, smaller training sets stay on CPU: compiling the GPU kernels
+    /// costs seconds, more than such a job saves (measured in docs/TRAINER.md).
+    pub min_rows_for_gpu: usize,
 }
 
 impl Default for TrainConfig {
@@ -54,6 +57,7 @@ impl Default for TrainConfig {
             seed: 1,
             device: DeviceChoice::Auto,
             warm_start: true,
+            min_rows_for_gpu: 50_000,
         }
     }
 }
@@ -177,9 +181,10 @@ impl<B: Backend> Tensors<B> {
         }
     }
 
-    fn select(&self, indices: &[i32], device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+    /// The rows in the order `indices` gives, with one gather per tensor.
+    fn permuted(&self, indices: &[i32], device: &B::Device) -> [Tensor<B, 2>; 3] {
         let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(indices.to_vec(), [indices.len()]), device);
-        (self.x.clone().select(0, idx.clone()), self.y.clone().select(0, idx.clone()), self.w.clone().select(0, idx))
+        [self.x.clone().select(0, idx.clone()), self.y.clone().select(0, idx.clone()), self.w.clone().select(0, idx)]
     }
 }
 
@@ -197,6 +202,19 @@ pub fn train_from(split: &Split, config: &TrainConfig, init: Option<&Mlp>) -> Re
         return Err(format!("{} training rows; at least 10 are needed", split.x.len()));
     }
     let picked = crate::device::pick(config.device)?;
+    #[cfg(feature = "cuda")]
+    let picked = match picked.kind {
+        crate::device::Kind::Cuda(_)
+            if config.device == DeviceChoice::Auto && split.x.len() < config.min_rows_for_gpu =>
+        {
+            crate::device::Picked::cpu(Some(format!(
+                "training on CPU: {} rows is below min_rows_for_gpu = {} (GPU kernel compilation would cost more)",
+                split.x.len(),
+                config.min_rows_for_gpu
+            )))
+        }
+        _ => picked,
+    };
     let started = Instant::now();
     let mut trained = match &picked.kind {
         crate::device::Kind::Cpu => {
@@ -256,13 +274,24 @@ fn train_on<B: AutodiffBackend>(
             let grads = GradientsParams::from_grads(l.backward(), &net);
             net = optim.step(config.learning_rate, net, grads);
         } else {
+            // One shuffle (a gather) per epoch, then contiguous slices; the loss is read back
+            // once per epoch, not per step (each read waits for the device).
             rng.shuffle(&mut order);
-            for chunk in order.chunks(config.batch_size) {
-                let (x, y, w) = train.select(chunk, device);
-                let l = weighted_bce(net.forward(x), y, w);
-                train_loss = f64::from(l.clone().into_scalar().elem::<f32>());
+            let [x, y, w] = train.permuted(&order, device);
+            let mut last = None;
+            for start in (0..train.rows).step_by(config.batch_size) {
+                let end = (start + config.batch_size).min(train.rows);
+                let l = weighted_bce(
+                    net.forward(x.clone().narrow(0, start, end - start)),
+                    y.clone().narrow(0, start, end - start),
+                    w.clone().narrow(0, start, end - start),
+                );
                 let grads = GradientsParams::from_grads(l.backward(), &net);
                 net = optim.step(config.learning_rate, net, grads);
+                last = Some(l);
+            }
+            if let Some(l) = last {
+                train_loss = f64::from(l.into_scalar().elem::<f32>());
             }
         }
         let inner = net.valid();
