@@ -81,14 +81,30 @@ struct Joined {
     x: Vec<f64>,
 }
 
-fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+/// The Parquet files under `dir`, skipping `date=YYYY-MM-DD` partitions (UTC, as the gateway
+/// writes them) before `since_us`'s date: rows served since then, and their labels (which arrive
+/// after them), are never in an older partition.
+fn parquet_files(dir: &Path, since_us: Option<i64>) -> Vec<PathBuf> {
+    let first_date = since_us.map(|us| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64);
+        humantime::format_rfc3339_seconds(t).to_string()[..10].to_owned()
+    });
+    let too_old = |path: &Path| {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        match (name.strip_prefix("date="), &first_date) {
+            (Some(date), Some(first)) => date < first.as_str(),
+            _ => false,
+        }
+    };
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let path = entry.path();
             if path.is_dir() {
-                stack.push(path);
+                if !too_old(&path) {
+                    stack.push(path);
+                }
             } else if path.extension().is_some_and(|e| e == "parquet")
                 && !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
             {
@@ -132,7 +148,7 @@ fn keys(batch: &RecordBatch) -> Option<(StringArray, UInt32Array, TimestampMicro
 fn labels(spec: &AssembleSpec) -> Result<Labels, DatasetError> {
     let mut map: Labels = HashMap::new();
     let dir = spec.sample_dir.join(samples::LABELS).join(format!("model={}", spec.model));
-    for path in parquet_files(&dir) {
+    for path in parquet_files(&dir, spec.since_us) {
         for batch in read_batches(&path)? {
             let bad = |what: &str| DatasetError::Read {
                 path: path.display().to_string(),
@@ -158,7 +174,7 @@ pub fn assemble(spec: &AssembleSpec) -> Result<Dataset, DatasetError> {
     let dir = spec.sample_dir.join(samples::SAMPLES).join(format!("model={}", spec.model));
     let mut features: Option<Vec<String>> = None;
     let mut joined: Vec<Joined> = Vec::new();
-    for path in parquet_files(&dir) {
+    for path in parquet_files(&dir, spec.since_us) {
         for batch in read_batches(&path)? {
             let names: Vec<String> =
                 batch.schema().fields().iter().map(|f| f.name().clone()).filter(|n| n.starts_with("in_")).collect();

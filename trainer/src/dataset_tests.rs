@@ -153,3 +153,32 @@ fn bad_data_stops_with_a_clear_message() {
     let nan = assemble(&spec(dir.path())).unwrap_err();
     assert!(nan.to_string().starts_with("feature 'in_input_0' is 16.7% NaN"), "{nan}");
 }
+
+#[test]
+fn date_partitions_before_the_window_are_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = 1_795_737_600_000_000; // 2026-11-27T00:00:00Z, the fixture's partition date
+    samples(
+        dir.path(),
+        "part-1.parquet",
+        &[
+            ("a", 0, t0 + 1, "champion", [1.0, 0.1]),
+            ("b", 0, t0 + 2, "champion", [2.0, 0.2]),
+            ("c", 0, t0 + 3, "champion", [3.0, 0.3]),
+            ("d", 0, t0 + 4, "champion", [4.0, 0.4]),
+        ],
+    );
+    labels(
+        dir.path(),
+        "part-1.parquet",
+        &[("a", 0, 0.0, t0 + 9), ("b", 0, 1.0, t0 + 9), ("c", 0, 0.0, t0 + 9), ("d", 0, 1.0, t0 + 9)],
+    );
+    // An unreadable file in an older partition: read without a window, skipped with one.
+    let old = dir.path().join("samples/model=m/date=2026-11-20/part-0.parquet");
+    std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+    std::fs::write(&old, b"not parquet").unwrap();
+    let e = assemble(&spec(dir.path())).unwrap_err();
+    assert!(e.to_string().contains("date=2026-11-20"), "{e}");
+    let d = assemble(&AssembleSpec { since_us: Some(t0), ..spec(dir.path()) }).unwrap();
+    assert_eq!(d.train.y.len() + d.holdout.y.len(), 4);
+}
