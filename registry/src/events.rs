@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Registry;
+
 /// File name of a model's drift events log.
 pub const DRIFT_EVENTS_FILE: &str = "drift-events.jsonl";
 
@@ -39,4 +41,14 @@ pub struct DriftEvent {
     /// Sample files (relative to the sample folder) that cover the window, when sampling is on.
     #[serde(default)]
     pub sample_files: Vec<String>,
+}
+
+/// The drift events of `model` with `seq >= since`, oldest first (unreadable lines skipped).
+pub fn read_drift_events(registry: &Registry, model: &str, since: u64) -> Vec<DriftEvent> {
+    std::fs::read_to_string(registry.root().join(model).join(DRIFT_EVENTS_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<DriftEvent>(l).ok())
+        .filter(|e| e.seq >= since)
+        .collect()
 }

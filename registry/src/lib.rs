@@ -18,7 +18,7 @@ pub mod profile;
 pub mod samples;
 pub mod store;
 
-pub use events::{DRIFT_EVENTS_FILE, DriftEvent, TRAINER_CURSOR_FILE, TRAINER_RUNS_FILE};
+pub use events::{DRIFT_EVENTS_FILE, DriftEvent, TRAINER_CURSOR_FILE, TRAINER_RUNS_FILE, read_drift_events};
 pub use manifest::{DataLineage, MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
 pub use profile::{FeatureProfile, PROFILE_FILE, ReferenceProfile};
 pub use store::{

@@ -5,9 +5,8 @@ use flywheel_registry::{DataLineage, Manifest, ManifestDraft, ReferenceProfile, 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::dataset::Split;
 use crate::score::Scorer;
-use crate::synthetic::{DriftKind, Synthetic};
+use crate::synthetic::{DriftKind, Synthetic, split};
 use crate::train::{TrainConfig, train};
 
 /// Tensor names of the synthetic model (the gateway's sample columns follow them).
@@ -27,11 +26,6 @@ pub fn bootstrap(
 ) -> Result<Manifest, String> {
     let data: Vec<_> = Synthetic { seed, drift: DriftKind::None, onset: 0, ramp: 0 }.stream().take(rows).collect();
     let cut = rows * 4 / 5;
-    let split = |r: &[crate::synthetic::Row], offset: usize| Split {
-        x: r.iter().map(|r| r.features.to_vec()).collect(),
-        y: r.iter().map(|r| r.label).collect(),
-        time_us: (offset as i64..(offset + r.len()) as i64).collect(),
-    };
     let (train_rows, holdout) = (split(&data[..cut], 0), split(&data[cut..], cut));
     let mut trained = train(&train_rows, config)?;
     trained.model.input_name = INPUT.into();

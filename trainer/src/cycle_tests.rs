@@ -3,31 +3,18 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::{
-    ArrayRef, Float32Array, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
-};
-use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
+use arrow_schema::{DataType, Field, Schema};
 use flywheel_registry::Registry;
-use parquet::arrow::ArrowWriter;
 
 use crate::config::TrainerConfig;
 use crate::cycle::{RunRecord, read_records, run};
 use crate::device::DeviceChoice;
 use crate::synthetic::{DriftKind, Row, Synthetic};
+use crate::test_files::{ts, write};
 use crate::train::TrainConfig;
 
 pub const T0: i64 = 1_790_000_000_000_000;
-
-fn write(path: &Path, batch: RecordBatch) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-}
-
-fn ts() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
 
 /// Writes `rows` as served samples of model `fraud` (one row per request, 10 ms apart) and
 /// their labels; `flip` replaces each label by a coin toss with that probability.
@@ -55,25 +42,9 @@ fn served(dir: &Path, rows: &[Row], flip: f64) {
     let mut rng = fastrand::Rng::with_seed(99);
     let labels: Vec<f64> =
         rows.iter().map(|r| if rng.f64() < flip { f64::from(u8::from(rng.bool())) } else { r.label }).collect();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("request_id", DataType::Utf8, false),
-        Field::new("row", DataType::UInt32, false),
-        Field::new("label", DataType::Float64, false),
-        Field::new("time", ts(), false),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(ids)),
-        Arc::new(UInt32Array::from(vec![0u32; rows.len()])),
-        Arc::new(Float64Array::from(labels)),
-        Arc::new(
-            TimestampMicrosecondArray::from(times.iter().map(|t| t + 1_000_000).collect::<Vec<_>>())
-                .with_timezone("UTC"),
-        ),
-    ];
-    write(
-        &dir.join("labels/model=fraud/date=2026-09-21/part-0.parquet"),
-        RecordBatch::try_new(schema, columns).unwrap(),
-    );
+    let rows: Vec<(String, u32, f64, i64)> =
+        ids.into_iter().zip(labels).zip(times).map(|((id, label), t)| (id, 0, label, t + 1_000_000)).collect();
+    crate::test_files::labels(dir, ("fraud", "2026-09-21"), "part-0.parquet", &rows);
 }
 
 fn quick_train() -> TrainConfig {

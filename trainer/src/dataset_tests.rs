@@ -3,27 +3,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::{
-    ArrayRef, Float32Array, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
-};
-use arrow_schema::{DataType, Field, Schema, TimeUnit};
-use parquet::arrow::ArrowWriter;
+use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
+use arrow_schema::{DataType, Field, Schema};
 
 use super::dataset::{AssembleSpec, DatasetError, assemble};
+use crate::test_files::{ts, write};
 
 /// A sample row: (id, row, time µs, arm, two features).
 type SampleRow = (&'static str, u32, i64, &'static str, [f32; 2]);
-
-fn write(path: &Path, batch: RecordBatch) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-}
-
-fn ts() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
 
 fn samples(dir: &Path, file: &str, rows: &[SampleRow]) {
     let schema = Arc::new(Schema::new(vec![
@@ -46,19 +33,7 @@ fn samples(dir: &Path, file: &str, rows: &[SampleRow]) {
 }
 
 fn labels(dir: &Path, file: &str, rows: &[(&'static str, u32, f64, i64)]) {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("request_id", DataType::Utf8, false),
-        Field::new("row", DataType::UInt32, false),
-        Field::new("label", DataType::Float64, false),
-        Field::new("time", ts(), false),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
-        Arc::new(UInt32Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
-        Arc::new(Float64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
-        Arc::new(TimestampMicrosecondArray::from(rows.iter().map(|r| r.3).collect::<Vec<_>>()).with_timezone("UTC")),
-    ];
-    write(&dir.join(format!("labels/model=m/date=2026-11-27/{file}")), RecordBatch::try_new(schema, columns).unwrap());
+    crate::test_files::labels(dir, ("m", "2026-11-27"), file, rows);
 }
 
 fn spec(dir: &Path) -> AssembleSpec {

@@ -28,6 +28,10 @@ pub mod watch;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
+mod test_files;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod dataset_tests;
 
 #[cfg(test)]

@@ -9,9 +9,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use flywheel_registry::Registry;
 use flywheel_trainer::config::TrainerConfig;
-use flywheel_trainer::dataset::{AssembleSpec, Split, assemble};
+use flywheel_trainer::dataset::{AssembleSpec, assemble};
 use flywheel_trainer::device::DeviceChoice;
-use flywheel_trainer::synthetic::{DriftKind, FEATURES, Synthetic};
+use flywheel_trainer::synthetic::{DriftKind, FEATURES, Synthetic, split};
 use flywheel_trainer::table_file::{Column, write};
 use flywheel_trainer::train::{TrainConfig, train};
 use flywheel_trainer::watch::{Note, watch};
@@ -230,12 +230,7 @@ fn fit(args: FitArgs, out: &std::path::Path) -> anyhow::Result<()> {
     let FitArgs { rows, hidden, epochs, batch_size, device, verify_export } = args;
     let data: Vec<_> = Synthetic { seed: 1, drift: DriftKind::None, onset: 0, ramp: 0 }.stream().take(rows).collect();
     let cut = rows * 4 / 5;
-    let split = |r: &[flywheel_trainer::synthetic::Row]| Split {
-        x: r.iter().map(|r| r.features.to_vec()).collect(),
-        y: r.iter().map(|r| r.label).collect(),
-        time_us: (0..r.len() as i64).collect(),
-    };
-    let (train_rows, holdout) = (split(&data[..cut]), split(&data[cut..]));
+    let (train_rows, holdout) = (split(&data[..cut], 0), split(&data[cut..], cut));
     let config = TrainConfig { hidden, epochs, batch_size, device, ..TrainConfig::default() };
     let trained = train(&train_rows, &config).map_err(anyhow::Error::msg)?;
     if let Some(note) = &trained.device.note {

@@ -83,6 +83,15 @@ impl Synthetic {
     }
 }
 
+/// Rows as a training split, timed by position (row `i` at `first_index + i` µs).
+pub fn split(rows: &[Row], first_index: usize) -> crate::dataset::Split {
+    crate::dataset::Split {
+        x: rows.iter().map(|r| r.features.to_vec()).collect(),
+        y: rows.iter().map(|r| r.label).collect(),
+        time_us: (first_index as i64..(first_index + rows.len()) as i64).collect(),
+    }
+}
+
 fn normal(rng: &mut fastrand::Rng) -> f64 {
     let (u, v) = (rng.f64().max(1e-12), rng.f64());
     (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()

@@ -3,11 +3,7 @@ use crate::synthetic::{DriftKind, Synthetic};
 
 fn split(rows: usize, seed: u64) -> Split {
     let data: Vec<_> = Synthetic { seed, drift: DriftKind::None, onset: 0, ramp: 0 }.stream().take(rows).collect();
-    Split {
-        x: data.iter().map(|r| r.features.to_vec()).collect(),
-        y: data.iter().map(|r| r.label).collect(),
-        time_us: (0..rows as i64).collect(),
-    }
+    crate::synthetic::split(&data, 0)
 }
 
 fn holdout_auc(model: &Mlp, holdout: &Split) -> f64 {

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use flywheel_registry::{DRIFT_EVENTS_FILE, DriftEvent, Registry, samples};
+use flywheel_registry::{DriftEvent, Registry, read_drift_events, samples};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainerConfig;
@@ -51,12 +51,12 @@ pub fn watch(config: &TrainerConfig, stop: &AtomicBool, mut notify: impl FnMut(N
     let mut cursor: Cursor = match std::fs::read(&cursor_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
         // First start: old events are history, not work.
-        Err(_) => Cursor { next_seq: read_events(&registry, &config.model, 0).len() as u64 },
+        Err(_) => Cursor { next_seq: read_drift_events(&registry, &config.model, 0).len() as u64 },
     };
     let mut pending: Option<Pending> = None;
     let mut last_wait = String::new();
     while !stop.load(Ordering::Relaxed) {
-        for event in read_events(&registry, &config.model, cursor.next_seq) {
+        for event in read_drift_events(&registry, &config.model, cursor.next_seq) {
             cursor.next_seq = event.seq + 1;
             match registry.resolve(&config.model, &config.champion_alias) {
                 Ok(champion) if champion != event.version => {
@@ -193,15 +193,6 @@ fn files_stamp(config: &TrainerConfig) -> u64 {
         }
     }
     h.finish()
-}
-
-fn read_events(registry: &Registry, model: &str, since: u64) -> Vec<DriftEvent> {
-    std::fs::read_to_string(registry.root().join(model).join(DRIFT_EVENTS_FILE))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<DriftEvent>(l).ok())
-        .filter(|e| e.seq >= since)
-        .collect()
 }
 
 fn save_cursor(path: &std::path::Path, cursor: &Cursor) {

@@ -9,4 +9,5 @@ pub mod page_hinkley;
 pub mod stats;
 pub mod webhook;
 
-pub use monitor::{DriftMonitor, DriftSettings, read_events};
+pub use flywheel_registry::read_drift_events as read_events;
+pub use monitor::{DriftMonitor, DriftSettings};

@@ -368,16 +368,6 @@ fn append_event(registry: Option<&Registry>, event: &mut DriftEvent, seq: u64) -
     seq + 1
 }
 
-/// Events of `model` from sequence number `since` on.
-pub fn read_events(registry: &Registry, model: &str, since: u64) -> Vec<DriftEvent> {
-    std::fs::read_to_string(events_path(registry, model))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<DriftEvent>(l).ok())
-        .filter(|e| e.seq >= since)
-        .collect()
-}
-
 #[cfg(test)]
 #[path = "monitor_tests.rs"]
 mod tests;

@@ -10,7 +10,6 @@ use super::timeline::Milestones;
 use super::traffic::{Answer, Log};
 use crate::config::TrainerConfig;
 use crate::cycle::{RunRecord, read_records};
-use crate::dataset::Split;
 use crate::device::DeviceChoice;
 use crate::synthetic::{DriftKind, Synthetic};
 
@@ -124,11 +123,7 @@ fn reference(args: &DemoArgs, config: &TrainerConfig, run: Option<&RunRecord>, a
     let drift: DriftKind = serde_json::from_value(serde_json::Value::String(args.drift.clone())).ok()?;
     let rows = run.and_then(|r| r.data.as_ref()?.get("train_rows")?.as_u64()).unwrap_or(3000) as usize;
     let data: Vec<_> = Synthetic { seed: args.seed + 1000, drift, onset: 0, ramp: 0 }.stream().take(rows).collect();
-    let split = Split {
-        x: data.iter().map(|r| r.features.to_vec()).collect(),
-        y: data.iter().map(|r| r.label).collect(),
-        time_us: (0..rows as i64).collect(),
-    };
+    let split = crate::synthetic::split(&data, 0);
     let settings = crate::train::TrainConfig { device: DeviceChoice::Cpu, ..config.train.clone() };
     let model = crate::train::train(&split, &settings).ok()?.model;
     let p: Vec<f64> = answers

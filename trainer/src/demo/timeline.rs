@@ -41,6 +41,8 @@ pub struct Timeline {
     live_from: usize,
     /// The last routing line printed.
     routing: String,
+    /// Run log lines already read.
+    runs_seen: usize,
 }
 
 impl Timeline {
@@ -58,6 +60,7 @@ impl Timeline {
             last_live: Instant::now(),
             live_from: 0,
             routing: String::new(),
+            runs_seen: 0,
         }
     }
 
@@ -79,6 +82,7 @@ impl Timeline {
         while let Ok(line) = watch.try_recv() {
             self.watch_line(&line);
         }
+        self.runs();
         self.drift_events();
         self.audit();
         self.routing();
@@ -95,16 +99,28 @@ impl Timeline {
     }
 
     fn watch_line(&mut self, line: &str) {
-        let now = self.now();
-        if line.starts_with("run: registered") {
-            self.marks.registered.get_or_insert(now);
-            self.marks.candidate = line.split_whitespace().nth(3).and_then(|v| v.parse().ok());
-        } else if line.starts_with("run: rejected") {
-            self.marks.rejected.get_or_insert(now);
-        } else if line.starts_with("waiting: cooldown") || line.starts_with("ignored:") {
-            return; // routine; in the trainer log
+        if !(line.starts_with("waiting: cooldown") || line.starts_with("ignored:")) {
+            self.say("trainer", line); // the routine ones stay in the trainer log
         }
-        self.say("trainer", line);
+    }
+
+    /// Outcomes of the trainer's runs, from its run log.
+    fn runs(&mut self) {
+        let records = crate::cycle::read_records(&self.registry, &self.model);
+        let now = self.now();
+        for r in records.iter().skip(self.runs_seen) {
+            match r.outcome.as_str() {
+                "registered" => {
+                    self.marks.registered.get_or_insert(now);
+                    self.marks.candidate = r.version;
+                }
+                "rejected" => {
+                    self.marks.rejected.get_or_insert(now);
+                }
+                _ => {}
+            }
+        }
+        self.runs_seen = records.len();
     }
 
     fn drift_events(&mut self) {
