@@ -96,6 +96,14 @@ impl Gateway {
         for r in &status.report.rejected {
             tracing::warn!(model = %r.model, version = ?r.version, reason = %r.reason, "not served");
         }
+        if config.insecure_allow_unauthenticated && !config.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %config.listen,
+                admin = config.admin_token.is_some(),
+                feedback = config.feedback_token.is_some(),
+                "insecure_allow_unauthenticated: whoever reaches this address may use the endpoints without a token"
+            );
+        }
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Listen { addr: config.listen.to_string(), reason: e.to_string() })?;
@@ -105,6 +113,9 @@ impl Gateway {
             max_body_bytes: config.max_body_bytes,
             metrics,
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            limits: config.server.clone(),
+            body_bytes: crate::server::body::ByteBudget::new(config.server.max_in_flight_bytes),
             reloader: Some(Arc::clone(&reloader)),
             tap,
             admission: (config.max_in_flight > 0).then(|| crate::model::table::Budget::new(config.max_in_flight)),

@@ -44,17 +44,29 @@ pub struct Config {
     #[serde(default)]
     pub http_threads: usize,
     /// Inference requests handled at once, server-wide; beyond it a request is refused (503)
-    /// before its body is read. 0: no limit (the batch queues still bound the work).
-    #[serde(default)]
+    /// once its body is in (a slow body holds no slot). 0: no limit (the batch queues and
+    /// `server.max_in_flight_bytes` still bound the work).
+    #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Deadlines, connection cap, byte budget and drain timing of the HTTP server.
+    #[serde(default)]
+    pub server: crate::server::limits::ServerLimits,
     /// Batching for every model unless overridden under `[models.<name>]`.
     #[serde(default)]
     pub batching: Batching,
     /// Per-model overrides.
     #[serde(default)]
     pub models: BTreeMap<String, ModelOverrides>,
-    /// Bearer token for `/admin/`; without one, the admin API answers loopback clients only.
+    /// Bearer token for `/admin/` (at least 16 characters); without one, the admin API answers
+    /// loopback clients only, and the gateway refuses a non-loopback `listen`.
     pub admin_token: Option<String>,
+    /// Bearer token for `POST .../feedback` (labels; the admin token works too); without one,
+    /// labels are open, and the gateway refuses a non-loopback `listen`.
+    pub feedback_token: Option<String>,
+    /// Lets the gateway listen on a non-loopback address without `admin_token` and
+    /// `feedback_token`: anyone who reaches the port can then move aliases and write labels.
+    #[serde(default)]
+    pub insecure_allow_unauthenticated: bool,
     /// Append-only JSON-lines log of every swap decision; default `<model_repository>/audit.jsonl`.
     pub audit_log: Option<PathBuf>,
     /// How often the rollout controller looks at the evidence.
@@ -80,6 +92,7 @@ pub struct Overrides {
     pub ort_library: Option<PathBuf>,
     pub http_threads: Option<usize>,
     pub admin_token: Option<String>,
+    pub feedback_token: Option<String>,
 }
 
 impl Overrides {
@@ -99,6 +112,9 @@ impl Overrides {
         }
         if let Some(token) = &self.admin_token {
             config.admin_token = Some(token.clone());
+        }
+        if let Some(token) = &self.feedback_token {
+            config.feedback_token = Some(token.clone());
         }
         config
     }
@@ -212,6 +228,12 @@ fn default_listen() -> SocketAddr {
 fn default_max_body_bytes() -> usize {
     64 << 20
 }
+/// Shortest accepted bearer token.
+const MIN_TOKEN_CHARS: usize = 16;
+
+fn default_max_in_flight() -> usize {
+    4096
+}
 fn default_grace_ms() -> u64 {
     10_000
 }
@@ -225,8 +247,11 @@ impl Default for Config {
             max_body_bytes: default_max_body_bytes(),
             shutdown_grace_ms: default_grace_ms(),
             http_threads: 0,
-            max_in_flight: 0,
+            max_in_flight: default_max_in_flight(),
+            server: crate::server::limits::ServerLimits::default(),
             admin_token: None,
+            feedback_token: None,
+            insecure_allow_unauthenticated: false,
             audit_log: None,
             controller_interval_ms: default_controller_ms(),
             sampling: crate::tap::SamplingSettings::default(),
@@ -240,23 +265,31 @@ impl Default for Config {
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_over(path, &Overrides::default())
+    }
+
+    /// Reads and parses `path`, applies `overrides`, then validates: a token given in the
+    /// environment counts for a file that listens on every interface.
+    fn load_over(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::Read { path: shown.clone(), reason: e.to_string() })?;
         let config = Self::parse(&text).map_err(|reason| ConfigError::Parse { path: shown.clone(), reason })?;
+        let config = overrides.apply(config);
         config.validate().map_err(|reason| ConfigError::Invalid { path: shown, reason })?;
         Ok(config)
     }
 
     /// The file (or the defaults without one) with `overrides` applied, validated.
     pub fn load_with(path: Option<&Path>, overrides: &Overrides) -> Result<Self, String> {
-        let config = match path {
-            Some(path) => Self::load(path).map_err(|e| e.to_string())?,
-            None => Config::default(),
-        };
-        let config = overrides.apply(config);
-        config.validate().map_err(|e| format!("config: {e}"))?;
-        Ok(config)
+        match path {
+            Some(path) => Self::load_over(path, overrides).map_err(|e| e.to_string()),
+            None => {
+                let config = overrides.apply(Config::default());
+                config.validate().map_err(|e| format!("config: {e}"))?;
+                Ok(config)
+            }
+        }
     }
 
     /// Parses TOML text (no validation).
@@ -283,6 +316,17 @@ impl Config {
                 return Err(format!("models.{name}.sample_rate must be in 0..=1, given {rate}"));
             }
         }
+        self.server.validate()?;
+        self.check_credentials()?;
+        if self.max_in_flight > 1_000_000 {
+            return Err(format!("max_in_flight must be at most 1000000 (0 = no limit), given {}", self.max_in_flight));
+        }
+        if self.max_body_bytes > self.server.max_in_flight_bytes {
+            return Err(format!(
+                "max_body_bytes ({}) must not exceed server.max_in_flight_bytes ({}): no such request could be admitted",
+                self.max_body_bytes, self.server.max_in_flight_bytes
+            ));
+        }
         if self.max_body_bytes < 1024 {
             return Err(format!("max_body_bytes must be at least 1024, given {}", self.max_body_bytes));
         }
@@ -293,6 +337,36 @@ impl Config {
             return Err(format!("shutdown_grace_ms must be at most 600000, given {}", self.shutdown_grace_ms));
         }
         Ok(())
+    }
+
+    /// Tokens long enough to resist guessing, and none missing on a reachable address.
+    fn check_credentials(&self) -> Result<(), String> {
+        for (key, token) in [("admin_token", &self.admin_token), ("feedback_token", &self.feedback_token)] {
+            // The token itself is never echoed: the message gives its length only.
+            if let Some(t) = token.as_ref().filter(|t| t.chars().count() < MIN_TOKEN_CHARS) {
+                return Err(format!(
+                    "{key} must be at least {MIN_TOKEN_CHARS} characters, given one of {} (e.g. `openssl rand -hex 16`)",
+                    t.chars().count()
+                ));
+            }
+        }
+        if self.listen.ip().is_loopback() || self.insecure_allow_unauthenticated {
+            return Ok(());
+        }
+        let missing: Vec<&str> = [("admin_token", &self.admin_token), ("feedback_token", &self.feedback_token)]
+            .iter()
+            .filter(|(_, t)| t.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "listen = {} is reachable from other hosts, so {} must be set (config, or FLYWHEEL_ADMIN_TOKEN / \
+             FLYWHEEL_FEEDBACK_TOKEN); to run without them anyway set insecure_allow_unauthenticated = true",
+            self.listen,
+            missing.join(" and ")
+        ))
     }
 
     /// The share of `model`'s requests written to Parquet.
@@ -419,76 +493,5 @@ fn check_batching(at: &str, b: &Batching) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_full_config_parses_and_overrides_inherit() {
-        let c = Config::parse(
-            r#"
-            listen = "0.0.0.0:9000"
-            model_repository = "models"
-            [batching]
-            max_batch_size = 32
-            [models.fraud]
-            instances = 2
-            "#,
-        )
-        .unwrap();
-        c.validate().unwrap();
-        assert_eq!(c.listen.port(), 9000);
-        let fraud = c.batching_for("fraud");
-        assert_eq!((fraud.max_batch_size, fraud.instances), (32, 2));
-        assert_eq!(c.batching_for("other").instances, 1);
-    }
-
-    #[test]
-    fn each_bad_value_is_rejected_naming_key_and_value() {
-        let cases = [
-            ("[batching]\nmax_batch_size = 100000", "batching.max_batch_size must be in 0..=65536, given 100000"),
-            ("[batching]\nqueue_capacity = 0", "batching.queue_capacity must be in 1..=1000000, given 0"),
-            ("[models.m]\ninstances = 0", "models.m.instances must be in 1..=64, given 0"),
-            ("[models.m]\nmax_queue_delay_us = 5000000", "models.m.max_queue_delay_us"),
-            ("max_body_bytes = 10", "max_body_bytes must be at least 1024, given 10"),
-            ("[sampling]\nrate = 2.0", "sampling.rate must be in 0..=1, given 2"),
-            ("[models.m]\nsample_rate = -0.5", "models.m.sample_rate must be in 0..=1, given -0.5"),
-            ("[drift]\nwindow_rows = 5", "drift.window_rows must be in 50..=10000000, given 5"),
-            ("[models.\"a/b\"]\ninstances = 1", "models.a/b"),
-            (
-                "[models.m.rollout.canary]\nversion = \"2\"\nweight = 140",
-                "models.m.rollout.canary.weight must be in 0..=100, given 140",
-            ),
-            (
-                "[models.m.rollout.shadow]\nversion = \"2\"\nfraction = 1.5",
-                "models.m.rollout.shadow.fraction must be in 0..=1, given 1.5",
-            ),
-            (
-                "[models.m.rollout]\nchampion = \"../x\"",
-                "models.m.rollout.champion must be a version number, an alias or 'latest'",
-            ),
-        ];
-        for (text, expected) in cases {
-            let err = Config::parse(text).unwrap().validate().unwrap_err();
-            assert!(err.contains(expected), "{err:?} should contain {expected:?}");
-        }
-    }
-
-    #[test]
-    fn unknown_keys_and_bad_types_are_parse_errors() {
-        assert!(Config::parse("lisen = \"x\"").unwrap_err().contains("unknown field `lisen`"));
-        assert!(Config::parse("[batching]\nmax_batch = 3").unwrap_err().contains("max_batch"));
-        assert!(Config::parse("listen = \"not an address\"").is_err());
-        let typo = "[models.m.rollout]\nchampion = \"champion\"\ncanary = { version = \"4\", weight = 5 }\n[models.m.rollout.policy]\nmax_p99_ration = 2.0";
-        assert!(Config::parse(typo).unwrap_err().contains("max_p99_ration"), "a typo in the policy is refused");
-    }
-
-    #[test]
-    fn load_names_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("g.toml");
-        std::fs::write(&path, "max_body_bytes = 1").unwrap();
-        let err = Config::load(&path).unwrap_err().to_string();
-        assert!(err.contains("g.toml") && err.contains("max_body_bytes"), "{err}");
-        assert!(Config::load(&dir.path().join("missing.toml")).unwrap_err().to_string().contains("missing.toml"));
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -23,6 +23,7 @@ pub mod app;
 pub mod batch;
 pub mod config;
 pub mod drift;
+pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod protocol;

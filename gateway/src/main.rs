@@ -31,6 +31,9 @@ struct Args {
     /// Bearer token for the admin API, overriding the config.
     #[arg(long, env = "FLYWHEEL_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Bearer token for the feedback (labels) endpoint, overriding the config.
+    #[arg(long, env = "FLYWHEEL_FEEDBACK_TOKEN", hide_env_values = true)]
+    feedback_token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -85,5 +88,6 @@ fn overrides(args: &Args) -> Overrides {
         ort_library: args.ort_library.clone(),
         http_threads: args.http_threads,
         admin_token: args.admin_token.clone(),
+        feedback_token: args.feedback_token.clone(),
     }
 }

@@ -24,6 +24,12 @@ pub const QUEUE_DEPTH: &str = "flywheel_queue_depth";
 pub const BUSY_SECONDS: &str = "flywheel_inference_busy_seconds";
 /// Inference threads per model version.
 pub const INSTANCES: &str = "flywheel_inference_instances";
+/// Panics caught in background work, by component (tap, watcher, controller, inference).
+pub const COMPONENT_PANICS: &str = "flywheel_component_panics_total";
+/// 1 while a component is degraded (it panicked in the last 10 minutes), else 0.
+pub const COMPONENT_DEGRADED: &str = "flywheel_component_degraded";
+/// Batches that failed and were retried request by request (failure isolation).
+pub const BATCH_RETRIES: &str = "flywheel_batch_retries_total";
 /// Requests refused because a queue was full.
 pub const REJECTED: &str = "flywheel_rejected_total";
 /// Inference requests being handled right now (read, queued, computing or answering).
@@ -56,6 +62,12 @@ pub const DRIFT_KS_PVALUE: &str = "flywheel_drift_ks_pvalue";
 pub const WEBHOOK_FAILURES: &str = "flywheel_drift_webhook_failures_total";
 /// Model versions that failed to load.
 pub const LOAD_FAILURES: &str = "flywheel_model_load_failures_total";
+/// Connections the server closed on a deadline, by reason (header_timeout, idle_timeout,
+/// write_timeout).
+pub const CONNECTIONS_CLOSED: &str = "flywheel_connections_closed_total";
+/// Requests cut off on a deadline or a budget, by reason (body_timeout, request_timeout,
+/// body_bytes_budget).
+pub const REQUESTS_CUT: &str = "flywheel_requests_cut_total";
 
 const LATENCY_BUCKETS: [f64; 16] = [
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -93,6 +105,9 @@ fn describe() {
     describe_gauge!(BUSY_SECONDS, Unit::Seconds, "Cumulative seconds inference threads spent busy");
     describe_gauge!(INSTANCES, Unit::Count, "Inference threads per model version");
     describe_counter!(REJECTED, "Requests refused because the queue was full");
+    describe_counter!(COMPONENT_PANICS, "Panics caught in background work, by component");
+    describe_gauge!(COMPONENT_DEGRADED, "1 while a component is degraded (a recent panic)");
+    describe_counter!(BATCH_RETRIES, "Failed batches retried request by request");
     describe_gauge!(IN_FLIGHT, Unit::Count, "Inference requests being handled right now");
     describe_counter!(RELOADS, "Config and registry reloads, by result");
     describe_counter!(ARM_REQUESTS, "Inference requests per routing arm");
@@ -108,6 +123,8 @@ fn describe() {
     describe_gauge!(DRIFT_KS_PVALUE, "Kolmogorov-Smirnov p-value of the last window");
     describe_counter!(WEBHOOK_FAILURES, "Drift events the webhook did not accept");
     describe_counter!(LOAD_FAILURES, "Model versions that failed to load");
+    describe_counter!(CONNECTIONS_CLOSED, "Connections closed by the server on a deadline, by reason");
+    describe_counter!(REQUESTS_CUT, "Requests cut off on a deadline or the body-bytes budget, by reason");
 }
 
 /// Metric handles for one model version, registered once at load so the hot path does not
@@ -124,6 +141,7 @@ pub struct VersionMetrics {
     pub busy_seconds: Gauge,
     pub rejected: Counter,
     pub queue_depth: Gauge,
+    pub batch_retries: Counter,
 }
 
 impl VersionMetrics {
@@ -142,6 +160,7 @@ impl VersionMetrics {
             busy_seconds: metrics::gauge!(BUSY_SECONDS, &labels),
             rejected: metrics::counter!(REJECTED, &labels),
             queue_depth: metrics::gauge!(QUEUE_DEPTH, &labels),
+            batch_retries: metrics::counter!(BATCH_RETRIES, &labels),
         }
     }
 
@@ -179,4 +198,14 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.decrement(1.0);
     }
+}
+
+/// Counts a connection the server closed on a deadline (rare: a label set per call is fine).
+pub fn count_connection_closed(reason: &'static str) {
+    metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+}
+
+/// Counts a request cut off on a deadline or a budget.
+pub fn count_request_cut(reason: &'static str) {
+    metrics::counter!(REQUESTS_CUT, "reason" => reason).increment(1);
 }

@@ -59,6 +59,21 @@ pub fn multi_io() -> Vec<u8> {
     g.encode(1)
 }
 
+/// A lookup model whose answer depends on the input's *values* being valid: `index` (INT64,
+/// `[-1, 1]`) picks from a table of ten values (`value` = 10 × index, FP32 `[-1, 1]`). An index
+/// outside `-10..10` makes ONNX Runtime fail the run (Gather: "indices element out of data
+/// bounds", an invalid-argument error): the poisoned row for failure-isolation tests.
+pub fn lookup() -> Vec<u8> {
+    let b = Dim::batch;
+    let mut g = GraphBuilder::new("lookup");
+    g.input("index", ElemType::Int64, &[b(), Dim::Fixed(1)]);
+    g.output("value", ElemType::Float, &[b(), Dim::Fixed(1)]);
+    let table: Vec<f32> = (0..10).map(|i| i as f32 * 10.0).collect();
+    g.initializer_f32("table", &[10], &table);
+    g.node("Gather", &["table", "index"], &["value"], &[("axis", crate::graph::Attr::Int(0))]);
+    g.encode(1)
+}
+
 /// Writes the demo/test model repository under `root`:
 /// `tiny/1`, `tiny/2` (another seed), `heavy/1`, `tiny_fixed/1` (batch fixed at 1), `multi_io/1`.
 pub fn write_demo_repository(root: &Path, with_heavy: bool) -> std::io::Result<()> {

@@ -51,6 +51,23 @@ pub struct Manifest {
     pub description: Option<String>,
 }
 
+impl Manifest {
+    /// Checks that the manifest describes the version folder it sits in and that its digest is
+    /// a digest; the message names the field and value.
+    pub fn check_identity(&self, model: &str, version: u64) -> Result<(), String> {
+        if self.model != model {
+            return Err(format!("model is {:?}, but the file is under model {model:?}", self.model));
+        }
+        if self.version != version {
+            return Err(format!("version is {}, but the file is in version folder {version}", self.version));
+        }
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(format!("sha256 must be 64 lower-case hex digits, given {:?}", self.sha256));
+        }
+        Ok(())
+    }
+}
+
 /// What a publisher says about a new version; the registry fills in the rest.
 #[derive(Clone, Debug, Default)]
 pub struct ManifestDraft {

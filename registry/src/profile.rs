@@ -36,6 +36,57 @@ pub struct ReferenceProfile {
     pub prediction: Option<FeatureProfile>,
 }
 
+impl ReferenceProfile {
+    /// Checks what drift detection relies on; the message names the feature, field and value.
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, f) in self.features.iter().enumerate() {
+            f.validate().map_err(|e| format!("features[{i}] ({:?}).{e}", f.name))?;
+        }
+        if let Some(p) = &self.prediction {
+            p.validate().map_err(|e| format!("prediction.{e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl FeatureProfile {
+    fn validate(&self) -> Result<(), String> {
+        if self.edges.len() != BINS - 1 {
+            return Err(format!("edges has {} values, expected {}", self.edges.len(), BINS - 1));
+        }
+        if self.proportions.len() != BINS {
+            return Err(format!("proportions has {} values, expected {BINS}", self.proportions.len()));
+        }
+        if let Some(e) = self.edges.iter().find(|e| !e.is_finite()) {
+            return Err(format!("edges must be finite, given {e}"));
+        }
+        if self.edges.windows(2).any(|w| w[1] < w[0]) {
+            return Err(format!("edges must not decrease, given {:?}", self.edges));
+        }
+        if let Some(p) = self.proportions.iter().find(|p| !(0.0..=1.0).contains(*p)) {
+            return Err(format!("proportions must be shares in 0..=1, given {p}"));
+        }
+        let total: f64 = self.proportions.iter().sum();
+        // A profile of an all-NaN feature has no shares at all; otherwise they sum to one.
+        if total != 0.0 && (total - 1.0).abs() > 1e-6 {
+            return Err(format!("proportions must sum to 1, given a sum of {total}"));
+        }
+        if let Some(v) = self.sample.iter().find(|v| !v.is_finite()) {
+            return Err(format!("sample must hold finite values, given {v}"));
+        }
+        if self.sample.windows(2).any(|w| w[1] < w[0]) {
+            return Err("sample must be sorted".into());
+        }
+        if !(0.0..=1.0).contains(&self.nan_rate) {
+            return Err(format!("nan_rate must be in 0..=1, given {}", self.nan_rate));
+        }
+        if self.std.is_nan() || self.std < 0.0 {
+            return Err(format!("std must be at least 0, given {}", self.std));
+        }
+        Ok(())
+    }
+}
+
 /// The `q` quantile of sorted values by linear interpolation (numpy's default, "type 7").
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {

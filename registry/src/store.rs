@@ -162,6 +162,7 @@ impl Registry {
             fs::read(&manifest_path)
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Manifest>(&b).map_err(|e| format!("{MANIFEST_FILE}: {e}")))
+                .and_then(|m| m.check_identity(model, version).map(|()| m).map_err(|e| format!("{MANIFEST_FILE}: {e}")))
         });
         VersionEntry { model: model.to_owned(), version, dir, manifest }
     }
@@ -238,9 +239,10 @@ impl Registry {
     pub fn profile(&self, model: &str, version: u64) -> Result<Option<ReferenceProfile>, RegistryError> {
         let path = self.version(model, version)?.dir.join(PROFILE_FILE);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| RegistryError::Corrupt { path: path.display().to_string(), reason: e.to_string() }),
+            Ok(bytes) => serde_json::from_slice::<ReferenceProfile>(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|p| p.validate().map(|()| Some(p)))
+                .map_err(|reason| RegistryError::Corrupt { path: path.display().to_string(), reason }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&path)(e)),
         }
@@ -257,8 +259,13 @@ impl Registry {
     pub fn aliases(&self, model: &str) -> Result<BTreeMap<String, u64>, RegistryError> {
         let path = self.model_dir(model)?.join(ALIASES_FILE);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| RegistryError::Corrupt { path: path.display().to_string(), reason: e.to_string() }),
+            Ok(bytes) => serde_json::from_slice::<BTreeMap<String, u64>>(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|aliases| match aliases.keys().find(|a| !valid_alias(a)) {
+                    Some(bad) => Err(format!("alias {bad:?} is not a valid alias name")),
+                    None => Ok(aliases),
+                })
+                .map_err(|reason| RegistryError::Corrupt { path: path.display().to_string(), reason }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
             Err(e) => Err(io(&path)(e)),
         }

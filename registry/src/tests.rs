@@ -118,3 +118,50 @@ fn corrupt_entries_are_skipped_or_refused_with_a_reason() {
     assert!(err.contains("manifest.json"), "{err}");
     assert!(matches!(r.publish("bad/name", b"x", ManifestDraft::default()), Err(RegistryError::BadModelName(_))));
 }
+
+#[test]
+fn invalid_profiles_manifests_and_aliases_are_refused_naming_file_field_and_value() {
+    let (dir, r) = registry();
+    r.publish("m", b"good", ManifestDraft::default()).unwrap();
+    let version_dir = dir.path().join("m/1");
+    let values: Vec<f64> = (0..100).map(f64::from).collect();
+    let good = crate::ReferenceProfile::from_rows(
+        &["amount".into()],
+        &values.iter().map(|v| vec![*v]).collect::<Vec<_>>(),
+        None,
+        50,
+    );
+    r.write_profile("m", 1, &good).unwrap();
+    assert_eq!(r.profile("m", 1).unwrap(), Some(good.clone()));
+
+    let mut empty = good.clone();
+    empty.features[0].proportions.clear();
+    std::fs::write(version_dir.join("profile.json"), serde_json::to_vec(&empty).unwrap()).unwrap();
+    let err = r.profile("m", 1).unwrap_err().to_string();
+    assert!(
+        err.contains("profile.json") && err.contains("features[0] (\"amount\").proportions has 0 values, expected 10"),
+        "{err}"
+    );
+    let mut off = good.clone();
+    off.features[0].proportions[0] = 0.9;
+    std::fs::write(version_dir.join("profile.json"), serde_json::to_vec(&off).unwrap()).unwrap();
+    assert!(r.profile("m", 1).unwrap_err().to_string().contains("proportions must sum to 1"));
+
+    let manifest_path = version_dir.join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["version"] = serde_json::json!(7);
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let err = r.verify(&r.version("m", 1).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("manifest.json: version is 7, but the file is in version folder 1"), "{err}");
+    manifest["version"] = serde_json::json!(1);
+    manifest["sha256"] = serde_json::json!("abc");
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let err = r.verify(&r.version("m", 1).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("sha256 must be 64 lower-case hex digits, given \"abc\""), "{err}");
+
+    std::fs::write(dir.path().join("m/aliases.json"), br#"{"champion": 1, "../x": 1}"#).unwrap();
+    let err = r.aliases("m").unwrap_err().to_string();
+    assert!(err.contains("aliases.json") && err.contains("alias \"../x\" is not a valid alias name"), "{err}");
+    std::fs::write(dir.path().join("m/aliases.json"), br#"{"champion": -1}"#).unwrap();
+    assert!(r.aliases("m").unwrap_err().to_string().contains("aliases.json"));
+}

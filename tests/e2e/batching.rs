@@ -1,5 +1,7 @@
 //! Dynamic batching under concurrency, and refusal when the queue is full.
 
+use serde_json::json;
+
 use crate::support::{Http, TestGateway, assert_close, output_f32, tiny_request, tiny_rows};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -72,7 +74,7 @@ async fn a_full_queue_answers_503_with_retry_after_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn max_in_flight_refuses_before_reading_the_body() {
+async fn max_in_flight_refuses_with_503_and_gives_the_unit_back() {
     let config = "max_in_flight = 1\n[models.slow]\nmax_batch_size = 4096\n";
     let gw = TestGateway::start_with(config, |repo| {
         let dir = repo.join("slow/1");
@@ -97,4 +99,39 @@ async fn max_in_flight_refuses_before_reading_the_body() {
     assert_eq!(long.await.unwrap().status, 200);
     let after = http.post_json(&format!("{}/v2/models/tiny/infer", gw.base), &tiny_request(&tiny_rows(1, 2))).await;
     assert_eq!(after.status, 200, "the unit is given back");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poisoned_row_fails_alone_in_a_batch_of_good_ones() {
+    // A queue delay long enough that concurrent requests share a batch.
+    let config = "[models.lookup]\nmax_batch_size = 64\nmax_queue_delay_us = 50000\n";
+    let gw = TestGateway::start_with(config, crate::errors::write_lookup_model);
+    let http = Http::new(false);
+    let url = format!("{}/v2/models/lookup/infer", gw.base);
+    let mut tasks = Vec::new();
+    for i in 0..8i64 {
+        // Request 5 asks for index 100 of a 10-entry table: ONNX Runtime refuses the run.
+        let index = if i == 5 { 100 } else { i };
+        let body = json!({"inputs": [{"name": "index", "shape": [1, 1], "datatype": "INT64", "data": [index]}]});
+        let (http, url) = (http.clone(), url.clone());
+        tasks.push(tokio::spawn(async move { (i, http.post_json(&url, &body).await) }));
+    }
+    for task in tasks {
+        let (i, reply) = task.await.unwrap();
+        if i == 5 {
+            assert_eq!(reply.status, 400, "the poisoned request is the client's fault: {:?}", reply.body);
+            let error = reply.json()["error"].as_str().unwrap().to_owned();
+            assert!(error.contains("the model refused this request's input"), "{error}");
+        } else {
+            assert_eq!(reply.status, 200, "request {i} is not failed by its neighbour: {:?}", reply.body);
+            assert_eq!(reply.json()["outputs"][0]["data"], json!([i as f64 * 10.0]));
+        }
+    }
+    let metrics = String::from_utf8(http.get(&format!("{}/metrics", gw.base)).await.body.to_vec()).unwrap();
+    let retried = metrics
+        .lines()
+        .find(|l| l.starts_with("flywheel_batch_retries_total{model=\"lookup\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(retried >= 1.0, "the poisoned request shared a batch that was retried request by request:\n{metrics}");
 }

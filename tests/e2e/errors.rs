@@ -88,33 +88,28 @@ fn a_missing_runtime_library_says_how_to_fix_it() {
     assert!(stderr.contains("ONNX Runtime library not found") && stderr.contains("scripts/setup-ort.sh"), "{stderr}");
 }
 
-/// A model whose run fails for some inputs: `value = table[index]` (Gather), with a 4-entry table.
-fn write_lookup_model(repo: &std::path::Path) {
-    use flywheel_onnx::{Attr, Dim, ElemType, GraphBuilder};
-    let mut g = GraphBuilder::new("lookup");
-    g.input("index", ElemType::Int64, &[Dim::batch(), Dim::Fixed(1)]);
-    g.output("value", ElemType::Float, &[Dim::batch(), Dim::Fixed(1)]);
-    g.initializer_f32("table", &[4], &[10.0, 11.0, 12.0, 13.0]);
-    g.node("Gather", &["table", "index"], &["value"], &[("axis", Attr::Int(0))]);
+/// A model whose run fails for some inputs (`flywheel_onnx::fixtures::lookup`: 10 entries).
+pub fn write_lookup_model(repo: &std::path::Path) {
     let dir = repo.join("lookup/1");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("model.onnx"), g.encode(1)).unwrap();
+    std::fs::write(dir.join("model.onnx"), flywheel_onnx::fixtures::lookup()).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_inference_error_fails_its_batch_with_a_message_and_serving_goes_on() {
+async fn an_input_the_model_refuses_is_a_client_error_with_a_message_and_serving_goes_on() {
     let gw = TestGateway::start_with("", write_lookup_model);
     let http = Http::new(false);
     let url = format!("{}/v2/models/lookup/infer", gw.base);
     let body =
         |index: i64| json!({"inputs": [{"name": "index", "shape": [1, 1], "datatype": "INT64", "data": [index]}]});
     let bad = http.post_json(&url, &body(99)).await;
-    assert_eq!(bad.status, 500, "{}", String::from_utf8_lossy(&bad.body));
+    // ONNX Runtime calls an out-of-range index an invalid argument: the client's fault.
+    assert_eq!(bad.status, 400, "{}", String::from_utf8_lossy(&bad.body));
     let message = bad.json()["error"].as_str().unwrap().to_owned();
-    assert!(message.starts_with("inference failed:") && message.contains("idx=99"), "{message}");
+    assert!(message.starts_with("the model refused this request's input:") && message.contains("idx=99"), "{message}");
     let good = http.post_json(&url, &body(2)).await;
     assert_eq!(good.status, 200);
-    assert_eq!(good.json()["outputs"][0]["data"], json!([12.0]));
+    assert_eq!(good.json()["outputs"][0]["data"], json!([20.0]));
     let stats = http.get(&format!("{}/v2/models/lookup/stats", gw.base)).await.json();
     assert_eq!(stats["model_stats"][0]["inference_stats"]["fail"]["count"], 1);
 }

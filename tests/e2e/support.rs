@@ -98,6 +98,33 @@ impl TestGateway {
     }
 }
 
+/// Starts another gateway process over the same config and repository as a stopped one (a
+/// restart after a crash); returns it with its base URL once it listens.
+pub fn restart_over(config_path: &Path, repo: &Path) -> (RunningChild, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--config", config_path.to_str().unwrap(), "--listen", "127.0.0.1:0", "--model-repository"])
+        .arg(repo)
+        .env("FLYWHEEL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn gateway");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read gateway stdout");
+    let base =
+        line.trim().strip_prefix("flywheel gateway listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
+    (RunningChild(child), base)
+}
+
+/// A child process killed when dropped.
+pub struct RunningChild(pub Child);
+
+impl Drop for RunningChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for TestGateway {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -106,7 +106,7 @@ async fn a_deleted_registry_folder_keeps_the_loaded_version_serving() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_api_needs_the_token_when_one_is_configured() {
-    let gw = TestGateway::start_registry(&format!("admin_token = \"s3cret\"\n{CONFIG}"), |r| {
+    let gw = TestGateway::start_registry(&format!("admin_token = \"s3cret-s3cret-s3cret\"\n{CONFIG}"), |r| {
         let v = r.publish("tiny", &tiny(1).to_onnx(1), ManifestDraft::default()).unwrap().version;
         r.set_alias("tiny", "champion", v).unwrap();
     });
@@ -117,14 +117,14 @@ async fn the_admin_api_needs_the_token_when_one_is_configured() {
     assert!(missing.json()["error"].as_str().unwrap().contains("Bearer"));
     let wrong = http.send(Method::GET, &url, &[("authorization", "Bearer nope".into())], vec![]).await;
     assert_eq!(wrong.status, 401);
-    let right = http.send(Method::GET, &url, &[("authorization", "Bearer s3cret".into())], vec![]).await;
+    let right = http.send(Method::GET, &url, &[("authorization", "Bearer s3cret-s3cret-s3cret".into())], vec![]).await;
     assert_eq!(right.status, 200);
     assert_eq!(right.json()["models"][0]["champion"], 1);
     let paused = http
         .send(
             Method::POST,
             &format!("{}/admin/models/tiny/pause", gw.base),
-            &[("authorization", "Bearer s3cret".into())],
+            &[("authorization", "Bearer s3cret-s3cret-s3cret".into())],
             vec![],
         )
         .await;

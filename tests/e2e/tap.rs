@@ -76,35 +76,13 @@ async fn sampled_rows_survive_kill_9_and_leftovers_are_cleaned_on_restart() {
     assert!(before.iter().all(|(_, rows)| *rows > 0), "every finished file reads back");
 
     // Restart over the same folders: leftovers go, finished files are untouched.
-    let restarted = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--config", gw.config_path.to_str().unwrap(), "--listen", "127.0.0.1:0", "--model-repository"])
-        .arg(&gw.repo)
-        .env("FLYWHEEL_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut restarted = scopeguard(restarted);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(restarted.0.stdout.take().unwrap()), &mut line).unwrap();
-    assert!(line.contains("listening"), "{line}");
+    let _restarted = crate::support::restart_over(&gw.config_path, &gw.repo);
     let (after, tmp) = part_files(&dir);
     assert!(tmp.is_empty(), "temporary files removed at startup: {tmp:?}");
     for (path, rows) in before {
         assert!(after.contains(&path));
         assert_eq!(parquet_rows(&path), rows, "{} unchanged", path.display());
     }
-}
-
-/// Kills the child when dropped.
-struct Guard(std::process::Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-fn scopeguard(child: std::process::Child) -> Guard {
-    Guard(child)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -35,6 +35,9 @@ pub enum InferError {
     Closed { model: String, version: u64 },
     #[error("inference failed: {0}")]
     Runtime(String),
+    /// ONNX Runtime refused this request's values (run alone, so no other request caused it).
+    #[error("the model refused this request's input: {0}")]
+    InputRejected(String),
 }
 
 impl InferError {
@@ -44,6 +47,7 @@ impl InferError {
             InferError::QueueFull { .. } => "queue_full",
             InferError::Closed { .. } => "unavailable",
             InferError::Runtime(_) => "inference_failed",
+            InferError::InputRejected(_) => "input_rejected",
         }
     }
 }

@@ -1,6 +1,5 @@
 //! Inference threads: gather a batch, run it on this thread's session, answer each job.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,11 +39,9 @@ pub fn run(mut session: Session, rx: Receiver<Job>, ctx: Arc<WorkerContext>) {
         let (jobs, next) = gather(first, &rx, max_rows, ctx.settings.max_queue_delay);
         carried = next;
         let busy = Instant::now();
-        // A panic inside ONNX Runtime's bindings must fail this batch, not kill the thread.
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_batch(&mut session, jobs, &ctx)));
-        if outcome.is_err() {
-            tracing::error!("inference thread recovered from a panic; the batch's requests failed");
-        }
+        // A panic outside the guarded run (merging, answering) must fail this batch, not kill
+        // the thread.
+        crate::health::guard("inference", || run_batch(&mut session, jobs, &ctx));
         ctx.metrics.busy_seconds.increment(busy.elapsed().as_secs_f64());
     }
 }
@@ -87,7 +84,7 @@ fn run_batch(session: &mut Session, jobs: Vec<Job>, ctx: &WorkerContext) {
         ctx.stats.record_queue(waited);
         ctx.metrics.queue_seconds.record(waited.as_secs_f64());
     }
-    let result = execute(session, &jobs, &rows, ctx);
+    let result = execute_guarded(session, &jobs, &rows, ctx);
     let compute = started.elapsed();
     ctx.metrics.batch_rows.record(total_rows as f64);
     ctx.metrics.compute_seconds.record(compute.as_secs_f64());
@@ -99,13 +96,68 @@ fn run_batch(session: &mut Session, jobs: Vec<Job>, ctx: &WorkerContext) {
                 let _ = job.reply.send(Ok(JobOutput { outputs, queue, compute, batch_rows: total_rows }));
             }
         }
-        Err(message) => {
-            tracing::warn!(error = %message, requests = jobs.len(), "batch failed");
+        Err(e) if jobs.len() == 1 => {
+            tracing::debug!(error = %e.message, "request failed");
             for job in jobs {
-                let _ = job.reply.send(Err(InferError::Runtime(message.clone())));
+                let _ = job.reply.send(Err(e.clone().into_error()));
+            }
+        }
+        Err(e) => {
+            // One bad request must not fail its neighbours: run each alone, so only the
+            // requests that fail by themselves get an error.
+            tracing::warn!(error = %e.message, requests = jobs.len(), "batch failed; retrying request by request");
+            ctx.metrics.batch_retries.increment(1);
+            for job in jobs {
+                retry_alone(session, job, started, ctx);
             }
         }
     }
+}
+
+/// Runs one job of a failed batch by itself and answers it.
+fn retry_alone(session: &mut Session, job: Job, started: Instant, ctx: &WorkerContext) {
+    let alone = Instant::now();
+    let outcome = execute_guarded(session, std::slice::from_ref(&job), &[job.rows], ctx);
+    let compute = alone.elapsed();
+    let queue = started.duration_since(job.enqueued);
+    let answer = match outcome {
+        Ok((mut per_job, times)) => {
+            ctx.stats.record_batch(1, job.rows, times);
+            Ok(JobOutput { outputs: per_job.pop().unwrap_or_default(), queue, compute, batch_rows: job.rows })
+        }
+        Err(e) => Err(e.into_error()),
+    };
+    let _ = job.reply.send(answer);
+}
+
+/// Why a batch produced no outputs, and whether the input's values were the cause.
+#[derive(Clone, Debug)]
+struct ExecError {
+    message: String,
+    /// ONNX Runtime said the input was invalid (e.g. an index out of range), not the model or
+    /// the gateway.
+    input_fault: bool,
+}
+
+impl ExecError {
+    fn ours(message: impl Into<String>) -> Self {
+        Self { message: message.into(), input_fault: false }
+    }
+
+    fn into_error(self) -> InferError {
+        if self.input_fault { InferError::InputRejected(self.message) } else { InferError::Runtime(self.message) }
+    }
+}
+
+/// [`execute`], with a panic in ONNX Runtime's bindings turned into an error of this batch.
+fn execute_guarded(
+    session: &mut Session,
+    jobs: &[Job],
+    rows: &[usize],
+    ctx: &WorkerContext,
+) -> Result<(Vec<Vec<Tensor>>, BatchTimes), ExecError> {
+    crate::health::guard("inference", || execute(session, jobs, rows, ctx))
+        .unwrap_or_else(|| Err(ExecError::ours("the inference thread caught a panic running this batch")))
 }
 
 /// Merges, runs and splits one batch; returns each job's outputs in signature order.
@@ -114,24 +166,30 @@ fn execute(
     jobs: &[Job],
     rows: &[usize],
     ctx: &WorkerContext,
-) -> Result<(Vec<Vec<Tensor>>, BatchTimes), String> {
+) -> Result<(Vec<Vec<Tensor>>, BatchTimes), ExecError> {
     let t0 = Instant::now();
     let mut values: Vec<(String, SessionInputValue<'static>)> = Vec::with_capacity(ctx.signature.inputs.len());
     for (index, spec) in ctx.signature.inputs.iter().enumerate() {
         let parts: Vec<&Tensor> = jobs.iter().map(|j| &j.inputs[index]).collect();
-        let merged = if ctx.signature.batchable { merge_input(&parts)? } else { parts[0].clone() };
-        values.push((spec.name.clone(), to_ort(merged)?.into()));
+        let merged =
+            if ctx.signature.batchable { merge_input(&parts).map_err(ExecError::ours)? } else { parts[0].clone() };
+        values.push((spec.name.clone(), to_ort(merged).map_err(ExecError::ours)?.into()));
     }
     let t1 = Instant::now();
-    let outputs = session.run(values).map_err(|e| e.to_string())?;
+    let outputs = session.run(values).map_err(|e| ExecError {
+        input_fault: e.code() == ort::error::ErrorCode::InvalidArgument,
+        message: e.to_string(),
+    })?;
     let t2 = Instant::now();
     let mut per_job: Vec<Vec<Tensor>> =
         (0..jobs.len()).map(|_| Vec::with_capacity(ctx.signature.outputs.len())).collect();
     for spec in &ctx.signature.outputs {
-        let value = outputs.get(&spec.name).ok_or_else(|| format!("the model produced no output '{}'", spec.name))?;
-        let tensor = from_ort(&spec.name, value, spec.datatype)?;
+        let value = outputs
+            .get(&spec.name)
+            .ok_or_else(|| ExecError::ours(format!("the model produced no output '{}'", spec.name)))?;
+        let tensor = from_ort(&spec.name, value, spec.datatype).map_err(ExecError::ours)?;
         if ctx.signature.batchable {
-            for (slot, piece) in per_job.iter_mut().zip(split_output(&tensor, rows)?) {
+            for (slot, piece) in per_job.iter_mut().zip(split_output(&tensor, rows).map_err(ExecError::ours)?) {
                 slot.push(piece);
             }
         } else {

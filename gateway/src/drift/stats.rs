@@ -9,6 +9,10 @@ pub const PSI_FLOOR: f64 = 1e-4;
 /// PSI of `values` against reference bin `edges` and `expected` shares:
 /// Σ (aᵢ − eᵢ) · ln(aᵢ / eᵢ), both shares floored at [`PSI_FLOOR`]. NaN values are skipped.
 pub fn psi(edges: &[f64], expected: &[f64], values: &[f64]) -> f64 {
+    // Profiles are validated when read; this guards against one built in memory.
+    if expected.is_empty() {
+        return 0.0;
+    }
     let mut counts = vec![0u64; expected.len()];
     let mut n = 0u64;
     for v in values.iter().filter(|v| !v.is_nan()) {

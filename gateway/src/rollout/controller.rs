@@ -30,7 +30,7 @@ pub fn spawn(reloader: Arc<Reloader>, interval: Duration) -> std::io::Result<Bac
         let mut progress: HashMap<String, Progress> = HashMap::new();
         while running.keep_going() {
             std::thread::sleep(interval);
-            tick(&reloader, &mut progress);
+            crate::health::guard("controller", || tick(&reloader, &mut progress));
         }
     })
 }

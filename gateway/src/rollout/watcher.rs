@@ -53,7 +53,7 @@ pub fn spawn(reloader: Arc<Reloader>, settings: WatchSettings, baseline: u64) ->
             let now = fingerprint(&reloader);
             if now != last && running.keep_going() {
                 last = now;
-                reloader.reload();
+                crate::health::guard("watcher", || reloader.reload());
                 // The reload itself may have been raced by more edits: look again next round.
             }
         }

@@ -5,11 +5,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 use serde_json::{Value, json};
 
+use super::body::{self, BodyLimits};
 use super::{ApiError, AppState};
 use crate::rollout::Reloader;
 use crate::rollout::controller::{Decision, promote, roll_back};
@@ -59,7 +59,7 @@ pub async fn handle(
             Ok(serde_json::to_value(&*status).unwrap_or_default())
         }
         (Method::POST, ["models", model, action]) => {
-            let body = read_json(req).await?;
+            let body = read_json(state, req).await?;
             model_action(state, reloader, model, action, body).await
         }
         (method, _) => {
@@ -71,22 +71,22 @@ pub async fn handle(
 fn authorize(reloader: &Reloader, req: &Request<Incoming>, peer: SocketAddr) -> Result<(), ApiError> {
     let config = reloader.config.load();
     match &config.admin_token {
-        Some(token) => {
-            let given = req
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            match given {
-                Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
-                Some(_) => Err(ApiError::Unauthorized("wrong admin token".into())),
-                None => Err(ApiError::Unauthorized("admin API needs Authorization: Bearer <admin_token>".into())),
-            }
-        }
-        None if peer.ip().is_loopback() => Ok(()),
+        Some(token) => check_bearer(req.headers(), &[token], "admin API", "admin_token"),
+        None if peer.ip().is_loopback() || config.insecure_allow_unauthenticated => Ok(()),
         None => Err(ApiError::Forbidden(
             "no admin_token is configured, so the admin API answers loopback clients only".into(),
         )),
+    }
+}
+
+/// Accepts `Authorization: Bearer <t>` for any of `tokens`; `what` and `key` name the endpoint
+/// and the config key in the error.
+pub fn check_bearer(headers: &hyper::HeaderMap, tokens: &[&String], what: &str, key: &str) -> Result<(), ApiError> {
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if tokens.iter().any(|t| constant_time_eq(given.as_bytes(), t.as_bytes())) => Ok(()),
+        Some(_) => Err(ApiError::Unauthorized(format!("wrong token for the {what}"))),
+        None => Err(ApiError::Unauthorized(format!("the {what} needs Authorization: Bearer <{key}>"))),
     }
 }
 
@@ -95,12 +95,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
-    let bytes = Limited::new(req.into_body(), 64 * 1024)
-        .collect()
-        .await
-        .map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?
-        .to_bytes();
+async fn read_json(state: &AppState, req: Request<Incoming>) -> Result<Value, ApiError> {
+    let limits = BodyLimits { max_bytes: 64 * 1024, timeout: state.limits.body_timeout() };
+    let (parts, body) = req.into_parts();
+    let (bytes, _held) = body::read(&parts.headers, body, limits, &state.body_bytes).await?;
     if bytes.is_empty() {
         return Ok(Value::Null);
     }

@@ -30,6 +30,12 @@ pub enum ApiError {
     NotReady(String),
     #[error("the gateway is handling its limit of {max} requests (max_in_flight); retry later")]
     Overloaded { max: usize },
+    #[error("the gateway is holding its limit of {max} request body bytes (server.max_in_flight_bytes); retry later")]
+    BytesOverloaded { max: usize },
+    #[error("the request body did not arrive within {after_ms} ms (server.body_timeout_ms)")]
+    BodyTimeout { after_ms: u64 },
+    #[error("the request did not finish within {after_ms} ms (server.request_timeout_ms)")]
+    RequestTimeout { after_ms: u64 },
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -40,14 +46,20 @@ impl ApiError {
     /// HTTP status for this error.
     pub fn status(&self) -> u16 {
         match self {
-            ApiError::Protocol(_) | ApiError::Validation(_) | ApiError::BadRequest(_) => 400,
+            ApiError::Protocol(_)
+            | ApiError::Validation(_)
+            | ApiError::BadRequest(_)
+            | ApiError::Infer(InferError::InputRejected(_)) => 400,
             ApiError::Route(_) | ApiError::NotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Unauthorized(_) => 401,
             ApiError::Forbidden(_) => 403,
             ApiError::BodyTooLarge { .. } => 413,
+            ApiError::BodyTimeout { .. } => 408,
+            ApiError::RequestTimeout { .. } => 504,
             ApiError::Infer(InferError::QueueFull { .. } | InferError::Closed { .. })
             | ApiError::NotReady(_)
+            | ApiError::BytesOverloaded { .. }
             | ApiError::Overloaded { .. } => 503,
             ApiError::Infer(InferError::Runtime(_)) => 500,
         }
@@ -58,6 +70,7 @@ impl ApiError {
         match self {
             ApiError::Infer(InferError::QueueFull { .. } | InferError::Closed { .. })
             | ApiError::NotReady(_)
+            | ApiError::BytesOverloaded { .. }
             | ApiError::Overloaded { .. } => Some(Duration::from_secs(1)),
             _ => None,
         }
@@ -77,6 +90,9 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::NotReady(_) => "not_ready",
             ApiError::Overloaded { .. } => "overloaded",
+            ApiError::BytesOverloaded { .. } => "overloaded_bytes",
+            ApiError::BodyTimeout { .. } => "body_timeout",
+            ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
         }

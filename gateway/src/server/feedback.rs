@@ -1,11 +1,11 @@
 //! `POST /v2/models/{model}/feedback`: ground-truth labels keyed by request id, one or many per
 //! call. Repeats of a stored label are acknowledged and not stored again.
 
-use http_body_util::{BodyExt, Limited};
 use hyper::Request;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::body::{self, BodyLimits};
 use super::{ApiError, AppState};
 use crate::model::RouteError;
 use crate::tap::labels;
@@ -15,6 +15,14 @@ const MAX_FEEDBACK_BYTES: usize = 4 << 20;
 
 /// Stores the labels in the body; answers how many were received and stored.
 pub async fn feedback(state: &AppState, req: Request<Incoming>, model: &str) -> Result<Value, ApiError> {
+    if let Some(reloader) = &state.reloader {
+        let config = reloader.config.load();
+        if let Some(token) = &config.feedback_token {
+            let mut accepted = vec![token];
+            accepted.extend(config.admin_token.as_ref());
+            super::admin::check_bearer(req.headers(), &accepted, "feedback API", "feedback_token")?;
+        }
+    }
     if !state.table.load().models.contains_key(model) {
         return Err(RouteError::ModelNotFound(model.to_owned()).into());
     }
@@ -22,11 +30,9 @@ pub async fn feedback(state: &AppState, req: Request<Incoming>, model: &str) -> 
         .tap
         .as_ref()
         .ok_or_else(|| ApiError::NotReady("labels cannot be stored: the tap is not running".into()))?;
-    let body = Limited::new(req.into_body(), MAX_FEEDBACK_BYTES)
-        .collect()
-        .await
-        .map_err(|e| ApiError::BodyTooLarge { given: e.to_string(), limit: MAX_FEEDBACK_BYTES })?
-        .to_bytes();
+    let limits = BodyLimits { max_bytes: MAX_FEEDBACK_BYTES, timeout: state.limits.body_timeout() };
+    let (parts, body) = req.into_parts();
+    let (body, _held) = body::read(&parts.headers, body, limits, &state.body_bytes).await?;
     let labels = labels::parse(&body).map_err(ApiError::BadRequest)?;
     let received = labels.len();
     let stored = tap.feedback(model, labels).await.map_err(ApiError::NotReady)?;

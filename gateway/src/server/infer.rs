@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_ENCODING, CONTENT_LENGTH, HeaderMap, HeaderValue};
+use hyper::header::{CONTENT_ENCODING, HeaderMap, HeaderValue};
 use hyper::{Request, Response};
 
+use super::body::{self, BodyLimits};
 use super::routes::error_response;
 use super::{ApiError, AppState, HttpResponse};
 use crate::batch::{InferError, JobOutput};
@@ -32,8 +33,19 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
     let started = Instant::now();
     let _in_flight = InFlight::start();
     let request_id = request_id(req.headers());
-    // Admission first: over the limit, answer before reading the body, so an overloaded
-    // gateway spends as little as possible on work it will not do.
+    let (parts, body) = req.into_parts();
+    // The body first, under its deadline and the server's byte budget, then admission: a client
+    // that trickles its body holds no admission slot, only the bytes it has sent.
+    let limits = BodyLimits { max_bytes: state.max_body_bytes, timeout: state.limits.body_timeout() };
+    let (body, _bytes_held) = match body::read(&parts.headers, body, limits, &state.body_bytes).await {
+        Ok(read) => read,
+        Err(e) => {
+            count_cut(&e);
+            return finish(error_response(&e), &request_id, None, started, None);
+        }
+    };
+    // Over the limit, answer before any work is queued, so an overloaded gateway spends as
+    // little as possible on work it will not do.
     let _admitted = match state.admission.as_ref().map(|b| (b.try_acquire(), b.max())) {
         Some((None, max)) => {
             return finish(error_response(&ApiError::Overloaded { max }), &request_id, None, started, None);
@@ -45,7 +57,7 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
     // even if the table is swapped meanwhile.
     let routed = {
         let table = state.table.load();
-        table.route(model, version, |header| req.headers().get(header).map(|v| v.as_bytes().to_vec())).map(
+        table.route(model, version, |header| parts.headers.get(header).map(|v| v.as_bytes().to_vec())).map(
             |(mv, arm)| {
                 let extras = (arm != Arm::Explicit).then(|| table.models.get(model).map(RouteExtras::pick)).flatten();
                 (mv, arm, extras)
@@ -62,7 +74,7 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
         .as_ref()
         .map(|tap| TapDecision::new(tap, state, request_id.to_str().unwrap_or_default(), &mv.model, arm));
     let keep_inputs = mirror || tapping.as_ref().is_some_and(|t| t.needs_inputs);
-    let (response, timing, answered) = match run(state, req, &mv, keep_inputs).await {
+    let (response, timing, answered) = match run(&parts.headers, body, &mv, keep_inputs).await {
         Ok((response, out, inputs)) => (response, Some((out.queue, out.compute)), Some((out, inputs))),
         Err(e) => {
             if let ApiError::Infer(InferError::QueueFull { .. }) = e {
@@ -287,13 +299,12 @@ fn first_output_f64(outputs: &[Tensor]) -> Option<Vec<f64>> {
 }
 
 async fn run(
-    state: &AppState,
-    req: Request<Incoming>,
+    headers: &HeaderMap,
+    body: Bytes,
     mv: &ModelVersion,
     mirror: bool,
 ) -> Result<(HttpResponse, JobOutput, Option<Vec<Tensor>>), ApiError> {
-    let header_length = header_length(req.headers())?;
-    let body = read_body(req, state.max_body_bytes).await?;
+    let header_length = header_length(headers)?;
     let request = decode_request(&body, header_length)?;
     drop(body);
     let InferRequest { id, inputs, outputs: requested, binary_output_default } = request;
@@ -355,17 +366,12 @@ fn header_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
     })
 }
 
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if let Some(n) = declared.filter(|n| *n > limit) {
-        return Err(ApiError::BodyTooLarge { given: n.to_string(), limit });
-    }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::BodyTooLarge { given: "more".into(), limit })
-        }
-        Err(e) => Err(ApiError::BadRequest(format!("reading the request body: {e}"))),
+/// Counts a request cut off on a deadline or the byte budget.
+fn count_cut(e: &ApiError) {
+    match e {
+        ApiError::BodyTimeout { .. } => crate::metrics::count_request_cut("body_timeout"),
+        ApiError::BytesOverloaded { .. } => crate::metrics::count_request_cut("body_bytes_budget"),
+        _ => {}
     }
 }
 

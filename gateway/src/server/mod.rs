@@ -3,29 +3,36 @@
 //! errors become responses ([`error`]).
 
 pub mod admin;
+pub mod body;
+pub mod conn;
 pub mod error;
 pub mod feedback;
 pub mod infer;
+pub mod limits;
 pub mod routes;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::Response;
+use hyper::body::Incoming;
+use hyper::header::{CONNECTION, HeaderValue};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::{Request, Response, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
 
 use crate::model::RoutingTable;
 pub use error::ApiError;
+use limits::ServerLimits;
 
 /// Response type of every handler.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -38,54 +45,191 @@ pub struct AppState {
     pub metrics: Option<&'static PrometheusHandle>,
     /// False until startup finished loading and while shutting down.
     pub ready: AtomicBool,
+    /// True from SIGTERM on: HTTP/1.1 answers carry `Connection: close`.
+    pub draining: AtomicBool,
     /// Rebuilds the table on config/registry changes (absent in tests that build state by hand).
     pub reloader: Option<Arc<crate::rollout::Reloader>>,
     /// Sampling, labels and drift (absent when it could not start).
     pub tap: Option<Arc<crate::tap::Tap>>,
     /// Server-wide limit on inference requests in flight (`max_in_flight`), when set.
     pub admission: Option<Arc<crate::model::table::Budget>>,
+    /// Deadlines, connection cap and drain timing (`[server]`).
+    pub limits: ServerLimits,
+    /// Body bytes held at once (`server.max_in_flight_bytes`).
+    pub body_bytes: Arc<body::ByteBudget>,
 }
 
-/// Serves connections until `shutdown` resolves, then stops accepting and waits up to `grace`
-/// for in-flight requests to finish. Returns whether everything drained in time.
+/// Where the server is in its life; connections watch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Readiness is false; still serving, HTTP/2 clients told to go elsewhere (GOAWAY).
+    Draining,
+    /// The listener is closed; every connection finishes what it has and closes.
+    Stopping,
+}
+
+enum Event {
+    Accepted(TcpStream, std::net::SocketAddr, OwnedSemaphorePermit),
+    Retry,
+    Drain,
+    Stop,
+}
+
+/// Serves connections until `shutdown` resolves, then drains for a load balancer: readiness
+/// goes false at once, the listener stays open for `drain_delay_ms`, then it closes and
+/// in-flight requests get up to `grace` to finish. Returns whether everything drained in time.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
 ) -> bool {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let limits = state.limits.clone();
+    let builder = connection_builder(&limits);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
+    let mut drain_until: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
+        let event = tokio::select! {
+            biased;
+            () = &mut shutdown, if drain_until.is_none() => Event::Drain,
+            () = tokio::time::sleep_until(drain_until.unwrap_or_else(Instant::now)), if drain_until.is_some() => Event::Stop,
+            event = accept(&listener, &slots) => event,
         };
-        let _ = stream.set_nodelay(true);
-        let state = Arc::clone(&state);
-        let service = service_fn(move |req| {
-            let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(routes::handle(state, req, peer).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+        match event {
+            Event::Accepted(stream, peer, slot) => {
+                let conn = Connection { state: Arc::clone(&state), peer, phase: phase_rx.clone(), _slot: slot };
+                tokio::spawn(conn.run(stream, builder.clone()));
             }
-        });
+            Event::Retry => {}
+            Event::Drain => {
+                state.ready.store(false, Ordering::SeqCst);
+                state.draining.store(true, Ordering::SeqCst);
+                let _ = phase_tx.send(Phase::Draining);
+                tracing::info!(drain_delay_ms = limits.drain_delay_ms, "shutting down: not ready, still serving");
+                drain_until = Some(Instant::now() + limits.drain_delay());
+            }
+            Event::Stop => break,
+        }
     }
     drop(listener);
-    state.ready.store(false, std::sync::atomic::Ordering::SeqCst);
-    tracing::info!(connections = graceful.count(), "shutting down: draining in-flight requests");
-    tokio::time::timeout(grace, graceful.shutdown()).await.is_ok()
+    let _ = phase_tx.send(Phase::Stopping);
+    let open = limits.max_connections - slots.available_permits();
+    tracing::info!(connections = open, "listener closed: finishing in-flight requests");
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    tokio::time::timeout(grace, slots.acquire_many(all)).await.is_ok()
+}
+
+/// Waits for a connection slot, then a connection. Out of file descriptors and the like back
+/// off instead of spinning; at the connection cap nothing is accepted (the backlog holds them).
+async fn accept(listener: &TcpListener, slots: &Arc<Semaphore>) -> Event {
+    let Ok(slot) = Arc::clone(slots).acquire_owned().await else { return Event::Stop };
+    match listener.accept().await {
+        Ok((stream, peer)) => Event::Accepted(stream, peer, slot),
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Event::Retry
+        }
+    }
+}
+
+fn connection_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let keep_alive = (limits.h2_keep_alive_ms > 0).then(|| Duration::from_millis(limits.h2_keep_alive_ms));
+    let mut h2 = builder.http2();
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(64 << 10)
+        .keep_alive_interval(keep_alive);
+    if let Some(every) = keep_alive {
+        h2.keep_alive_timeout(every);
+    }
+    builder
+}
+
+/// One accepted connection: its slot under the cap, and what its requests need.
+struct Connection {
+    state: Arc<AppState>,
+    peer: std::net::SocketAddr,
+    phase: watch::Receiver<Phase>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn run(mut self, stream: TcpStream, builder: auto::Builder<TokioExecutor>) {
+        let _ = stream.set_nodelay(true);
+        let activity = conn::Activity::new();
+        let io = TokioIo::new(conn::TrackedStream::new(stream, Arc::clone(&activity)));
+        let (state, peer) = (Arc::clone(&self.state), self.peer);
+        let requests = Arc::clone(&activity);
+        let service = service_fn(move |req| {
+            let guard = requests.request_started();
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(answer(state, req, peer, guard).await) }
+        });
+        let connection = builder.serve_connection(io, service).into_owned();
+        tokio::pin!(connection);
+        let limits = self.state.limits.clone();
+        let mut tick = tokio::time::interval(conn::tick(&limits));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shut = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                changed = self.phase.changed() => {
+                    let phase = if changed.is_ok() { *self.phase.borrow_and_update() } else { Phase::Stopping };
+                    // Draining: HTTP/2 gets GOAWAY now (its client reconnects elsewhere); HTTP/1.1
+                    // keeps its connection and answers with `Connection: close`.
+                    let keep = phase == Phase::Serving || (phase == Phase::Draining && !activity.is_h2());
+                    if !keep && !shut {
+                        connection.as_mut().graceful_shutdown();
+                        shut = true;
+                    }
+                    if changed.is_err() { break; }
+                }
+                _ = tick.tick() => {
+                    if let Some(expiry) = activity.expired(&limits, conn::clock()) {
+                        crate::metrics::count_connection_closed(expiry.as_str());
+                        tracing::debug!(%peer, reason = expiry.as_str(), "closing connection");
+                        if expiry != conn::Expiry::Idle {
+                            return;
+                        }
+                        if !shut {
+                            connection.as_mut().graceful_shutdown();
+                            shut = true;
+                        }
+                    }
+                }
+            }
+        }
+        let _ = connection.await;
+    }
+}
+
+/// Runs one request under the whole-request deadline; while draining, HTTP/1.1 answers ask the
+/// client to close so its next request opens a new connection (to another replica).
+async fn answer(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+    _guard: conn::RequestGuard,
+) -> HttpResponse {
+    let h1 = req.version() < Version::HTTP_2;
+    let deadline = state.limits.request_timeout();
+    let mut response = match tokio::time::timeout(deadline, routes::handle(Arc::clone(&state), req, peer)).await {
+        Ok(response) => response,
+        Err(_) => routes::error_response(&ApiError::RequestTimeout { after_ms: state.limits.request_timeout_ms }),
+    };
+    if h1 && state.draining.load(Ordering::Relaxed) {
+        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }

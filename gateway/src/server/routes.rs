@@ -100,7 +100,13 @@ fn server_ready(state: &AppState) -> Result<Value, ApiError> {
     if state.table.load().models.is_empty() {
         return Err(ApiError::NotReady("no model is loaded".into()));
     }
-    Ok(json!({"ready": true}))
+    // Serving works, so ready; a background component that panicked recently is named, so an
+    // operator sees that sampling, labels, drift or rollouts may be missing items.
+    let degraded = crate::health::degraded();
+    if degraded.is_empty() {
+        return Ok(json!({"ready": true}));
+    }
+    Ok(json!({"ready": true, "degraded": degraded}))
 }
 
 fn tensor_metadata(specs: &[TensorSpec]) -> Value {

@@ -238,6 +238,14 @@ impl LabelIndex {
         Accepted { stored: true, scored }
     }
 
+    /// Forgets that `label` was stored (its write failed), so a retry stores it.
+    pub fn forget(&mut self, label: &Label) {
+        let key = (label.id.clone(), label.row);
+        if self.seen.get(&key) == Some(&label.label) {
+            self.seen.remove(&key);
+        }
+    }
+
     fn expire(&mut self) {
         let cutoff = Instant::now().checked_sub(self.window);
         while let (Some(cutoff), Some((at, _))) = (cutoff, self.order.front()) {

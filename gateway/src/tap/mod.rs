@@ -7,6 +7,7 @@
 
 pub mod columns;
 pub mod files;
+pub mod journal;
 pub mod labels;
 
 use std::collections::HashMap;
@@ -21,8 +22,10 @@ use tokio::sync::oneshot;
 
 use self::columns::{Plan, Rows};
 use self::files::{PartFile, Rotation, clean_leftovers, date_of};
+use self::journal::Journal;
 use self::labels::{Label, LabelIndex, LabelRows};
 use crate::drift::{DriftMonitor, DriftSettings};
+use crate::health;
 use crate::metrics::{SAMPLE_FILES, SAMPLE_ROWS, SAMPLE_WRITE_ERRORS, TAP_DROPPED};
 use crate::model::table::fnv1a;
 use crate::protocol::Tensor;
@@ -138,6 +141,16 @@ impl Tap {
         if removed > 0 {
             tracing::warn!(removed, dir = %dir.display(), "removed unfinished part files left by a crash");
         }
+        // Labels acknowledged before a crash are in the journal: into Parquet before serving.
+        let replayed = journal::replay(&dir);
+        if replayed.journals > 0 {
+            tracing::warn!(
+                labels = replayed.labels,
+                journals = replayed.journals,
+                torn_lines = replayed.skipped_lines,
+                "replayed acknowledged labels left in the journal by a crash"
+            );
+        }
         let (served_tx, served_rx) = bounded(sampling.channel_capacity);
         let (labels_tx, labels_rx) = bounded(1024);
         let (stop_tx, stop_rx) = bounded(1);
@@ -162,7 +175,7 @@ impl Tap {
         }
     }
 
-    /// Hands labels to the tap thread; resolves once they are buffered for writing.
+    /// Hands labels to the tap thread; resolves once they are in the journal on disk (fsynced).
     pub async fn feedback(&self, model: &str, labels: Vec<Label>) -> Result<usize, String> {
         let (tx, rx) = oneshot::channel();
         self.labels
@@ -193,6 +206,7 @@ struct Worker {
     rotation: Rotation,
     samples: HashMap<String, Sink<Rows>>,
     labels: HashMap<String, Sink<LabelRows>>,
+    journal: Journal,
     index: LabelIndex,
     drift: DriftMonitor,
     /// Finished sample files per model with their finish time, for drift events.
@@ -205,6 +219,7 @@ const BATCH_ROWS: usize = 1024;
 impl Worker {
     fn new(sampling: &SamplingSettings, dir: PathBuf, drift: DriftMonitor) -> Self {
         Self {
+            journal: Journal::new(&dir),
             dir,
             rotation: Rotation {
                 max_rows: sampling.max_rows_per_file,
@@ -224,29 +239,35 @@ impl Worker {
         let mut last_check = Instant::now();
         loop {
             select! {
+                // Each item under a guard: a panic (a bad profile, a bug) skips that item, is
+                // counted, and the thread goes on sampling, labelling and detecting.
                 recv(served) -> msg => match msg {
-                    Ok(s) => self.take_served(*s),
+                    Ok(s) => { health::guard("tap", || self.take_served(*s)); }
                     Err(_) => break,
                 },
-                recv(labels) -> msg => if let Ok((model, batch, reply)) = msg {
-                    let _ = reply.send(Ok(self.take_labels(&model, &batch)));
+                recv(labels) -> msg => if let Ok(first) = msg {
+                    // Group commit: every label message waiting now shares one fsync.
+                    let mut group = vec![first];
+                    group.extend(labels.try_iter().take(255));
+                    health::guard("tap", || self.commit_labels(group));
                 },
                 recv(stop) -> _ => break,
                 default(Duration::from_millis(200)) => {},
             }
             if last_check.elapsed() >= Duration::from_millis(200) {
-                self.rotate_due();
+                health::guard("tap", || self.rotate_due());
                 last_check = Instant::now();
             }
         }
         // Drain what is already queued, then finalize every file.
         while let Ok(s) = served.try_recv() {
-            self.take_served(*s);
+            health::guard("tap", || self.take_served(*s));
         }
-        while let Ok((model, batch, reply)) = labels.try_recv() {
-            let _ = reply.send(Ok(self.take_labels(&model, &batch)));
+        let waiting: Vec<LabelMsg> = labels.try_iter().collect();
+        if !waiting.is_empty() {
+            health::guard("tap", || self.commit_labels(waiting));
         }
-        self.finish_all();
+        health::guard("tap", || self.finish_all());
     }
 
     fn take_served(&mut self, served: Served) {
@@ -285,22 +306,48 @@ impl Worker {
         }
     }
 
-    fn take_labels(&mut self, model: &str, batch: &[Label]) -> usize {
+    /// Stores each message's new labels: journaled and fsynced once for the whole group, then
+    /// buffered for Parquet, then acknowledged. If the journal cannot be written, nothing of the
+    /// group is stored and every sender gets the error (a retry stores them).
+    fn commit_labels(&mut self, group: Vec<LabelMsg>) {
         let now = SystemTime::now();
-        let sink =
-            self.labels.entry(model.to_owned()).or_insert_with(|| Sink { rows: LabelRows::default(), file: None });
-        let mut stored = 0;
-        for label in batch {
-            let accepted = self.index.accept(model, label);
-            if accepted.stored {
-                sink.rows.push(label, now);
-                stored += 1;
-            }
-            if let Some((model, version, mistake)) = accepted.scored {
-                self.drift.observe_outcome(&model, version, mistake);
-            }
+        let mut accepted: Vec<LabelMsg> = Vec::new();
+        for (model, batch, reply) in group {
+            let new: Vec<Label> = batch.into_iter().filter(|label| self.accept_label(&model, label)).collect();
+            accepted.push((model, new, reply));
         }
-        stored
+        let durable = accepted
+            .iter()
+            .try_for_each(|(model, new, _)| self.journal.append(model, &new.iter().collect::<Vec<_>>(), now))
+            .and_then(|()| self.journal.sync());
+        if let Err(e) = durable {
+            tracing::error!(error = %e, "label journal not written; the labels were refused");
+            for (model, new, reply) in accepted {
+                for label in &new {
+                    self.index.forget(label);
+                }
+                metrics::counter!(SAMPLE_WRITE_ERRORS, "model" => model, "kind" => "label_journal").increment(1);
+                let _ = reply.send(Err(format!("labels could not be written to disk ({e}); retry")));
+            }
+            return;
+        }
+        for (model, new, reply) in accepted {
+            let sink =
+                self.labels.entry(model.clone()).or_insert_with(|| Sink { rows: LabelRows::default(), file: None });
+            for label in &new {
+                sink.rows.push(label, now);
+            }
+            let _ = reply.send(Ok(new.len()));
+        }
+    }
+
+    /// Whether `label` is new (not a repeat of a stored one); scores it on the way.
+    fn accept_label(&mut self, model: &str, label: &Label) -> bool {
+        let accepted = self.index.accept(model, label);
+        if let Some((model, version, mistake)) = accepted.scored {
+            self.drift.observe_outcome(&model, version, mistake);
+        }
+        accepted.stored
     }
 
     /// Writes buffered sample rows of `model`; with `close`, finalizes its file too.
@@ -308,7 +355,7 @@ impl Worker {
         let (dir, rotation) = (self.dir.clone(), self.rotation.clone());
         let Some(sink) = self.samples.get_mut(model) else { return };
         let schema = sink.rows.plan().schema.clone();
-        if let Some(path) =
+        if let Ok(Some(path)) =
             write_sink(&dir, samples::SAMPLES, model, sink, schema, &rotation, close, |r| r.take(), |r| r.len())
         {
             let name = path.strip_prefix(&dir).unwrap_or(&path).display().to_string();
@@ -319,7 +366,23 @@ impl Worker {
     fn flush_labels(&mut self, model: &str, close: bool) {
         let (dir, rotation) = (self.dir.clone(), self.rotation.clone());
         let Some(sink) = self.labels.get_mut(model) else { return };
-        write_sink(&dir, samples::LABELS, model, sink, labels::schema(), &rotation, close, |r| r.take(), |r| r.len);
+        match write_sink(
+            &dir,
+            samples::LABELS,
+            model,
+            sink,
+            labels::schema(),
+            &rotation,
+            close,
+            |r| r.take(),
+            |r| r.len,
+        ) {
+            // Every journaled label of this model is now in a finished file.
+            Ok(Some(_)) => self.journal.finalized(model),
+            Ok(None) => {}
+            // The rows are lost from Parquet but not from the journal: keep it for replay.
+            Err(()) => self.journal.keep(model),
+        }
     }
 
     /// Flushes buffers and closes files that reached a limit or a new day.
@@ -355,8 +418,9 @@ impl Worker {
 }
 
 /// Moves a sink's buffered rows into its part file (opening one if needed) and, with `close`
-/// or when the file reached a rotation limit, finalizes the file. Returns the finished file's path. Errors are logged and counted; the
-/// rows involved are lost, serving is not affected.
+/// or when the file reached a rotation limit, finalizes the file. Returns the finished file's
+/// path, if one was finished. Errors are logged and counted (`Err`); the rows involved are lost
+/// from Parquet, serving is not affected.
 #[allow(clippy::too_many_arguments)]
 fn write_sink<R>(
     dir: &std::path::Path,
@@ -368,7 +432,7 @@ fn write_sink<R>(
     close: bool,
     take: impl Fn(&mut R) -> Result<arrow_array::RecordBatch, arrow_schema::ArrowError>,
     len: impl Fn(&R) -> usize,
-) -> Option<PathBuf> {
+) -> Result<Option<PathBuf>, ()> {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         tracing::error!(model, kind, error = %e, "{what}");
         metrics::counter!(SAMPLE_WRITE_ERRORS, "model" => model.to_owned(), "kind" => kind.to_owned()).increment(1);
@@ -378,7 +442,7 @@ fn write_sink<R>(
             Ok(b) => b,
             Err(e) => {
                 fail("building a record batch", &e);
-                return None;
+                return Err(());
             }
         };
         if sink.file.is_none() {
@@ -388,7 +452,7 @@ fn write_sink<R>(
                 Ok(f) => sink.file = Some(f),
                 Err(e) => {
                     fail("opening a part file", &e);
-                    return None;
+                    return Err(());
                 }
             }
         }
@@ -399,21 +463,21 @@ fn write_sink<R>(
             if let Some(f) = sink.file.take() {
                 f.abandon();
             }
-            return None;
+            return Err(());
         }
     }
     if !close && !sink.file.as_ref().is_some_and(|f| f.full(rotation)) {
-        return None;
+        return Ok(None);
     }
-    let file = sink.file.take()?;
+    let Some(file) = sink.file.take() else { return Ok(None) };
     match file.finish() {
         Ok(path) => {
             metrics::counter!(SAMPLE_FILES, "model" => model.to_owned(), "kind" => kind.to_owned()).increment(1);
-            Some(path)
+            Ok(Some(path))
         }
         Err(e) => {
             fail("finalizing a part file", &e);
-            None
+            Err(())
         }
     }
 }

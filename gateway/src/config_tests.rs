@@ -1,0 +1,112 @@
+//! Config parsing and validation: each rejected value, overrides, the shipped files.
+
+use super::*;
+
+#[test]
+fn a_full_config_parses_and_overrides_inherit() {
+    let c = Config::parse(
+        r#"
+        listen = "0.0.0.0:9000"
+        admin_token = "0123456789abcdef"
+        feedback_token = "fedcba9876543210"
+        model_repository = "models"
+        [batching]
+        max_batch_size = 32
+        [models.fraud]
+        instances = 2
+        "#,
+    )
+    .unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.listen.port(), 9000);
+    let fraud = c.batching_for("fraud");
+    assert_eq!((fraud.max_batch_size, fraud.instances), (32, 2));
+    assert_eq!(c.batching_for("other").instances, 1);
+}
+
+#[test]
+fn each_bad_value_is_rejected_naming_key_and_value() {
+    let cases = [
+        ("[batching]\nmax_batch_size = 100000", "batching.max_batch_size must be in 0..=65536, given 100000"),
+        ("[batching]\nqueue_capacity = 0", "batching.queue_capacity must be in 1..=1000000, given 0"),
+        ("[models.m]\ninstances = 0", "models.m.instances must be in 1..=64, given 0"),
+        ("[models.m]\nmax_queue_delay_us = 5000000", "models.m.max_queue_delay_us"),
+        ("max_body_bytes = 10", "max_body_bytes must be at least 1024, given 10"),
+        ("admin_token = \"\"", "admin_token must be at least 16 characters, given one of 0"),
+        ("feedback_token = \"short\"", "feedback_token must be at least 16 characters, given one of 5"),
+        (
+            "listen = \"0.0.0.0:8000\"",
+            "listen = 0.0.0.0:8000 is reachable from other hosts, so admin_token and feedback_token must be set",
+        ),
+        ("listen = \"10.0.0.1:8000\"\nadmin_token = \"0123456789abcdef\"", "so feedback_token must be set"),
+        ("max_in_flight = 2000000", "max_in_flight must be at most 1000000"),
+        ("max_body_bytes = 2000000000", "must not exceed server.max_in_flight_bytes"),
+        ("[server]\nheader_timeout_ms = 0", "server.header_timeout_ms must be in 100..=600000, given 0"),
+        ("[sampling]\nrate = 2.0", "sampling.rate must be in 0..=1, given 2"),
+        ("[models.m]\nsample_rate = -0.5", "models.m.sample_rate must be in 0..=1, given -0.5"),
+        ("[drift]\nwindow_rows = 5", "drift.window_rows must be in 50..=10000000, given 5"),
+        ("[models.\"a/b\"]\ninstances = 1", "models.a/b"),
+        (
+            "[models.m.rollout.canary]\nversion = \"2\"\nweight = 140",
+            "models.m.rollout.canary.weight must be in 0..=100, given 140",
+        ),
+        (
+            "[models.m.rollout.shadow]\nversion = \"2\"\nfraction = 1.5",
+            "models.m.rollout.shadow.fraction must be in 0..=1, given 1.5",
+        ),
+        (
+            "[models.m.rollout]\nchampion = \"../x\"",
+            "models.m.rollout.champion must be a version number, an alias or 'latest'",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = Config::parse(text).unwrap().validate().unwrap_err();
+        assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+    }
+}
+
+#[test]
+fn a_reachable_address_starts_with_both_tokens_or_the_loud_opt_out() {
+    let tokens = "admin_token = \"0123456789abcdef\"\nfeedback_token = \"fedcba9876543210\"\n";
+    Config::parse(&format!("listen = \"0.0.0.0:8000\"\n{tokens}")).unwrap().validate().unwrap();
+    let open = "listen = \"[::]:8000\"\ninsecure_allow_unauthenticated = true\n";
+    Config::parse(open).unwrap().validate().unwrap();
+    Config::parse("listen = \"[::1]:8000\"\n").unwrap().validate().unwrap();
+    let err = Config::parse("admin_token = \"hunter2\"").unwrap().validate().unwrap_err();
+    assert!(!err.contains("hunter2"), "the token is never echoed: {err}");
+}
+
+#[test]
+fn unknown_keys_and_bad_types_are_parse_errors() {
+    assert!(Config::parse("lisen = \"x\"").unwrap_err().contains("unknown field `lisen`"));
+    assert!(Config::parse("[batching]\nmax_batch = 3").unwrap_err().contains("max_batch"));
+    assert!(Config::parse("listen = \"not an address\"").is_err());
+    let typo = "[models.m.rollout]\nchampion = \"champion\"\ncanary = { version = \"4\", weight = 5 }\n[models.m.rollout.policy]\nmax_p99_ration = 2.0";
+    assert!(Config::parse(typo).unwrap_err().contains("max_p99_ration"), "a typo in the policy is refused");
+}
+
+#[test]
+fn every_shipped_config_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let tokens = Overrides {
+        admin_token: Some("an-admin-token-from-the-env".into()),
+        feedback_token: Some("a-feedback-token-from-the-env".into()),
+        ..Overrides::default()
+    };
+    for name in ["serving.toml", "demo.toml", "production.example.toml"] {
+        let path = dir.join(name);
+        Config::load_with(Some(&path), &tokens).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let production = Config::load_with(Some(&dir.join("production.example.toml")), &Overrides::default());
+    assert!(production.unwrap_err().contains("admin_token and feedback_token must be set"));
+}
+
+#[test]
+fn load_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.toml");
+    std::fs::write(&path, "max_body_bytes = 1").unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("g.toml") && err.contains("max_body_bytes"), "{err}");
+    assert!(Config::load(&dir.path().join("missing.toml")).unwrap_err().to_string().contains("missing.toml"));
+}

@@ -1,0 +1,144 @@
+//! Hostile and impatient clients: slow heads and slow bodies are cut off on their deadlines
+//! while healthy clients keep being served, and SIGTERM drains the way a load balancer needs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{Http, TestGateway, tiny_request, tiny_rows};
+
+/// Writes `head` then trickles `trickle` one byte every 100 ms; returns what the server sent
+/// back before it closed the connection, and when it closed.
+async fn slow_client(addr: String, head: Vec<u8>, trickle: Vec<u8>) -> (String, Duration) {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    stream.write_all(&head).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        for b in trickle {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if write.write_all(&[b]).await.is_err() {
+                return;
+            }
+        }
+        // Then hold the connection open without sending anything.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), read.read_to_end(&mut got)).await;
+    writer.abort();
+    (String::from_utf8_lossy(&got).into_owned(), started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_heads_and_bodies_are_cut_off_while_healthy_clients_are_served() {
+    let config = "max_in_flight = 4\n[server]\nheader_timeout_ms = 800\nbody_timeout_ms = 800\n";
+    let gw = TestGateway::start(config);
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    // Twice the admission limit of each kind of attacker.
+    let mut attackers = Vec::new();
+    for _ in 0..8 {
+        let body_head = b"POST /v2/models/tiny/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 4000\r\n\r\n{".to_vec();
+        attackers.push(("body", tokio::spawn(slow_client(addr.clone(), body_head, vec![b' '; 200]))));
+        let header_head = b"POST /v2/models/tiny/infer HTTP/1.1\r\nhost: x\r\n".to_vec();
+        attackers.push((
+            "header",
+            tokio::spawn(slow_client(addr.clone(), header_head, b"x-slow: aaaaaaaaaaaaaaaaaaaaaaaa".to_vec())),
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let http = Http::new(false);
+    let url = format!("{}/v2/models/tiny/infer", gw.base);
+    let body = tiny_request(&tiny_rows(1, 3));
+    let started = Instant::now();
+    let mut served = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        let reply = http.post_json(&url, &body).await;
+        assert_eq!(reply.status, 200, "a healthy client is served beside the attackers: {:?}", reply.body);
+        served += 1;
+    }
+    assert!(served > 10, "healthy requests kept flowing ({served})");
+    for (kind, attacker) in attackers {
+        let (answer, closed_after) = attacker.await.unwrap();
+        assert!(
+            closed_after < Duration::from_secs(5),
+            "{kind} attacker cut off within the deadline ({closed_after:?})"
+        );
+        if kind == "body" {
+            assert!(answer.starts_with("HTTP/1.1 408"), "a slow body gets 408: {answer:?}");
+            assert!(answer.contains("body_timeout_ms"), "the error names the setting: {answer:?}");
+        }
+    }
+    let metrics = String::from_utf8(http.get(&format!("{}/metrics", gw.base)).await.body.to_vec()).unwrap();
+    assert!(metrics.contains("flywheel_connections_closed_total{reason=\"header_timeout\"} 8"), "{metrics}");
+    assert!(metrics.contains("flywheel_requests_cut_total{reason=\"body_timeout\"} 8"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_beyond_the_cap_wait_in_the_backlog_until_one_closes() {
+    let gw = TestGateway::start("[server]\nmax_connections = 2\nheader_timeout_ms = 700\n");
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    // Two silent connections take both slots.
+    let _a = TcpStream::connect(&addr).await.unwrap();
+    let _b = TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let reply = Http::new(false).get(&format!("{}/v2/health/live", gw.base)).await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "the third connection waited for a slot (the silent ones close after header_timeout_ms): {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_drains_without_a_single_failed_request() {
+    let mut gw = TestGateway::start("[server]\ndrain_delay_ms = 1500\n");
+    let url = format!("{}/v2/models/tiny/infer", gw.base);
+    let ready_url = format!("{}/v2/health/ready", gw.base);
+    let seen_not_ready = Arc::new(AtomicBool::new(false));
+    let (ok, closes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut clients = Vec::new();
+    for seed in 0..4 {
+        let (url, stop, ok, closes) = (url.clone(), Arc::clone(&seen_not_ready), Arc::clone(&ok), Arc::clone(&closes));
+        clients.push(tokio::spawn(async move {
+            // hyper's client honours `Connection: close`: it opens a new connection next time.
+            let http = Http::new(false);
+            let body = tiny_request(&tiny_rows(1, seed));
+            let mut stopped_at: Option<Instant> = None;
+            // Like a load balancer: keep sending a little after readiness went false.
+            while stopped_at.is_none_or(|t| t.elapsed() < Duration::from_millis(300)) {
+                let reply = http.post_json(&url, &body).await;
+                assert_eq!(reply.status, 200, "served while draining: {:?}", reply.body);
+                ok.fetch_add(1, Ordering::Relaxed);
+                if reply.header("connection") == Some("close") {
+                    closes.fetch_add(1, Ordering::Relaxed);
+                }
+                if stopped_at.is_none() && stop.load(Ordering::Relaxed) {
+                    stopped_at = Some(Instant::now());
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = ok.load(Ordering::Relaxed);
+    gw.terminate();
+    let http = Http::new(false);
+    let ready_off = crate::support::wait_until(Duration::from_secs(2), || async {
+        http.send(hyper::Method::GET, &ready_url, &[("connection", "close".into())], Vec::new()).await.status == 503
+    })
+    .await;
+    assert!(ready_off, "readiness answers 503 as soon as SIGTERM arrives");
+    seen_not_ready.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("no client saw a failed request or a refused connection");
+    }
+    assert!(ok.load(Ordering::Relaxed) > before, "requests were served after SIGTERM");
+    assert!(closes.load(Ordering::Relaxed) >= 4, "HTTP/1.1 answers carried Connection: close while draining");
+    let status = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(20))).await.unwrap();
+    assert!(status.is_some_and(|s| s.success()), "exited 0 after the drain: {status:?}");
+}
