@@ -333,6 +333,12 @@ impl Config {
         if self.http_threads > 256 {
             return Err(format!("http_threads must be at most 256 (0 = automatic), given {}", self.http_threads));
         }
+        if !(10..=3_600_000).contains(&self.controller_interval_ms) {
+            return Err(format!(
+                "controller_interval_ms must be in 10..=3600000, given {}",
+                self.controller_interval_ms
+            ));
+        }
         if self.shutdown_grace_ms > 600_000 {
             return Err(format!("shutdown_grace_ms must be at most 600000, given {}", self.shutdown_grace_ms));
         }

@@ -79,3 +79,28 @@ fn metric_value(text: &str, name: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_changes_a_restart_only_key_says_so() {
+    let gw = TestGateway::start("max_in_flight = 64\n[batching]\nmax_batch_size = 32\n");
+    let http = Http::new(false);
+    // A live key (batching) and two that need a restart.
+    std::fs::write(
+        &gw.config_path,
+        "max_in_flight = 8\n[batching]\nmax_batch_size = 16\n[server]\nbody_timeout_ms = 2000\n",
+    )
+    .unwrap();
+    let status = http.send(hyper::Method::POST, &format!("{}/admin/reload", gw.base), &[], vec![]).await;
+    assert_eq!(status.status, 200);
+    let status = status.json();
+    assert_eq!(status["error"], json!(null), "{status:#}");
+    assert_eq!(status["restart_required"], json!(["max_in_flight", "server.body_timeout_ms"]), "{status:#}");
+    let config = http.get(&format!("{}/v2/models/tiny/config", gw.base)).await.json();
+    assert_eq!(config["max_batch_size"], 16, "the live key was applied: {config:#}");
+    let audit = http.get(&format!("{}/admin/audit", gw.base)).await.json();
+    let noted =
+        audit["entries"].as_array().unwrap().iter().any(|e| {
+            e["action"] == "restart_required" && e["reason"].as_str().unwrap().contains("server.body_timeout_ms")
+        });
+    assert!(noted, "the audit log says which keys wait for a restart: {audit:#}");
+}

@@ -81,6 +81,25 @@ impl DriftSettings {
         if !(self.ks_alpha > 0.0 && self.ks_alpha < 1.0) {
             return Err(format!("drift.ks_alpha must be in (0, 1), given {}", self.ks_alpha));
         }
+        if !(self.adwin_delta > 0.0 && self.adwin_delta < 1.0) {
+            return Err(format!("drift.adwin_delta must be in (0, 1), given {}", self.adwin_delta));
+        }
+        let positive = |key: &str, v: f64, max: f64| {
+            if v > 0.0 && v <= max { Ok(()) } else { Err(format!("drift.{key} must be in (0, {max}], given {v}")) }
+        };
+        positive("psi_threshold", self.psi_threshold, 100.0)?;
+        positive("page_hinkley_lambda", self.page_hinkley_lambda, 1e9)?;
+        let share = |key: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) { Ok(()) } else { Err(format!("drift.{key} must be in 0..=1, given {v}")) }
+        };
+        share("max_nan_rate_increase", self.max_nan_rate_increase)?;
+        share("max_out_of_range", self.max_out_of_range)?;
+        if !(0.0..=1e9).contains(&self.page_hinkley_delta) {
+            return Err(format!("drift.page_hinkley_delta must be in 0..=1e9, given {}", self.page_hinkley_delta));
+        }
+        if !(1..=1_000_000_000).contains(&self.ddm_min_samples) {
+            return Err(format!("drift.ddm_min_samples must be in 1..=1000000000, given {}", self.ddm_min_samples));
+        }
         Ok(())
     }
 }

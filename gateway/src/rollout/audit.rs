@@ -16,7 +16,8 @@ pub struct AuditEntry {
     pub model: String,
     /// Who decided: `controller`, `admin` or `reload`.
     pub actor: &'static str,
-    /// `advance`, `promote`, `roll_back`, `set_weight`, `pause`, `resume`, `swap`, `reject`.
+    /// `advance`, `promote`, `roll_back`, `set_weight`, `pause`, `resume`, `swap`, `reject`,
+    /// `restart_required`.
     pub action: &'static str,
     pub from: Option<u64>,
     pub to: Option<u64>,

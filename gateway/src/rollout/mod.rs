@@ -9,6 +9,7 @@ pub mod build;
 pub mod controller;
 pub mod controls;
 pub mod reload;
+pub mod restart_keys;
 pub mod watcher;
 
 pub use build::{BuildReport, Rejection};

@@ -24,6 +24,8 @@ pub struct ReloadStatus {
     pub at: String,
     /// Why the whole reload was refused (bad config), if it was.
     pub error: Option<String>,
+    /// Changed keys that only a restart applies (everything else was applied).
+    pub restart_required: Vec<&'static str>,
     pub report: BuildReport,
 }
 
@@ -35,6 +37,8 @@ pub struct Reloader {
     pub table: Arc<ArcSwap<RoutingTable>>,
     /// The config in force (the last one that parsed and validated).
     pub config: ArcSwap<Config>,
+    /// The config the process started with: what restart-only keys still hold.
+    started: Config,
     pub last: ArcSwap<ReloadStatus>,
     /// Live rollout decisions the builder applies.
     pub controls: Controls,
@@ -58,6 +62,7 @@ impl Reloader {
             config_path,
             overrides,
             table,
+            started: config.clone(),
             config: ArcSwap::from_pointee(config),
             last: ArcSwap::from_pointee(ReloadStatus::default()),
             controls: Controls::default(),
@@ -83,16 +88,18 @@ impl Reloader {
             Err(error) => {
                 tracing::error!(%error, "config reload refused; the previous config keeps serving");
                 metrics::counter!(RELOADS, "result" => "config_rejected").increment(1);
-                return self.record(ReloadStatus { at, error: Some(error), report: BuildReport::default() });
+                return self.record(ReloadStatus { at, error: Some(error), ..ReloadStatus::default() });
             }
         };
         let Some(root) = config.model_repository.clone() else {
             return self.record(ReloadStatus {
                 at,
                 error: Some("no model_repository".into()),
-                report: BuildReport::default(),
+                ..ReloadStatus::default()
             });
         };
+        let restart_required = super::restart_keys::restart_only_changes(&self.started, &config);
+        self.note_restart_required(&restart_required);
         let registry = Registry::open(root);
         let current = self.table.load_full();
         let input = BuildInput {
@@ -125,7 +132,18 @@ impl Reloader {
         }
         metrics::counter!(RELOADS, "result" => if report.rejected.is_empty() { "ok" } else { "partial" }).increment(1);
         self.config.store(Arc::new(config));
-        self.record(ReloadStatus { at, error: None, report })
+        self.record(ReloadStatus { at, error: None, restart_required, report })
+    }
+
+    /// Logs and audits keys that changed but wait for a restart (audited once per new set).
+    fn note_restart_required(&self, keys: &[&'static str]) {
+        if keys.is_empty() || self.last.load().restart_required == keys {
+            return;
+        }
+        tracing::warn!(keys = ?keys, "config reloaded; these changed keys apply only after a restart");
+        let mut entry = AuditEntry::now("*", "reload", "restart_required");
+        entry.reason = format!("changed keys that apply only after a restart: {}", keys.join(", "));
+        self.audit.append(&entry);
     }
 
     /// Remembers the versions of `old` that `new` no longer serves.

@@ -77,11 +77,25 @@ impl SamplingSettings {
         if !(0.0..=1.0).contains(&self.rate) {
             return Err(format!("sampling.rate must be in 0..=1, given {}", self.rate));
         }
-        if self.channel_capacity == 0 || self.max_rows_per_file == 0 || self.row_group_rows == 0 {
-            return Err("sampling.channel_capacity, max_rows_per_file and row_group_rows must be at least 1".into());
-        }
-        if self.max_file_age_ms < 100 {
-            return Err(format!("sampling.max_file_age_ms must be at least 100, given {}", self.max_file_age_ms));
+        let range = |key: &str, value: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("sampling.{key} must be in {lo}..={hi}, given {value}"))
+            }
+        };
+        // The channel is preallocated: its bound is memory.
+        range("channel_capacity", self.channel_capacity as u64, 1, 1_000_000)?;
+        range("max_rows_per_file", self.max_rows_per_file as u64, 1, 100_000_000)?;
+        range("max_file_bytes", self.max_file_bytes as u64, 4096, 1 << 40)?;
+        range("max_file_age_ms", self.max_file_age_ms, 100, 86_400_000)?;
+        range("row_group_rows", self.row_group_rows as u64, 1, 10_000_000)?;
+        range("label_window_ms", self.label_window_ms, 1_000, 7 * 86_400_000)?;
+        if !(0.0..=0.5).contains(&self.keep_uncertain_within) {
+            return Err(format!(
+                "sampling.keep_uncertain_within must be in 0..=0.5 (distance from 0.5), given {}",
+                self.keep_uncertain_within
+            ));
         }
         Ok(())
     }
