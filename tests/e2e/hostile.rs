@@ -142,3 +142,56 @@ async fn sigterm_under_load_drains_without_a_single_failed_request() {
     let status = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(20))).await.unwrap();
     assert!(status.is_some_and(|s| s.success()), "exited 0 after the drain: {status:?}");
 }
+
+/// Peak and current resident memory of a process, in KiB (Linux `/proc`).
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap()
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_large_nested_json_requests_stays_within_the_byte_budget() {
+    // 16 clients at once, each with a ~4.7 MB nested-JSON body; 24 MiB of bodies may be held.
+    let config =
+        "max_body_bytes = 8388608\n[server]\nmax_in_flight_bytes = 25165824\n[models.tiny]\nmax_batch_size = 0\n";
+    let gw = TestGateway::start(config);
+    let pid = gw.child.id();
+    let http = Http::new(false);
+    let url = format!("{}/v2/models/tiny/infer", gw.base);
+    assert_eq!(http.post_json(&url, &tiny_request(&tiny_rows(1, 1))).await.status, 200);
+    let (_, idle) = memory_kib(pid);
+    let rows = 15_000;
+    let nested: Vec<Vec<f32>> = tiny_rows(rows, 7).chunks(16).map(<[f32]>::to_vec).collect();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "inputs": [{"name": "input", "shape": [rows, 16], "datatype": "FP32", "data": nested}]
+    }))
+    .unwrap();
+    assert!(body.len() > 4 << 20, "a large body: {} bytes", body.len());
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let headers = [("content-type", "application/json".to_owned())];
+            http.send(hyper::Method::POST, &url, &headers, body).await.status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "served or shed with 503: {statuses:?}");
+    assert!(statuses.contains(&200), "some were served: {statuses:?}");
+    let (peak, _) = memory_kib(pid);
+    let grown_mib = peak.saturating_sub(idle) / 1024;
+    // At most 24 MiB of bodies are held, each decoding straight into 0.9 MiB of f32 (a
+    // serde_json::Value tree would take 32 bytes an element, 7.7 MiB a body), plus answers.
+    assert!(grown_mib < 200, "peak memory grew by {grown_mib} MiB over idle ({statuses:?})");
+    println!("nested-JSON flood: peak RSS {} MiB over idle; statuses {statuses:?}", grown_mib);
+}

@@ -61,7 +61,8 @@ impl TestGateway {
             .args(["--config", config_path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
             .arg("--model-repository")
             .arg(&repo)
-            .env("FLYWHEEL_LOG", "warn")
+            // FLYWHEEL_TEST_LOG=debug shows the gateway's own log while debugging a test.
+            .env("FLYWHEEL_LOG", std::env::var("FLYWHEEL_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

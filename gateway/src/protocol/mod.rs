@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod datatype;
 pub mod error;
+pub mod json_data;
 pub mod tensor;
 
 pub use codec::{EncodedResponse, InferRequest, RequestedOutput, ResponseHeader, decode_request, encode_response};

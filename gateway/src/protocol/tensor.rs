@@ -4,10 +4,8 @@
 //! `with_data!` dispatches a generic function over whichever variant is present, so each codec
 //! is written once.
 
-use serde::de::DeserializeOwned;
-use serde_json::Value;
-
 use super::datatype::DataType;
+use super::json_data::Scalar;
 
 /// A named tensor: protocol name, shape (all dimensions known), and data in row-major order.
 #[derive(Clone, Debug, PartialEq)]
@@ -119,10 +117,8 @@ pub trait Element: Sized + Clone + Default + Send + 'static {
     const DATATYPE: DataType;
     fn wrap(values: Vec<Self>) -> TensorData;
     fn slice(data: &TensorData) -> Option<&[Self]>;
-    /// Parses a flat JSON array (the fast path); `None` when it is not one of this type.
-    fn parse_flat_json(raw: &str) -> Option<Vec<Self>>;
-    /// Converts one JSON scalar (the nested-array path).
-    fn from_json_value(value: &Value) -> Option<Self>;
+    /// Converts one JSON scalar; `None` when it is not a value of this type.
+    fn from_scalar(scalar: Scalar<'_>) -> Option<Self>;
     fn write_json(values: &[Self], out: &mut Vec<u8>);
     /// Decodes Triton's binary representation; `None` when `bytes` is not a whole number of elements.
     fn decode_binary(bytes: &[u8]) -> Option<Vec<Self>>;
@@ -144,11 +140,8 @@ macro_rules! numeric_element {
                     _ => None,
                 }
             }
-            fn parse_flat_json(raw: &str) -> Option<Vec<Self>> {
-                parse_flat::<Self>(raw)
-            }
-            fn from_json_value(value: &Value) -> Option<Self> {
-                $conv(value)
+            fn from_scalar(scalar: Scalar<'_>) -> Option<Self> {
+                $conv(scalar)
             }
             fn write_json(values: &[Self], out: &mut Vec<u8>) {
                 write_json_array(values, out)
@@ -175,10 +168,20 @@ macro_rules! numeric_element {
     };
 }
 
-fn int_value<T: TryFrom<i64> + TryFrom<u64>>(value: &Value) -> Option<T> {
-    match value.as_i64() {
-        Some(i) => T::try_from(i).ok(),
-        None => T::try_from(value.as_u64()?).ok(),
+fn int_value<T: TryFrom<i64> + TryFrom<u64>>(scalar: Scalar<'_>) -> Option<T> {
+    match scalar {
+        Scalar::I64(i) => T::try_from(i).ok(),
+        Scalar::U64(u) => T::try_from(u).ok(),
+        _ => None,
+    }
+}
+
+fn float_value(scalar: Scalar<'_>) -> Option<f64> {
+    match scalar {
+        Scalar::F64(f) => Some(f),
+        Scalar::I64(i) => Some(i as f64),
+        Scalar::U64(u) => Some(u as f64),
+        _ => None,
     }
 }
 
@@ -191,8 +194,8 @@ numeric_element!(i16, Int16, Int16, int_value::<i16>);
 numeric_element!(i32, Int32, Int32, int_value::<i32>);
 numeric_element!(i64, Int64, Int64, int_value::<i64>);
 // JSON numbers are f64; narrowing to f32 is the protocol's intent for FP32 tensors.
-numeric_element!(f32, Fp32, Fp32, |v: &Value| v.as_f64().map(|f| f as f32));
-numeric_element!(f64, Fp64, Fp64, Value::as_f64);
+numeric_element!(f32, Fp32, Fp32, |s| float_value(s).map(|f| f as f32));
+numeric_element!(f64, Fp64, Fp64, float_value);
 
 impl Element for bool {
     const DATATYPE: DataType = DataType::Bool;
@@ -205,11 +208,11 @@ impl Element for bool {
             _ => None,
         }
     }
-    fn parse_flat_json(raw: &str) -> Option<Vec<Self>> {
-        parse_flat::<Self>(raw)
-    }
-    fn from_json_value(value: &Value) -> Option<Self> {
-        value.as_bool()
+    fn from_scalar(scalar: Scalar<'_>) -> Option<Self> {
+        match scalar {
+            Scalar::Bool(b) => Some(b),
+            _ => None,
+        }
     }
     fn write_json(values: &[Self], out: &mut Vec<u8>) {
         write_json_array(values, out)
@@ -236,11 +239,11 @@ impl Element for Vec<u8> {
             _ => None,
         }
     }
-    fn parse_flat_json(raw: &str) -> Option<Vec<Self>> {
-        parse_flat::<String>(raw).map(|v| v.into_iter().map(String::into_bytes).collect())
-    }
-    fn from_json_value(value: &Value) -> Option<Self> {
-        value.as_str().map(|s| s.as_bytes().to_vec())
+    fn from_scalar(scalar: Scalar<'_>) -> Option<Self> {
+        match scalar {
+            Scalar::Str(s) => Some(s.as_bytes().to_vec()),
+            _ => None,
+        }
     }
     fn write_json(values: &[Self], out: &mut Vec<u8>) {
         let strings: Vec<_> = values.iter().map(|b| String::from_utf8_lossy(b)).collect();
@@ -269,10 +272,6 @@ impl Element for Vec<u8> {
     fn as_f64(&self) -> Option<f64> {
         None
     }
-}
-
-fn parse_flat<T: DeserializeOwned>(raw: &str) -> Option<Vec<T>> {
-    serde_json::from_str(raw).ok()
 }
 
 fn write_json_array<T: serde::Serialize>(values: &[T], out: &mut Vec<u8>) {
@@ -333,16 +332,7 @@ impl TensorData {
     /// Decodes JSON `data` (flat or nested row-major arrays) as `datatype`.
     pub fn from_json(datatype: DataType, raw: &str) -> Result<TensorData, String> {
         fn go<T: Element>(raw: &str) -> Result<TensorData, String> {
-            if let Some(values) = T::parse_flat_json(raw) {
-                return Ok(T::wrap(values));
-            }
-            let value: Value = serde_json::from_str(raw).map_err(|e| e.to_string())?;
-            let mut flat = Vec::new();
-            flatten(&value, &mut flat);
-            flat.into_iter()
-                .map(|v| T::from_json_value(v).ok_or_else(|| format!("{v} is not a valid {} value", T::DATATYPE)))
-                .collect::<Result<Vec<T>, String>>()
-                .map(T::wrap)
+            super::json_data::parse::<T>(raw).map(T::wrap)
         }
         with_element_type!(datatype, T => go::<T>(raw), Err(unsupported(datatype)))
     }
@@ -383,13 +373,6 @@ impl TensorData {
 
 fn unsupported(datatype: DataType) -> String {
     format!("datatype {datatype} is not supported by this gateway")
-}
-
-fn flatten<'v>(value: &'v Value, out: &mut Vec<&'v Value>) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
-        other => out.push(other),
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! Reading request bodies under three bounds: a size limit per request, a deadline on the read,
 //! and a server-wide budget of body bytes held at once. Bytes are charged as they arrive, so a
-//! client that declares a large body and trickles it holds only what it has sent.
+//! client that declares a large body and trickles it holds only what it has sent. A body that
+//! would pass the budget is refused at once (never waiting, so partial bodies cannot deadlock
+//! each other) and its rest is read and dropped, as nginx's lingering close does, so the client
+//! reads its 503 instead of a broken pipe.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -114,7 +117,13 @@ async fn collect(
         if total > limit {
             return Err(ApiError::BodyTooLarge { given: "more".into(), limit });
         }
-        held.grow(data.len())?;
+        if let Err(refused) = held.grow(data.len()) {
+            // Read the rest without keeping it, so the client (still sending) gets the 503
+            // instead of a broken pipe; the body deadline and size limit still apply.
+            drop((first.take(), rest.take()));
+            discard(body, limit.saturating_sub(total)).await;
+            return Err(refused);
+        }
         match (&mut first, &mut rest) {
             (None, _) => first = Some(data),
             (Some(head), None) => {
@@ -131,6 +140,17 @@ async fn collect(
         (Some(one), None) => one,
         (None, None) => Bytes::new(),
     })
+}
+
+/// Reads and drops the rest of a body, at most `budget` bytes more.
+async fn discard(mut body: Incoming, mut budget: usize) {
+    while let Some(Ok(frame)) = body.frame().await {
+        let n = frame.data_ref().map_or(0, Bytes::len);
+        if n > budget {
+            return;
+        }
+        budget -= n;
+    }
 }
 
 #[cfg(test)]

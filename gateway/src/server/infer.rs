@@ -40,6 +40,7 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
     let (body, _bytes_held) = match body::read(&parts.headers, body, limits, &state.body_bytes).await {
         Ok(read) => read,
         Err(e) => {
+            tracing::debug!(model, error_type = e.error_type(), error = %e, "request body refused");
             count_cut(&e);
             return finish(error_response(&e), &request_id, None, started, None);
         }
