@@ -48,6 +48,13 @@ pub struct Config {
     /// `server.max_in_flight_bytes` still bound the work).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Memory one row of every input and declared output of a model may take; a version whose
+    /// signature needs more (e.g. a static shape of [1, 100000000000]) is refused at load.
+    #[serde(default = "default_max_warmup_bytes")]
+    pub max_warmup_bytes: usize,
+    /// Largest model file loaded; a larger one is refused before it is read.
+    #[serde(default = "default_max_model_file_bytes")]
+    pub max_model_file_bytes: u64,
     /// Deadlines, connection cap, byte budget and drain timing of the HTTP server.
     #[serde(default)]
     pub server: crate::server::limits::ServerLimits,
@@ -231,6 +238,13 @@ fn default_max_body_bytes() -> usize {
 /// Shortest accepted bearer token.
 const MIN_TOKEN_CHARS: usize = 16;
 
+fn default_max_warmup_bytes() -> usize {
+    256 << 20
+}
+fn default_max_model_file_bytes() -> u64 {
+    // ONNX's protobuf limit is 2 GiB; a little headroom for what ONNX Runtime accepts.
+    4 << 30
+}
 fn default_max_in_flight() -> usize {
     4096
 }
@@ -248,6 +262,8 @@ impl Default for Config {
             shutdown_grace_ms: default_grace_ms(),
             http_threads: 0,
             max_in_flight: default_max_in_flight(),
+            max_warmup_bytes: default_max_warmup_bytes(),
+            max_model_file_bytes: default_max_model_file_bytes(),
             server: crate::server::limits::ServerLimits::default(),
             admin_token: None,
             feedback_token: None,
@@ -318,6 +334,15 @@ impl Config {
         }
         self.server.validate()?;
         self.check_credentials()?;
+        if !((1 << 20)..=(64 << 30)).contains(&self.max_warmup_bytes) {
+            return Err(format!("max_warmup_bytes must be in 1048576..=68719476736, given {}", self.max_warmup_bytes));
+        }
+        if !((1 << 10)..=(64 << 30)).contains(&self.max_model_file_bytes) {
+            return Err(format!(
+                "max_model_file_bytes must be in 1024..=68719476736, given {}",
+                self.max_model_file_bytes
+            ));
+        }
         if self.max_in_flight > 1_000_000 {
             return Err(format!("max_in_flight must be at most 1000000 (0 = no limit), given {}", self.max_in_flight));
         }
@@ -426,6 +451,7 @@ impl Config {
             queue_capacity: b.queue_capacity,
             instances: b.instances,
             intra_op_threads: b.intra_op_threads,
+            max_warmup_bytes: self.max_warmup_bytes,
         }
     }
 }

@@ -43,6 +43,8 @@ fn each_bad_value_is_rejected_naming_key_and_value() {
         ("max_body_bytes = 2000000000", "must not exceed server.max_in_flight_bytes"),
         ("[server]\nheader_timeout_ms = 0", "server.header_timeout_ms must be in 100..=600000, given 0"),
         ("controller_interval_ms = 0", "controller_interval_ms must be in 10..=3600000, given 0"),
+        ("max_warmup_bytes = 10", "max_warmup_bytes must be in 1048576..=68719476736, given 10"),
+        ("max_model_file_bytes = 0", "max_model_file_bytes must be in 1024..=68719476736, given 0"),
         (
             "[sampling]\nchannel_capacity = 100000000",
             "sampling.channel_capacity must be in 1..=1000000, given 100000000",

@@ -131,3 +131,32 @@ async fn the_admin_api_needs_the_token_when_one_is_configured() {
     assert_eq!(paused.status, 200);
     assert_eq!(paused.json()["models"][0]["paused"], true);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_declaring_a_huge_static_shape_is_refused_at_load_and_the_others_serve() {
+    let gw = TestGateway::start_with("", |repo| {
+        use flywheel_onnx::{Dim, ElemType, GraphBuilder};
+        // 4 * 10^11 bytes for one row: allocating the warm-up would abort the process.
+        let mut g = GraphBuilder::new("huge");
+        g.input("x", ElemType::Float, &[Dim::Fixed(1), Dim::Fixed(100_000_000_000)]);
+        g.output("y", ElemType::Float, &[Dim::Fixed(1), Dim::Fixed(100_000_000_000)]);
+        g.node("Identity", &["x"], &["y"], &[]);
+        let dir = repo.join("tiny/3");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.onnx"), g.encode(1)).unwrap();
+    });
+    let http = Http::new(false);
+    let meta = http.get(&format!("{}/v2/models/tiny", gw.base)).await.json();
+    assert_eq!(meta["versions"], serde_json::json!(["1", "2"]), "version 3 was refused");
+    let routing = crate::support::routing(&http, &gw.base).await;
+    let rejected = routing["last_reload"]["report"]["rejected"].to_string();
+    assert!(
+        rejected.contains(
+            "input 'x' of shape [1, 100000000000] needs 400000000000 bytes for one row, over max_warmup_bytes"
+        ),
+        "{rejected}"
+    );
+    let reply =
+        http.post_json(&format!("{}/v2/models/tiny/infer", gw.base), &crate::support::tiny_request(&[0.0; 16])).await;
+    assert_eq!(reply.header("x-model-version"), Some("2"));
+}

@@ -29,4 +29,7 @@ pub struct BatchSettings {
     pub instances: usize,
     /// ONNX Runtime intra-op threads per session.
     pub intra_op_threads: usize,
+    /// Largest warm-up (one row of every input and declared output) a version may need;
+    /// beyond it the version is refused at load (`max_warmup_bytes`).
+    pub max_warmup_bytes: usize,
 }

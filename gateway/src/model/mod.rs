@@ -79,6 +79,7 @@ pub fn load_version(
         .map_err(fail)?;
     let mut sessions = sessions;
     let signature = Signature::from_session(&sessions[0]).map_err(fail)?;
+    check_warmup_size(&signature, settings.max_warmup_bytes).map_err(fail)?;
     for session in &mut sessions {
         warm_up(session, &signature).map_err(|e| fail(format!("warm-up inference failed: {e}")))?;
     }
@@ -113,6 +114,31 @@ pub fn load_version(
         stats,
         metrics,
     })
+}
+
+/// Refuses a signature whose one-row warm-up (every input and declared output, dynamic
+/// dimensions as 1) needs more than `cap` bytes: the file decides those shapes, and allocating
+/// them blindly lets one bad file abort the process.
+fn check_warmup_size(signature: &Signature, cap: usize) -> Result<(), String> {
+    let mut total: usize = 0;
+    for (kind, spec) in
+        signature.inputs.iter().map(|s| ("input", s)).chain(signature.outputs.iter().map(|s| ("output", s)))
+    {
+        let shape: Vec<i64> = spec.shape.iter().map(|d| if *d < 0 { 1 } else { *d }).collect();
+        let bytes = crate::protocol::codec::element_count(&shape)
+            .and_then(|n| n.checked_mul(spec.datatype.element_bytes()))
+            .unwrap_or(usize::MAX);
+        total = total.saturating_add(bytes);
+        if total > cap {
+            return Err(format!(
+                "{kind} '{}' of shape {:?} needs {} bytes for one row, over max_warmup_bytes ({cap})",
+                spec.name,
+                spec.shape,
+                if bytes == usize::MAX { "more than usize::MAX".to_owned() } else { bytes.to_string() }
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Runs one single-row inference of default values (dynamic dimensions set to 1), so the first

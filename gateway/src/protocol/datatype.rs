@@ -56,6 +56,17 @@ impl DataType {
         }
     }
 
+    /// Bytes one element takes in memory (BYTES: the smallest, an empty string's header).
+    pub fn element_bytes(self) -> usize {
+        match self {
+            DataType::Bool | DataType::Uint8 | DataType::Int8 => 1,
+            DataType::Uint16 | DataType::Int16 | DataType::Fp16 => 2,
+            DataType::Uint32 | DataType::Int32 | DataType::Fp32 => 4,
+            DataType::Uint64 | DataType::Int64 | DataType::Fp64 => 8,
+            DataType::Bytes => std::mem::size_of::<Vec<u8>>(),
+        }
+    }
+
     /// Parses a protocol name; `None` for anything else.
     pub fn parse(name: &str) -> Option<Self> {
         ALL.into_iter().find(|d| d.as_str() == name)

@@ -219,8 +219,16 @@ fn obtain(
     {
         return Ok((Arc::clone(existing), true));
     }
-    let verified = input.registry.verify(&entry).map_err(|e| e.to_string())?;
     let path = entry.model_file();
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if size > input.config.max_model_file_bytes {
+        return Err(format!(
+            "{} is {size} bytes, over max_model_file_bytes ({}); not read",
+            path.display(),
+            input.config.max_model_file_bytes
+        ));
+    }
+    let verified = input.registry.verify(&entry).map_err(|e| e.to_string())?;
     let loaded =
         load_version(input.env, name, version, ModelFile { path: &path, verified: &verified }, settings.clone())
             .map_err(|e| e.to_string())?;
