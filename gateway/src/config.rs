@@ -48,6 +48,9 @@ pub struct Config {
     /// `server.max_in_flight_bytes` still bound the work).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Which versions of a model without a rollout load (Triton's default: the latest one).
+    #[serde(default)]
+    pub version_policy: VersionPolicy,
     /// Memory one row of every input and declared output of a model may take; a version whose
     /// signature needs more (e.g. a static shape of [1, 100000000000]) is refused at load.
     #[serde(default = "default_max_warmup_bytes")]
@@ -161,6 +164,37 @@ pub struct ModelOverrides {
     pub rollout: Option<Rollout>,
     /// Share of this model's requests written to Parquet (overrides `sampling.rate`).
     pub sample_rate: Option<f64>,
+    /// Which versions load without a rollout (overrides the top-level `version_policy`).
+    pub version_policy: Option<VersionPolicy>,
+}
+
+/// Triton's version policy, for models without a rollout: `{ latest = N }` loads the N highest
+/// versions that load (a newer one that fails leaves the older serving), `"all"` every version,
+/// `{ specific = [1, 3] }` exactly those. Versions it no longer names are unloaded.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionPolicy {
+    All,
+    Latest(usize),
+    Specific(Vec<u64>),
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        VersionPolicy::Latest(1)
+    }
+}
+
+impl VersionPolicy {
+    fn validate(&self, at: &str) -> Result<(), String> {
+        match self {
+            VersionPolicy::Latest(n) if !(1..=1000).contains(n) => {
+                Err(format!("{at}.latest must be in 1..=1000, given {n}"))
+            }
+            VersionPolicy::Specific(v) if v.is_empty() => Err(format!("{at}.specific must name at least one version")),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A model's traffic split. Versions are numbers, registry aliases or `latest`.
@@ -263,6 +297,7 @@ impl Default for Config {
             http_threads: 0,
             max_in_flight: default_max_in_flight(),
             max_warmup_bytes: default_max_warmup_bytes(),
+            version_policy: VersionPolicy::default(),
             max_model_file_bytes: default_max_model_file_bytes(),
             server: crate::server::limits::ServerLimits::default(),
             admin_token: None,
@@ -334,6 +369,17 @@ impl Config {
         }
         self.server.validate()?;
         self.check_credentials()?;
+        self.version_policy.validate("version_policy")?;
+        for (name, m) in &self.models {
+            if let Some(policy) = &m.version_policy {
+                policy.validate(&format!("models.{name}.version_policy"))?;
+                if m.rollout.is_some() {
+                    return Err(format!(
+                        "models.{name}: version_policy and rollout cannot both be set (a rollout names its versions)"
+                    ));
+                }
+            }
+        }
         if !((1 << 20)..=(64 << 30)).contains(&self.max_warmup_bytes) {
             return Err(format!("max_warmup_bytes must be in 1048576..=68719476736, given {}", self.max_warmup_bytes));
         }
@@ -502,8 +548,13 @@ fn check_rollout(at: &str, r: &Rollout) -> Result<(), String> {
     Ok(())
 }
 
-/// The rollout of `model`, if it has one.
 impl Config {
+    /// The version policy of `model` (its own, else the top-level one).
+    pub fn version_policy_for(&self, model: &str) -> &VersionPolicy {
+        self.models.get(model).and_then(|m| m.version_policy.as_ref()).unwrap_or(&self.version_policy)
+    }
+
+    /// The rollout of `model`, if it has one.
     pub fn rollout_for(&self, model: &str) -> Option<&Rollout> {
         self.models.get(model).and_then(|m| m.rollout.as_ref())
     }

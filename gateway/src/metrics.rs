@@ -209,3 +209,47 @@ pub fn count_connection_closed(reason: &'static str) {
 pub fn count_request_cut(reason: &'static str) {
     metrics::counter!(REQUESTS_CUT, "reason" => reason).increment(1);
 }
+
+/// Prometheus text without the series of versions not in `live` (model, version): a retired
+/// version's series stop being exported. The recorder keeps their few atomics: the `metrics`
+/// crate cannot unregister, and its exporter's idle timeout would orphan the handles that live
+/// versions cache (their later increments would be lost).
+pub fn without_retired(text: &str, live: &std::collections::HashSet<(String, u64)>) -> String {
+    let label = |line: &str, name: &str| -> Option<String> {
+        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        let end = line[start..].find('"')? + start;
+        Some(line[start..end].to_owned())
+    };
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let retired = !line.starts_with('#')
+            && match (label(line, "model"), label(line, "version").and_then(|v| v.parse::<u64>().ok())) {
+                (Some(model), Some(version)) => !live.contains(&(model, version)),
+                _ => false,
+            };
+        if !retired {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_of_retired_versions_are_left_out_and_the_rest_kept() {
+        let text = "# TYPE flywheel_requests_total counter\n\
+                    flywheel_requests_total{model=\"tiny\",version=\"1\",code=\"200\"} 5\n\
+                    flywheel_requests_total{model=\"tiny\",version=\"2\",code=\"200\"} 7\n\
+                    flywheel_requests_in_flight 0\n\
+                    flywheel_labels_total{model=\"tiny\",outcome=\"matched\"} 3\n";
+        let live = [("tiny".to_owned(), 2)].into_iter().collect();
+        let kept = without_retired(text, &live);
+        assert!(!kept.contains("version=\"1\""), "{kept}");
+        assert!(kept.contains("version=\"2\"") && kept.contains("in_flight") && kept.contains("labels_total"));
+        assert!(kept.contains("# TYPE"));
+    }
+}

@@ -4,7 +4,7 @@ use crate::support::{Http, TestGateway, tiny_request, tiny_rows};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn server_and_model_endpoints_answer_in_the_protocols_shape() {
-    let gw = TestGateway::start("");
+    let gw = TestGateway::start("version_policy = \"all\"\n");
     let http = Http::new(false);
     let base = &gw.base;
 

@@ -18,7 +18,7 @@ fn in_process(model: &std::path::Path, rows: &[f32]) -> Vec<f32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_infer_matches_in_process_onnx_runtime_and_echoes_ids() {
-    let gw = TestGateway::start("");
+    let gw = TestGateway::start("version_policy = \"all\"\n");
     let http = Http::new(false);
     let rows = tiny_rows(5, 42);
     let mut body = tiny_request(&rows);

@@ -55,7 +55,8 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_that_fails_to_load_is_skipped_and_the_highest_ready_one_serves() {
-    let gw = TestGateway::start_with("", |repo| {
+    // latest = 2: the broken version 3 does not count, so versions 2 and 1 load.
+    let gw = TestGateway::start_with("version_policy = { latest = 2 }\n", |repo| {
         let broken = repo.join("tiny/3");
         std::fs::create_dir_all(&broken).unwrap();
         std::fs::write(broken.join("model.onnx"), b"not an onnx file").unwrap();
@@ -103,4 +104,34 @@ async fn a_reload_that_changes_a_restart_only_key_says_so() {
             e["action"] == "restart_required" && e["reason"].as_str().unwrap().contains("server.body_timeout_ms")
         });
     assert!(noted, "the audit log says which keys wait for a restart: {audit:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_policy_serves_the_latest_version_and_a_retired_one_leaves_the_scrape() {
+    let gw = TestGateway::start("");
+    let http = Http::new(false);
+    let meta = http.get(&format!("{}/v2/models/tiny", gw.base)).await.json();
+    assert_eq!(meta["versions"], json!(["2"]), "Triton's default: latest 1");
+    let config = http.get(&format!("{}/v2/models/tiny/config", gw.base)).await.json();
+    assert_eq!(config["version_policy"], json!({"latest": {"num_versions": 1}}));
+    let url = format!("{}/v2/models/tiny/infer", gw.base);
+    let body = crate::support::tiny_request(&crate::support::tiny_rows(1, 1));
+    assert_eq!(http.post_json(&url, &body).await.header("x-model-version"), Some("2"));
+    let scrape = |http: Http, base: String| async move {
+        String::from_utf8(http.get(&format!("{base}/metrics")).await.body.to_vec()).unwrap()
+    };
+    assert!(scrape(http.clone(), gw.base.clone()).await.contains("model=\"tiny\",version=\"2\""));
+    // Version 3 arrives: version 2 is unloaded, and its series leave /metrics.
+    let v3 = gw.repo.join("tiny/3");
+    std::fs::create_dir_all(&v3).unwrap();
+    std::fs::copy(gw.repo.join("tiny/1/model.onnx"), v3.join("model.onnx")).unwrap();
+    let swapped = crate::support::wait_until(Duration::from_secs(10), || async {
+        http.get(&format!("{}/v2/models/tiny", gw.base)).await.json()["versions"] == json!(["3"])
+    })
+    .await;
+    assert!(swapped, "only the new latest version is served");
+    assert_eq!(http.post_json(&url, &body).await.header("x-model-version"), Some("3"));
+    let text = scrape(http.clone(), gw.base.clone()).await;
+    assert!(text.contains("model=\"tiny\",version=\"3\""), "{text}");
+    assert!(!text.contains("model=\"tiny\",version=\"2\""), "the retired version's series are gone:\n{text}");
 }

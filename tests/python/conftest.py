@@ -30,8 +30,11 @@ def gateway():
     with tempfile.TemporaryDirectory() as tmp:
         repo = pathlib.Path(tmp) / "models"
         subprocess.run([binary("make-model-repo"), str(repo), "--heavy"], check=True, capture_output=True)
+        # Every version loads (Triton's default policy would load only the latest of each model).
+        config = pathlib.Path(tmp) / "gateway.toml"
+        config.write_text('version_policy = "all"\n')
         process = subprocess.Popen(
-            [binary("gateway"), "--model-repository", str(repo), "--listen", "127.0.0.1:0"],
+            [binary("gateway"), "--config", str(config), "--model-repository", str(repo), "--listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE,
             env={**os.environ, "FLYWHEEL_LOG": "warn"},
             text=True,

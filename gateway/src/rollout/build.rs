@@ -10,7 +10,7 @@ use flywheel_registry::{FileStamp, Registry, VersionEntry};
 use ort::environment::Environment;
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, VersionPolicy};
 use crate::metrics::LOAD_FAILURES;
 use crate::model::table::{Budget, Route, RouteEvidence, ServedModel, ShadowRoute};
 use crate::model::{ModelFile, ModelVersion, RoutingTable, load_version};
@@ -105,8 +105,17 @@ fn wanted(input: &BuildInput<'_>, name: &str, notes: &mut Vec<String>) -> Result
     let registry = input.registry;
     let (entries, _) = registry.versions(name).map_err(|e| e.to_string())?;
     let Some(rollout) = input.config.rollout_for(name) else {
-        let all: Vec<u64> = entries.iter().map(|e| e.version).collect();
-        let champion = *all.last().ok_or("no versions")?;
+        let all: Vec<u64> = match input.config.version_policy_for(name) {
+            VersionPolicy::Specific(wanted) => {
+                let present: Vec<u64> = entries.iter().map(|e| e.version).filter(|v| wanted.contains(v)).collect();
+                for missing in wanted.iter().filter(|v| !present.contains(v)) {
+                    notes.push(format!("version_policy names version {missing}, which the registry does not have"));
+                }
+                present
+            }
+            _ => entries.iter().map(|e| e.version).collect(),
+        };
+        let champion = *all.last().ok_or("no versions the version policy allows")?;
         return Ok(Wanted { champion, canary: None, shadow: None, all });
     };
     let resolve = |key: &str, reference: &str| {
@@ -148,11 +157,19 @@ fn build_model(input: &BuildInput<'_>, name: &str, report: &mut BuildReport) -> 
     let current = input.current.models.get(name);
     let settings = input.config.batch_settings_for(name);
     let mut versions: BTreeMap<u64, Arc<ModelVersion>> = BTreeMap::new();
-    // The champion first: it is the signature reference when nothing serves yet.
+    // The champion first: it is the signature reference when nothing serves yet. Without a
+    // rollout, newest first, stopping once `latest = N` versions loaded.
     let mut order = wanted.all.clone();
-    order.sort_by_key(|v| *v != wanted.champion);
+    order.sort_by_key(|v| (*v != wanted.champion, std::cmp::Reverse(*v)));
+    let keep = match (input.config.rollout_for(name), input.config.version_policy_for(name)) {
+        (None, VersionPolicy::Latest(n)) => *n,
+        _ => usize::MAX,
+    };
     let mut reference = current.and_then(|c| c.default_version()).map(|mv| mv.signature.clone());
     for version in order {
+        if versions.len() >= keep {
+            break;
+        }
         match obtain(input, name, version, &settings, current, reference.as_ref()) {
             Ok((mv, reused)) => {
                 if reused {

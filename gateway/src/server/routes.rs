@@ -79,7 +79,7 @@ fn model_get(state: &AppState, model: &str, rest: &[&str]) -> Result<Value, ApiE
     match action {
         None => Ok(model_metadata(mv, version.is_some(), &table.models[model].versions.keys().collect::<Vec<_>>())),
         Some("ready") => Ok(json!({"name": model, "version": mv.version.to_string(), "ready": true})),
-        Some("config") => Ok(model_config(mv)),
+        Some("config") => Ok(model_config(state, mv)),
         Some("stats") => Ok(stats_of(
             version
                 .map(|_| vec![mv.as_ref()])
@@ -126,7 +126,26 @@ fn model_metadata(mv: &ModelVersion, one_version: bool, versions: &[&u64]) -> Va
 }
 
 /// Triton's model configuration; with batching, `dims` leave out the batch dimension.
-fn model_config(mv: &ModelVersion) -> Value {
+/// The model's version policy as Triton's model config writes it (a rollout names its versions:
+/// reported as the specific ones it serves).
+fn version_policy(state: &AppState, model: &str) -> Value {
+    use crate::config::VersionPolicy;
+    let Some(reloader) = &state.reloader else { return json!({"latest": {"num_versions": 1}}) };
+    let config = reloader.config.load();
+    if config.rollout_for(model).is_some() {
+        let table = state.table.load();
+        let served: Vec<u64> =
+            table.models.get(model).map(|m| m.versions.keys().copied().collect()).unwrap_or_default();
+        return json!({"specific": {"versions": served}});
+    }
+    match config.version_policy_for(model) {
+        VersionPolicy::All => json!({"all": {}}),
+        VersionPolicy::Latest(n) => json!({"latest": {"num_versions": n}}),
+        VersionPolicy::Specific(v) => json!({"specific": {"versions": v}}),
+    }
+}
+
+fn model_config(state: &AppState, mv: &ModelVersion) -> Value {
     let max_batch_size = mv.effective_max_batch_size();
     let skip = usize::from(max_batch_size > 0);
     let io = |specs: &[TensorSpec]| -> Value {
@@ -139,7 +158,7 @@ fn model_config(mv: &ModelVersion) -> Value {
         "name": mv.model,
         "platform": "onnxruntime_onnx",
         "backend": "onnxruntime",
-        "version_policy": {"latest": {"num_versions": 1}},
+        "version_policy": version_policy(state, &mv.model),
         "max_batch_size": max_batch_size,
         "input": io(&mv.signature.inputs),
         "output": io(&mv.signature.outputs),
@@ -176,6 +195,11 @@ fn repository_index(state: &AppState) -> Value {
 
 fn metrics(state: &AppState) -> HttpResponse {
     let text = state.metrics.map(|h| h.render()).unwrap_or_default();
+    // Versions no longer served (nor draining) drop out of the scrape.
+    let mut live: std::collections::HashSet<(String, u64)> =
+        state.table.load().models.values().flat_map(|m| m.versions.keys().map(|v| (m.name.clone(), *v))).collect();
+    live.extend(state.reloader.as_ref().map(|r| r.draining()).unwrap_or_default());
+    let text = crate::metrics::without_retired(&text, &live);
     Response::builder()
         .status(200)
         .header("content-type", "text/plain; version=0.0.4")
