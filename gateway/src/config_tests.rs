@@ -44,7 +44,10 @@ fn each_bad_value_is_rejected_naming_key_and_value() {
         ("[server]\nheader_timeout_ms = 0", "server.header_timeout_ms must be in 100..=600000, given 0"),
         ("controller_interval_ms = 0", "controller_interval_ms must be in 10..=3600000, given 0"),
         ("version_policy = { latest = 0 }", "version_policy.latest must be in 1..=1000, given 0"),
-        ("[models.m]\nversion_policy = { specific = [] }", "models.m.version_policy.specific must name at least one version"),
+        (
+            "[models.m]\nversion_policy = { specific = [] }",
+            "models.m.version_policy.specific must name at least one version",
+        ),
         (
             "[models.m]\nversion_policy = \"all\"\n[models.m.rollout]\nchampion = \"champion\"",
             "models.m: version_policy and rollout cannot both be set",

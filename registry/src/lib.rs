@@ -6,7 +6,7 @@
 //! - [`profile`]: reference profiles (per-feature quantile bins, samples) for drift detection.
 //! - [`samples`]: the sample and label Parquet layout and column names.
 //! - [`events`]: the drift event format and the trainer's run log name.
-//! - [`fsutil`]: atomic, durable writes.
+//! - [`fsutil`]: atomic, durable writes; [`tail`]: the end of a JSON-lines log, read backwards.
 //!
 //! The `registry` binary exposes the same operations to operators.
 #![forbid(unsafe_code)]
@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod profile;
 pub mod samples;
 pub mod store;
+pub mod tail;
 
 pub use events::{DRIFT_EVENTS_FILE, DriftEvent, TRAINER_CURSOR_FILE, TRAINER_RUNS_FILE, read_drift_events};
 pub use manifest::{DataLineage, MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
@@ -25,6 +26,7 @@ pub use store::{
     ALIASES_FILE, FileStamp, MODEL_FILE, Registry, RegistryError, Skipped, Verified, VersionEntry, valid_alias,
     valid_model_name,
 };
+pub use tail::tail_lines;
 
 #[cfg(test)]
 mod tests;

@@ -53,11 +53,13 @@ impl AuditLog {
         Self { path, lock: Mutex::new(()) }
     }
 
-    /// Appends `entry` (and logs it); a write failure is logged, never fatal.
+    /// Appends `entry` (and logs it); a write failure is logged, never fatal. It fsyncs: call it
+    /// from a blocking thread, never from an async handler.
     pub fn append(&self, entry: &AuditEntry) {
         tracing::info!(model = %entry.model, action = entry.action, actor = entry.actor, from = ?entry.from, to = ?entry.to, reason = %entry.reason, "rollout decision");
         let Some(path) = &self.path else { return };
         let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        rotate_if_full(path);
         let line = serde_json::to_string(entry).unwrap_or_default();
         let written = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| {
             // One write call per line keeps lines whole; sync so a decision survives a crash.
@@ -69,11 +71,26 @@ impl AuditLog {
         }
     }
 
-    /// The last `n` entries (for the admin API).
+    /// The last `n` entries of the current file (for the admin API), read from its end.
     pub fn tail(&self, n: usize) -> Vec<Value> {
         let Some(path) = &self.path else { return Vec::new() };
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        let lines = flywheel_registry::tail_lines(path, n).unwrap_or_default();
+        lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+/// Size at which the audit log is set aside as `<name>.<unix ms>` and a new one started.
+const ROTATE_AT_BYTES: u64 = 64 << 20;
+
+fn rotate_if_full(path: &std::path::Path) {
+    if std::fs::metadata(path).map_or(true, |m| m.len() < ROTATE_AT_BYTES) {
+        return;
+    }
+    let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("audit.jsonl");
+    let aside = path.with_file_name(format!("{name}.{ms}"));
+    match std::fs::rename(path, &aside) {
+        Ok(()) => tracing::info!(path = %aside.display(), "audit log rotated"),
+        Err(e) => tracing::error!(path = %path.display(), error = %e, "audit log not rotated"),
     }
 }

@@ -26,7 +26,10 @@ pub async fn handle(
     let method = req.method().clone();
     match (method, rest) {
         (Method::GET, ["routing"]) => Ok(routing(state, &reloader)),
-        (Method::GET, ["audit"]) => Ok(json!({"entries": reloader.audit.tail(100)})),
+        (Method::GET, ["audit"]) => {
+            let r = Arc::clone(&reloader);
+            off_runtime(move || json!({"entries": r.audit.tail(100)})).await
+        }
         (Method::GET, ["drift", model]) => {
             let since = req
                 .uri()
@@ -38,18 +41,33 @@ pub async fn handle(
                 .transpose()?
                 .unwrap_or(0);
             let registry = reloader.registry().ok_or_else(|| ApiError::NotReady("no registry".into()))?;
-            let events = crate::drift::read_events(&registry, model, since);
-            let next = events.last().map_or(since, |e| e.seq + 1);
-            Ok(json!({"model": model, "events": events, "next": next}))
+            let path = registry.root().join(model).join(flywheel_registry::DRIFT_EVENTS_FILE);
+            let model = String::from(*model);
+            // The newest events only (read from the end of the log), so the call costs the same
+            // whatever the log's age; the trainer reads the whole log itself.
+            off_runtime(move || {
+                let lines = flywheel_registry::tail_lines(&path, MAX_EVENTS).unwrap_or_default();
+                let events: Vec<flywheel_registry::DriftEvent> = lines
+                    .iter()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .filter(|e: &flywheel_registry::DriftEvent| e.seq >= since)
+                    .collect();
+                let next = events.last().map_or(since, |e| e.seq + 1);
+                json!({"model": model, "events": events, "next": next})
+            })
+            .await
         }
         (Method::GET, ["runs", model]) => {
             // The trainer's retraining runs and gate verdicts (newest last).
             let registry = reloader.registry().ok_or_else(|| ApiError::NotReady("no registry".into()))?;
             let path = registry.root().join(model).join(flywheel_registry::TRAINER_RUNS_FILE);
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let runs: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-            let start = runs.len().saturating_sub(100);
-            Ok(json!({"model": model, "runs": &runs[start..]}))
+            let model = String::from(*model);
+            off_runtime(move || {
+                let lines = flywheel_registry::tail_lines(&path, 100).unwrap_or_default();
+                let runs: Vec<Value> = lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+                json!({"model": model, "runs": runs})
+            })
+            .await
         }
         (Method::POST, ["reload"]) => {
             let r = Arc::clone(&reloader);
@@ -196,8 +214,8 @@ async fn model_action(
             let mut entry = crate::rollout::audit::AuditEntry::now(model, "admin", "set_weight");
             entry.to = Some(candidate);
             entry.reason = format!("{reason}: canary weight {current}% -> {weight}%");
-            reloader.audit.append(&entry);
             blocking(move || {
+                r.audit.append(&entry);
                 r.reload();
             })
             .await?;
@@ -208,13 +226,21 @@ async fn model_action(
             let mut entry =
                 crate::rollout::audit::AuditEntry::now(model, "admin", if paused { "pause" } else { "resume" });
             entry.reason = reason;
-            reloader.audit.append(&entry);
+            blocking(move || r.audit.append(&entry)).await?;
         }
         other => {
             return Err(ApiError::NotFound { method: "POST".into(), path: format!("/admin/models/{model}/{other}") });
         }
     }
     Ok(routing(state, &reloader))
+}
+
+/// Most drift events one `/admin/drift` call returns (the newest).
+const MAX_EVENTS: usize = 1000;
+
+/// Runs file reads and fsyncs on the blocking pool, never on an async worker.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::BadRequest(format!("admin call failed: {e}")))
 }
 
 async fn blocking(f: impl FnOnce() + Send + 'static) -> Result<(), ApiError> {
