@@ -17,12 +17,15 @@
 //! - [`tap`]: the lossy channel of served requests, Parquet samples and labels.
 //! - [`drift`]: PSI/KS windows, Page-Hinkley, drift events.
 //! - [`metrics`]: every metric name and bucket.
+//! - [`health`]: panics in background work caught, counted and reported; [`fuzzing`]: the fuzz
+//!   targets' entry points.
 //! - [`app`]: wiring config → runtime → table → server, used by `main.rs` and tests.
 
 pub mod app;
 pub mod batch;
 pub mod config;
 pub mod drift;
+pub mod fuzzing;
 pub mod health;
 pub mod metrics;
 pub mod model;

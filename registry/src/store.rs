@@ -161,8 +161,7 @@ impl Registry {
         let manifest = manifest_path.is_file().then(|| {
             fs::read(&manifest_path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Manifest>(&b).map_err(|e| format!("{MANIFEST_FILE}: {e}")))
-                .and_then(|m| m.check_identity(model, version).map(|()| m).map_err(|e| format!("{MANIFEST_FILE}: {e}")))
+                .and_then(|b| parse_manifest(&b, model, version).map_err(|e| format!("{MANIFEST_FILE}: {e}")))
         });
         VersionEntry { model: model.to_owned(), version, dir, manifest }
     }
@@ -239,9 +238,8 @@ impl Registry {
     pub fn profile(&self, model: &str, version: u64) -> Result<Option<ReferenceProfile>, RegistryError> {
         let path = self.version(model, version)?.dir.join(PROFILE_FILE);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<ReferenceProfile>(&bytes)
-                .map_err(|e| e.to_string())
-                .and_then(|p| p.validate().map(|()| Some(p)))
+            Ok(bytes) => parse_profile(&bytes)
+                .map(Some)
                 .map_err(|reason| RegistryError::Corrupt { path: path.display().to_string(), reason }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&path)(e)),
@@ -259,12 +257,7 @@ impl Registry {
     pub fn aliases(&self, model: &str) -> Result<BTreeMap<String, u64>, RegistryError> {
         let path = self.model_dir(model)?.join(ALIASES_FILE);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<BTreeMap<String, u64>>(&bytes)
-                .map_err(|e| e.to_string())
-                .and_then(|aliases| match aliases.keys().find(|a| !valid_alias(a)) {
-                    Some(bad) => Err(format!("alias {bad:?} is not a valid alias name")),
-                    None => Ok(aliases),
-                })
+            Ok(bytes) => parse_aliases(&bytes)
                 .map_err(|reason| RegistryError::Corrupt { path: path.display().to_string(), reason }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
             Err(e) => Err(io(&path)(e)),
@@ -329,6 +322,29 @@ impl Registry {
 }
 
 /// Model names appear in paths, URLs and metric labels: keep them plain.
+/// Reads a manifest's bytes for `model` / `version`: parsed, and its identity checked.
+pub fn parse_manifest(bytes: &[u8], model: &str, version: u64) -> Result<Manifest, String> {
+    let manifest = serde_json::from_slice::<Manifest>(bytes).map_err(|e| e.to_string())?;
+    manifest.check_identity(model, version)?;
+    Ok(manifest)
+}
+
+/// Reads a reference profile's bytes: parsed and validated.
+pub fn parse_profile(bytes: &[u8]) -> Result<ReferenceProfile, String> {
+    let profile = serde_json::from_slice::<ReferenceProfile>(bytes).map_err(|e| e.to_string())?;
+    profile.validate()?;
+    Ok(profile)
+}
+
+/// Reads an alias file's bytes: alias → version, every alias name valid.
+pub fn parse_aliases(bytes: &[u8]) -> Result<BTreeMap<String, u64>, String> {
+    let aliases = serde_json::from_slice::<BTreeMap<String, u64>>(bytes).map_err(|e| e.to_string())?;
+    match aliases.keys().find(|a| !valid_alias(a)) {
+        Some(bad) => Err(format!("alias {bad:?} is not a valid alias name")),
+        None => Ok(aliases),
+    }
+}
+
 pub fn valid_model_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('.')
