@@ -73,8 +73,15 @@ async fn slow_heads_and_bodies_are_cut_off_while_healthy_clients_are_served() {
         }
     }
     let metrics = String::from_utf8(http.get(&format!("{}/metrics", gw.base)).await.body.to_vec()).unwrap();
-    assert!(metrics.contains("flywheel_connections_closed_total{reason=\"header_timeout\"} 8"), "{metrics}");
-    assert!(metrics.contains("flywheel_requests_cut_total{reason=\"body_timeout\"} 8"), "{metrics}");
+    // At least the 8 slow heads (a spare connection the healthy client's pool opened and never
+    // used is closed by the same rule).
+    assert!(counter(&metrics, "flywheel_connections_closed_total{reason=\"header_timeout\"}") >= 8.0, "{metrics}");
+    assert_eq!(counter(&metrics, "flywheel_requests_cut_total{reason=\"body_timeout\"}"), 8.0, "{metrics}");
+}
+
+/// The value of the series `series` (name and labels, exactly) in Prometheus text.
+fn counter(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -178,20 +185,28 @@ async fn a_flood_of_large_nested_json_requests_stays_within_the_byte_budget() {
     for _ in 0..16 {
         let (http, url, body) = (http.clone(), url.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
+            // Like a well-behaved client: a 503 is retried after a pause.
             let headers = [("content-type", "application/json".to_owned())];
-            http.send(hyper::Method::POST, &url, &headers, body).await.status
+            let mut shed = 0;
+            loop {
+                let status = http.send(hyper::Method::POST, &url, &headers, body.clone()).await.status;
+                if status != 503 || shed == 50 {
+                    return (status, shed);
+                }
+                shed += 1;
+                tokio::time::sleep(Duration::from_millis(20 * shed)).await;
+            }
         }));
     }
     let mut statuses = Vec::new();
     for t in tasks {
         statuses.push(t.await.unwrap());
     }
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "served or shed with 503: {statuses:?}");
-    assert!(statuses.contains(&200), "some were served: {statuses:?}");
+    assert!(statuses.iter().all(|(s, _)| *s == 200), "every client is served in the end: {statuses:?}");
     let (peak, _) = memory_kib(pid);
     let grown_mib = peak.saturating_sub(idle) / 1024;
     // At most 24 MiB of bodies are held, each decoding straight into 0.9 MiB of f32 (a
     // serde_json::Value tree would take 32 bytes an element, 7.7 MiB a body), plus answers.
     assert!(grown_mib < 200, "peak memory grew by {grown_mib} MiB over idle ({statuses:?})");
-    println!("nested-JSON flood: peak RSS {} MiB over idle; statuses {statuses:?}", grown_mib);
+    println!("nested-JSON flood: peak RSS {grown_mib} MiB over idle; (status, times shed) {statuses:?}");
 }
