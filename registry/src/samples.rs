@@ -5,7 +5,8 @@
 //! <sample_dir>/samples/model=<m>/date=<YYYY-MM-DD>/part-<ms>-<seq>.parquet
 //! <sample_dir>/labels/model=<m>/date=<YYYY-MM-DD>/part-<ms>-<seq>.parquet
 //! ```
-//! One sample row per request row: the columns below, then one column per input feature
+//! One sample row per request row: the columns below (`request_id` the gateway's unique id,
+//! `client_request_id` the client's own, nullable), then one column per input feature
 //! (`in_<input>_<i>`, or `in_<input>` as a list for non-tabular inputs) and per output value
 //! (`out_<output>_<i>` / `out_<output>`). A file is written under a hidden `.tmp` name and
 //! renamed when complete, so any `*.parquet` is whole.
@@ -15,8 +16,12 @@ pub const SAMPLES: &str = "samples";
 /// Folder of label files under the sample directory.
 pub const LABELS: &str = "labels";
 
-/// Request id (the response's `x-request-id`): the join key with labels.
+/// The gateway's own id of the request (the response's `x-flywheel-request-id`, 128 random
+/// bits): unique, so it is the join key with labels.
 pub const REQUEST_ID: &str = "request_id";
+/// The client's `x-request-id`, when it sent one (echoed in the response; null otherwise). Never
+/// a join key: two clients may choose the same one.
+pub const CLIENT_REQUEST_ID: &str = "client_request_id";
 /// Row index within the request (0 for single-row requests).
 pub const ROW: &str = "row";
 /// Time the request was answered (timestamp, µs, UTC).

@@ -60,3 +60,33 @@ async fn labels_need_the_feedback_token_once_one_is_set() {
         .await;
     assert_eq!(with_label.status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn labels_join_on_the_gateway_id_so_a_reused_client_id_relabels_nothing() {
+    let gw = TestGateway::start("[sampling]\nrate = 1.0\n");
+    let http = Http::new(false);
+    let url = format!("{}/v2/models/tiny/infer", gw.base);
+    let body = serde_json::to_vec(&crate::support::tiny_request(&[0.1; 16])).unwrap();
+    let mut gateway_ids = Vec::new();
+    for _ in 0..2 {
+        // Two clients that happen to pick the same id.
+        let reply = http.send(Method::POST, &url, &[("x-request-id", "order-42".into())], body.clone()).await;
+        assert_eq!(reply.header("x-request-id"), Some("order-42"), "the client's id is echoed");
+        let own = reply.header("x-flywheel-request-id").unwrap().to_owned();
+        assert_eq!(own.len(), 32);
+        gateway_ids.push(own);
+    }
+    assert_ne!(gateway_ids[0], gateway_ids[1], "each request has its own join id");
+    let feedback = format!("{}/v2/models/tiny/feedback", gw.base);
+    let forged = http.post_json(&feedback, &json!({"id": "order-42", "label": 0})).await;
+    assert_eq!(forged.status, 200);
+    let real = http.post_json(&feedback, &json!({"id": gateway_ids[1], "label": 1})).await;
+    assert_eq!(real.status, 200);
+    let metrics = String::from_utf8(http.get(&format!("{}/metrics", gw.base)).await.body.to_vec()).unwrap();
+    let count = |outcome: &str| {
+        let series = format!("flywheel_labels_total{{model=\"tiny\",outcome=\"{outcome}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
+    assert_eq!(count("unmatched"), 1, "the client's id scores no prediction:\n{metrics}");
+    assert_eq!(count("matched"), 1, "the gateway's id does:\n{metrics}");
+}

@@ -102,7 +102,8 @@ async fn labels_are_stored_once_and_shutdown_finalizes_every_file() {
             )
             .await;
         assert_eq!(reply.status, 200);
-        ids.push(id);
+        // Labels join on the gateway's own id of the request.
+        ids.push(reply.header("x-flywheel-request-id").unwrap().to_owned());
     }
     let feedback = format!("{}/v2/models/tiny/feedback", gw.base);
     let labels: Vec<_> = ids.iter().take(10).map(|id| json!({"id": id, "label": 1})).collect();
@@ -191,7 +192,7 @@ async fn a_covariate_shift_in_one_feature_raises_one_event_naming_it() {
     assert_eq!(admin["next"], 1);
 }
 
-/// (request_id, arm, version) of every sample row under `dir`.
+/// (client_request_id, arm, version) of every sample row under `dir`.
 fn sample_rows(dir: &Path) -> Vec<(String, String, u64)> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::UInt64Type;
@@ -204,7 +205,7 @@ fn sample_rows(dir: &Path) -> Vec<(String, String, u64)> {
                 .unwrap();
         for batch in reader {
             let batch = batch.unwrap();
-            let ids = batch.column_by_name("request_id").unwrap().as_string::<i32>().clone();
+            let ids = batch.column_by_name("client_request_id").unwrap().as_string::<i32>().clone();
             let arms = batch.column_by_name("arm").unwrap().as_string::<i32>().clone();
             let versions = batch.column_by_name("version").unwrap().as_primitive::<UInt64Type>().clone();
             for i in 0..batch.num_rows() {

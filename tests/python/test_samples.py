@@ -50,14 +50,17 @@ def run():
         )
         base = process.stdout.readline().strip().split("listening on ")[1]
         ids = [f"req-{i}" for i in range(N)]
-        versions = {}
+        versions, gateway_ids = {}, {}
         for i, rid in enumerate(ids):
             rows = [[(i % 7) / 7.0] * 16, [0.5] * 16] if i % 2 else [[(i % 7) / 7.0] * 16]
             body = {"inputs": [{"name": "input", "shape": [len(rows), 16], "datatype": "FP32", "data": rows}]}
             reply, headers = post(f"{base}/v2/models/tiny/infer", body, {"x-request-id": rid})
             versions[rid] = reply["model_version"]
+            assert headers["x-request-id"] == rid, "the client's id is echoed"
+            gateway_ids[rid] = headers["x-flywheel-request-id"]
         labelled = ids[:100]
-        post(f"{base}/v2/models/tiny/feedback", {"labels": [{"id": rid, "label": 1.0} for rid in labelled]})
+        # Labels join on the gateway's id of each request (unique), not on the client's.
+        post(f"{base}/v2/models/tiny/feedback", {"labels": [{"id": gateway_ids[rid], "label": 1.0} for rid in labelled]})
         process.terminate()
         assert process.wait(timeout=20) == 0
         yield tmp / "samples", ids, versions, labelled, repo
@@ -67,11 +70,12 @@ def test_pyarrow_reads_every_sampled_request_with_its_version_and_arm(run):
     root, ids, versions, _, _ = run
     table = ds.dataset(root / "samples", format="parquet", partitioning="hive").to_table()
     expected = {rid for rid in ids if sampled(rid)}
-    assert set(table.column("request_id").to_pylist()) == expected
+    assert set(table.column("client_request_id").to_pylist()) == expected
     # Binomial(400, 0.5): sd 10; the deterministic set above is the real check, this the sanity one.
     assert abs(len(expected) - N * RATE) < 50
     rows = table.to_pylist()
-    assert all(str(r["version"]) == versions[r["request_id"]] and r["arm"] == "champion" for r in rows)
+    assert all(str(r["version"]) == versions[r["client_request_id"]] and r["arm"] == "champion" for r in rows)
+    assert len({r["request_id"] for r in rows}) == len(expected), "one gateway id per request"
     two_row_requests = {rid for rid in expected if int(rid.split("-")[1]) % 2}
     assert len(rows) == len(expected) + len(two_row_requests), "one row per request row"
     assert table.schema.field("in_input_0").type == "float" and table.schema.field("out_output_0").type == "float"

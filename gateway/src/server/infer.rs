@@ -21,8 +21,10 @@ use crate::tap::{Served, Tap, id_fraction};
 
 /// Header carrying the JSON header length when binary tensors follow it.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
-/// Request id header: echoed when given, generated otherwise.
+/// Request id header: echoed when given, the gateway's id otherwise.
 pub const REQUEST_ID: &str = "x-request-id";
+/// The gateway's own unique id of the request, on every answer: what labels join on.
+pub const GATEWAY_REQUEST_ID: &str = "x-flywheel-request-id";
 /// Names the model version that answered.
 pub const MODEL_VERSION: &str = "x-model-version";
 /// Names the routing arm that answered (champion, canary, explicit).
@@ -32,7 +34,8 @@ pub const ARM: &str = "x-flywheel-arm";
 pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, version: Option<&str>) -> HttpResponse {
     let started = Instant::now();
     let _in_flight = InFlight::start();
-    let request_id = request_id(req.headers());
+    let ids = RequestIds::of(req.headers());
+    let request_id = &ids;
     let (parts, body) = req.into_parts();
     // The body first, under its deadline and the server's byte budget, then admission: a client
     // that trickles its body holds no admission slot, only the bytes it has sent.
@@ -42,14 +45,14 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
         Err(e) => {
             tracing::debug!(model, error_type = e.error_type(), error = %e, "request body refused");
             count_cut(&e);
-            return finish(error_response(&e), &request_id, None, started, None);
+            return finish(error_response(&e), request_id, None, started, None);
         }
     };
     // Over the limit, answer before any work is queued, so an overloaded gateway spends as
     // little as possible on work it will not do.
     let _admitted = match state.admission.as_ref().map(|b| (b.try_acquire(), b.max())) {
         Some((None, max)) => {
-            return finish(error_response(&ApiError::Overloaded { max }), &request_id, None, started, None);
+            return finish(error_response(&ApiError::Overloaded { max }), request_id, None, started, None);
         }
         Some((permit, _)) => permit,
         None => None,
@@ -67,13 +70,10 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
     };
     let (mv, arm, extras) = match routed {
         Ok(routed) => routed,
-        Err(e) => return finish(error_response(&e.into()), &request_id, None, started, None),
+        Err(e) => return finish(error_response(&e.into()), request_id, None, started, None),
     };
     let mirror = extras.as_ref().is_some_and(|x| x.shadow.is_some());
-    let tapping = state
-        .tap
-        .as_ref()
-        .map(|tap| TapDecision::new(tap, state, request_id.to_str().unwrap_or_default(), &mv.model, arm));
+    let tapping = state.tap.as_ref().map(|tap| TapDecision::new(tap, state, ids.sampling_key(), &mv.model, arm));
     let keep_inputs = mirror || tapping.as_ref().is_some_and(|t| t.needs_inputs);
     let (response, timing, answered) = match run(&parts.headers, body, &mv, keep_inputs).await {
         Ok((response, out, inputs)) => (response, Some((out.queue, out.compute)), Some((out, inputs))),
@@ -95,14 +95,14 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
             .tap
             .as_ref()
             .filter(|_| tapping.as_ref().is_some_and(|t| t.sampled))
-            .map(|tap| (Arc::clone(tap), request_id.to_str().unwrap_or_default().to_owned()));
+            .map(|tap| (Arc::clone(tap), ids.clone()));
         extras.after_primary(arm, total, answered.as_ref().map(|(out, inputs)| (out, inputs.as_ref())), sample);
     }
     if let (Some(tap), Some(decision)) = (state.tap.as_deref(), tapping) {
         let status = response.status().as_u16();
-        decision.offer(tap, &mv, request_id.to_str().unwrap_or_default(), arm, (status, total), answered);
+        decision.offer(tap, &mv, &ids, arm, (status, total), answered);
     }
-    let mut response = finish(response, &request_id, Some(&mv), started, timing);
+    let mut response = finish(response, request_id, Some(&mv), started, timing);
     response.headers_mut().insert(ARM, HeaderValue::from_static(arm.as_str()));
     response
 }
@@ -140,7 +140,7 @@ impl RouteExtras {
         arm: Arm,
         latency: Duration,
         answered: Option<(&JobOutput, Option<&Vec<Tensor>>)>,
-        sample: Option<(Arc<Tap>, String)>,
+        sample: Option<(Arc<Tap>, RequestIds)>,
     ) {
         let record = match arm {
             Arm::Champion => &self.evidence.champion,
@@ -179,8 +179,10 @@ struct TapDecision {
 }
 
 impl TapDecision {
-    fn new(tap: &Tap, state: &AppState, request_id: &str, model: &str, arm: Arm) -> Self {
-        let at = id_fraction(request_id);
+    /// `key` is the client's id when it sent one (so the decision is the same on every replica
+    /// and retry), the gateway's otherwise.
+    fn new(tap: &Tap, state: &AppState, key: &str, model: &str, arm: Arm) -> Self {
+        let at = id_fraction(key);
         let rate = state.reloader.as_ref().map_or(tap.sampling.rate, |r| r.config.load().sample_rate_for(model));
         let sampled = at < rate || (tap.sampling.keep_canary && arm == Arm::Canary);
         let drift = tap.drift.enabled && at < tap.drift.rate;
@@ -199,7 +201,7 @@ impl TapDecision {
         self,
         tap: &Tap,
         mv: &ModelVersion,
-        request_id: &str,
+        ids: &RequestIds,
         arm: Arm,
         (status, latency): (u16, Duration),
         answered: Option<(JobOutput, Option<Vec<Tensor>>)>,
@@ -215,7 +217,8 @@ impl TapDecision {
             return;
         }
         tap.offer(Served {
-            request_id: request_id.to_owned(),
+            request_id: ids.gateway(),
+            client_request_id: ids.client(),
             time: SystemTime::now(),
             model: mv.model.clone(),
             version: mv.version,
@@ -237,9 +240,9 @@ struct ShadowJob {
     inputs: Vec<Tensor>,
     primary: Vec<f64>,
     primary_latency: Duration,
-    /// When the primary was sampled: the tap and request id, so the shadow's answer is stored
+    /// When the primary was sampled: the tap and request ids, so the shadow's answer is stored
     /// beside it (arm `shadow`).
-    sample: Option<(Arc<Tap>, String)>,
+    sample: Option<(Arc<Tap>, RequestIds)>,
 }
 
 /// Runs the mirrored request on the shadow version and records the pair; its outcome never
@@ -274,9 +277,10 @@ async fn run_shadow(job: ShadowJob) {
             (500, Vec::new())
         }
     };
-    if let (Some((tap, request_id)), Some(inputs)) = (sample, kept_inputs) {
+    if let (Some((tap, ids)), Some(inputs)) = (sample, kept_inputs) {
         tap.offer(Served {
-            request_id,
+            request_id: ids.gateway(),
+            client_request_id: ids.client(),
             time: SystemTime::now(),
             model: shadow.model.clone(),
             version: shadow.version,
@@ -376,23 +380,53 @@ fn count_cut(e: &ApiError) {
     }
 }
 
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    headers.get(REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 128).cloned().unwrap_or_else(|| {
-        // 128 random bits as hex: unique enough to join a label to its request.
-        HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..))).unwrap_or(HeaderValue::from_static("0"))
-    })
+/// A request's ids: the gateway's own (128 random bits, unique: the label join key) and the
+/// client's `x-request-id` when it sent a usable one (echoed back, kept beside the sample).
+#[derive(Clone)]
+struct RequestIds {
+    gateway: HeaderValue,
+    client: Option<HeaderValue>,
+}
+
+impl RequestIds {
+    fn of(headers: &HeaderMap) -> Self {
+        let client = headers.get(REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok()).cloned();
+        // 32 hex digits are always a valid header value.
+        let gateway =
+            HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..))).unwrap_or(HeaderValue::from_static("0"));
+        Self { gateway, client }
+    }
+
+    /// What `x-request-id` answers: the client's id, else the gateway's.
+    fn echoed(&self) -> &HeaderValue {
+        self.client.as_ref().unwrap_or(&self.gateway)
+    }
+
+    /// The id the sampling decision hashes (see `TapDecision::new`).
+    fn sampling_key(&self) -> &str {
+        self.echoed().to_str().unwrap_or_default()
+    }
+
+    fn gateway(&self) -> String {
+        self.gateway.to_str().unwrap_or_default().to_owned()
+    }
+
+    fn client(&self) -> Option<String> {
+        self.client.as_ref().and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
 }
 
 /// Adds the request id, model version and `Server-Timing` headers.
 fn finish(
     mut response: HttpResponse,
-    request_id: &HeaderValue,
+    ids: &RequestIds,
     mv: Option<&ModelVersion>,
     started: Instant,
     timing: Option<(Duration, Duration)>,
 ) -> HttpResponse {
     let headers = response.headers_mut();
-    headers.insert(REQUEST_ID, request_id.clone());
+    headers.insert(REQUEST_ID, ids.echoed().clone());
+    headers.insert(GATEWAY_REQUEST_ID, ids.gateway.clone());
     if let Some(v) = mv.and_then(|mv| HeaderValue::from_str(&mv.version.to_string()).ok()) {
         headers.insert(MODEL_VERSION, v);
     }

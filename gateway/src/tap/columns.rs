@@ -74,6 +74,7 @@ impl Plan {
         let outputs: Vec<(String, Layout)> = served.outputs.iter().map(|t| (t.name.clone(), layout(t))).collect();
         let mut f = vec![
             Field::new(samples::REQUEST_ID, ArrowType::Utf8, false),
+            Field::new(samples::CLIENT_REQUEST_ID, ArrowType::Utf8, true),
             Field::new(samples::ROW, ArrowType::UInt32, false),
             Field::new(samples::TIME, ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
             Field::new(samples::MODEL, ArrowType::Utf8, false),
@@ -113,6 +114,7 @@ enum Builder {
 pub struct Rows {
     plan: Plan,
     id: StringBuilder,
+    client_id: StringBuilder,
     row: UInt32Builder,
     time: TimestampMicrosecondBuilder,
     model: StringBuilder,
@@ -142,6 +144,7 @@ impl Rows {
         Self {
             plan,
             id: StringBuilder::new(),
+            client_id: StringBuilder::new(),
             row: UInt32Builder::new(),
             time: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
             model: StringBuilder::new(),
@@ -175,6 +178,7 @@ impl Rows {
         let micros = served.time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
         for r in 0..rows {
             self.id.append_value(&served.request_id);
+            self.client_id.append_option(served.client_request_id.as_deref());
             self.row.append_value(r as u32);
             self.time.append_value(micros);
             self.model.append_value(&served.model);
@@ -199,6 +203,7 @@ impl Rows {
     pub fn take(&mut self) -> Result<RecordBatch, arrow_schema::ArrowError> {
         let mut arrays: Vec<ArrayRef> = vec![
             Arc::new(self.id.finish()),
+            Arc::new(self.client_id.finish()),
             Arc::new(self.row.finish()),
             Arc::new(self.time.finish()),
             Arc::new(self.model.finish()),

@@ -104,7 +104,10 @@ impl SamplingSettings {
 /// One answered request as the tap sees it.
 #[derive(Debug)]
 pub struct Served {
+    /// The gateway's unique id of the request (the label join key).
     pub request_id: String,
+    /// The client's own `x-request-id`, if it sent one.
+    pub client_request_id: Option<String>,
     pub time: SystemTime,
     pub model: String,
     pub version: u64,

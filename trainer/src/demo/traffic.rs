@@ -75,6 +75,8 @@ impl Traffic {
             match agent.post(&infer).set("x-request-id", &id).send_json(body) {
                 Ok(response) => {
                     let version = response.header("x-model-version").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    // Labels join on the gateway's own id of the request, not on ours.
+                    let join_id = response.header("x-flywheel-request-id").unwrap_or(&id).to_owned();
                     let prediction = response
                         .into_json::<Value>()
                         .ok()
@@ -85,7 +87,10 @@ impl Traffic {
                     } else {
                         row.label
                     };
-                    due.push_back((Instant::now() + self.label_delay, json!({"id": id, "row": 0, "label": label})));
+                    due.push_back((
+                        Instant::now() + self.label_delay,
+                        json!({"id": join_id, "row": 0, "label": label}),
+                    ));
                     let answer = Answer { at, version, prediction, label, features: row.features, drifted };
                     if let Ok(mut l) = log.lock() {
                         l.answers.push(answer);
