@@ -172,9 +172,13 @@ impl Tap {
         let (labels_tx, labels_rx) = bounded(1024);
         let (stop_tx, stop_rx) = bounded(1);
         let mut worker = Worker::new(&sampling, dir, DriftMonitor::new(drift.clone(), registry));
-        let thread = std::thread::Builder::new()
-            .name("tap".into())
-            .spawn(move || worker.run(&served_rx, &labels_rx, &stop_rx))?;
+        let thread = std::thread::Builder::new().name("tap".into()).spawn(move || {
+            // Items are guarded one by one; should the loop itself panic, it is counted and
+            // entered again with the same state (files, buffers, detectors), never left dead.
+            while health::guard("tap", || worker.run(&served_rx, &labels_rx, &stop_rx)).is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })?;
         Ok(Self {
             served: served_tx,
             labels: labels_tx,
