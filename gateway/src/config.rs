@@ -159,8 +159,8 @@ pub struct ModelOverrides {
     pub queue_capacity: Option<usize>,
     pub instances: Option<usize>,
     pub intra_op_threads: Option<usize>,
-    /// Which versions serve and how traffic splits; without it every version loads and the
-    /// highest serves by default.
+    /// Which versions serve and how traffic splits; without it `version_policy` decides which
+    /// versions load (default: the latest) and the highest serves by default.
     pub rollout: Option<Rollout>,
     /// Share of this model's requests written to Parquet (overrides `sampling.rate`).
     pub sample_rate: Option<f64>,

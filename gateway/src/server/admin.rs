@@ -47,13 +47,14 @@ pub async fn handle(
             // whatever the log's age; the trainer reads the whole log itself.
             off_runtime(move || {
                 let lines = flywheel_registry::tail_lines(&path, MAX_EVENTS).unwrap_or_default();
-                let events: Vec<flywheel_registry::DriftEvent> = lines
-                    .iter()
-                    .filter_map(|l| serde_json::from_str(l).ok())
-                    .filter(|e: &flywheel_registry::DriftEvent| e.seq >= since)
-                    .collect();
+                let all: Vec<flywheel_registry::DriftEvent> =
+                    lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+                // Older events than the newest MAX_EVENTS were asked for but not read: say so, so
+                // a poller knows it has a gap.
+                let truncated = lines.len() >= MAX_EVENTS && all.first().is_some_and(|e| e.seq > since);
+                let events: Vec<_> = all.into_iter().filter(|e| e.seq >= since).collect();
                 let next = events.last().map_or(since, |e| e.seq + 1);
-                json!({"model": model, "events": events, "next": next})
+                json!({"model": model, "events": events, "next": next, "truncated": truncated})
             })
             .await
         }

@@ -127,7 +127,9 @@ async fn collect(
         match (&mut first, &mut rest) {
             (None, _) => first = Some(data),
             (Some(head), None) => {
-                let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).clamp(total, limit));
+                // Reserve from what arrived, not from what was declared: a client that declares
+                // 64 MiB and sends two frames must not make the gateway reserve 64 MiB.
+                let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).clamp(total, limit).min(total * 4));
                 buf.extend_from_slice(head);
                 buf.extend_from_slice(&data);
                 rest = Some(buf);

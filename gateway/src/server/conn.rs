@@ -40,9 +40,14 @@ pub struct Activity {
     last_done: AtomicU64,
     /// When a write first found the socket full; `NONE` while writes go through.
     write_blocked: AtomicU64,
-    /// Set once the client spoke the HTTP/2 preface (heads are then framed by h2, not timed here).
+    /// Set once the client sent the whole HTTP/2 preface (heads are then framed by h2, not
+    /// timed here).
     h2: AtomicBool,
-    seen_bytes: AtomicBool,
+    /// Bytes of the preface matched so far; `usize::MAX` once the client is known not to speak
+    /// HTTP/2 (a single "P" decides nothing).
+    preface_matched: AtomicUsize,
+    /// When a write last went through (a connection sending a long answer is not a slow head).
+    last_write: AtomicU64,
 }
 
 /// Why the watchdog closed a connection (a metric label).
@@ -72,7 +77,8 @@ impl Activity {
             last_done: AtomicU64::new(now),
             write_blocked: AtomicU64::new(NONE),
             h2: AtomicBool::new(false),
-            seen_bytes: AtomicBool::new(false),
+            preface_matched: AtomicUsize::new(0),
+            last_write: AtomicU64::new(NONE),
         })
     }
 
@@ -89,11 +95,17 @@ impl Activity {
     }
 
     fn on_read(&self, bytes: &[u8]) {
-        if !self.seen_bytes.swap(true, Ordering::Relaxed) {
-            const PREFACE: &[u8] = b"PRI * HTTP/2.0";
-            let n = bytes.len().min(PREFACE.len());
-            if n > 0 && bytes[..n] == PREFACE[..n] {
-                self.h2.store(true, Ordering::Relaxed);
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let matched = self.preface_matched.load(Ordering::Relaxed);
+        if matched < PREFACE.len() {
+            let n = bytes.len().min(PREFACE.len() - matched);
+            if bytes[..n] == PREFACE[matched..matched + n] {
+                self.preface_matched.store(matched + n, Ordering::Relaxed);
+                if matched + n == PREFACE.len() {
+                    self.h2.store(true, Ordering::Relaxed);
+                }
+            } else {
+                self.preface_matched.store(usize::MAX, Ordering::Relaxed);
             }
         }
         if self.in_flight.load(Ordering::Acquire) == 0 && self.head_started.load(Ordering::Acquire) == NONE {
@@ -102,6 +114,9 @@ impl Activity {
     }
 
     fn on_write(&self, blocked: bool) {
+        if !blocked {
+            self.last_write.store(now_ms(), Ordering::Relaxed);
+        }
         let current = self.write_blocked.load(Ordering::Relaxed);
         if blocked && current == NONE {
             self.write_blocked.store(now_ms(), Ordering::Relaxed);
@@ -120,7 +135,11 @@ impl Activity {
             return None;
         }
         let h2 = self.h2.load(Ordering::Relaxed);
-        if !h2 && past(self.head_started.load(Ordering::Acquire), limits.header_timeout()) {
+        // A byte of a pipelined request that arrives while a long answer is still being written
+        // starts no header clock until the writing stops.
+        let writing = !past(self.last_write.load(Ordering::Relaxed), limits.header_timeout())
+            && self.last_write.load(Ordering::Relaxed) != NONE;
+        if !h2 && !writing && past(self.head_started.load(Ordering::Acquire), limits.header_timeout()) {
             return Some(Expiry::Header);
         }
         let waiting_for_head = !h2 && self.head_started.load(Ordering::Acquire) != NONE;
@@ -230,6 +249,20 @@ mod tests {
         a.on_read(b"POST /v2");
         let started = clock();
         assert_eq!(a.expired(&limits(), started + 150), Some(Expiry::Header), "a trickled head");
+    }
+
+    #[test]
+    fn one_byte_of_the_preface_does_not_make_a_connection_http2() {
+        let a = Activity::new();
+        a.on_read(b"P");
+        a.on_read(b"OST /v2");
+        assert!(!a.is_h2(), "POST shares its first byte with the preface");
+        assert_eq!(a.expired(&limits(), clock() + 150), Some(Expiry::Header), "still timed as a head");
+        let b = Activity::new();
+        b.on_read(b"PRI * HTTP/2.0\r\n");
+        assert!(!b.is_h2(), "not until the whole preface");
+        b.on_read(b"\r\nSM\r\n\r\n");
+        assert!(b.is_h2());
     }
 
     #[test]

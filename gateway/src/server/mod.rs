@@ -196,16 +196,22 @@ impl Connection {
                     if changed.is_err() { break; }
                 }
                 _ = tick.tick() => {
+                    // A connection that only said it speaks HTTP/2 after the drain began.
+                    if !shut && *self.phase.borrow() == Phase::Draining && activity.is_h2() {
+                        connection.as_mut().graceful_shutdown();
+                        shut = true;
+                    }
                     if let Some(expiry) = activity.expired(&limits, conn::clock()) {
-                        crate::metrics::count_connection_closed(expiry.as_str());
-                        tracing::debug!(%peer, reason = expiry.as_str(), "closing connection");
-                        if expiry != conn::Expiry::Idle {
+                        // Idle: a graceful close (GOAWAY on h2); anything else, or an idle
+                        // connection that a graceful close did not end, is dropped.
+                        if expiry != conn::Expiry::Idle || shut {
+                            crate::metrics::count_connection_closed(expiry.as_str());
+                            tracing::debug!(%peer, reason = expiry.as_str(), "closing connection");
                             return;
                         }
-                        if !shut {
-                            connection.as_mut().graceful_shutdown();
-                            shut = true;
-                        }
+                        crate::metrics::count_connection_closed(expiry.as_str());
+                        connection.as_mut().graceful_shutdown();
+                        shut = true;
                     }
                 }
             }
@@ -226,7 +232,10 @@ async fn answer(
     let deadline = state.limits.request_timeout();
     let mut response = match tokio::time::timeout(deadline, routes::handle(Arc::clone(&state), req, peer)).await {
         Ok(response) => response,
-        Err(_) => routes::error_response(&ApiError::RequestTimeout { after_ms: state.limits.request_timeout_ms }),
+        Err(_) => {
+            crate::metrics::count_request_cut("request_timeout");
+            routes::error_response(&ApiError::RequestTimeout { after_ms: state.limits.request_timeout_ms })
+        }
     };
     if h1 && state.draining.load(Ordering::Relaxed) {
         response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));

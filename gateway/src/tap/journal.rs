@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -67,7 +67,12 @@ impl Journal {
             text.push(b'\n');
         }
         let open = self.open_for(model)?;
-        open.file.write_all(&text)?;
+        let before = open.file.metadata()?.len();
+        if let Err(e) = open.file.write_all(&text) {
+            // A partial line would glue the next acknowledged label onto it: cut it off.
+            let _ = open.file.set_len(before);
+            return Err(e);
+        }
         open.dirty = true;
         Ok(())
     }
@@ -106,9 +111,13 @@ impl Journal {
     fn open_for(&mut self, model: &str) -> std::io::Result<&mut Open> {
         if !self.open.contains_key(model) {
             std::fs::create_dir_all(&self.dir)?;
-            // A journal left from before (a crash the replay could not finish) is appended to,
-            // never truncated.
             let path = self.dir.join(format!("{model}.jsonl"));
+            // A journal left from before (one the start's replay could not write) is set aside
+            // for the next start, so finalizing this one never deletes its labels.
+            if path.exists() {
+                let aside = self.dir.join(format!("{model}@{}.jsonl", unique_suffix()));
+                std::fs::rename(&path, &aside)?;
+            }
             let file = OpenOptions::new().create(true).append(true).open(&path)?;
             flywheel_registry::fsutil::sync_dir(&self.dir)?;
             self.open.insert(model.to_owned(), Open { file, path, dirty: false, keep: false });
@@ -164,12 +173,14 @@ fn model_of(path: &Path) -> Option<String> {
 }
 
 fn replay_one(sample_dir: &Path, model: &str, path: &Path) -> std::io::Result<(usize, usize)> {
-    let reader = BufReader::new(File::open(path)?);
+    let mut bytes = Vec::new();
+    BufReader::new(File::open(path)?).read_to_end(&mut bytes)?;
     let mut rows = LabelRows::default();
     let mut skipped = 0;
-    for line in reader.lines() {
-        let line = line?;
-        match serde_json::from_str::<Entry>(&line) {
+    // By bytes, not text lines: a line torn inside a multi-byte character is one skipped line,
+    // not a journal that can never be replayed.
+    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<Entry>(line) {
             Ok(e) => {
                 let at = SystemTime::UNIX_EPOCH + Duration::from_micros(e.time_us.max(0) as u64);
                 rows.push(&Label { id: e.id, row: e.row, label: e.label }, at);
@@ -221,6 +232,33 @@ mod tests {
         assert_eq!(parquet.len(), 1, "{parquet:?}");
         assert!(parquet[0].to_string_lossy().contains("labels/model=fraud/date="));
         assert_eq!(replay(dir.path()), Replayed::default(), "nothing twice");
+    }
+
+    #[test]
+    fn a_journal_left_by_a_failed_replay_is_set_aside_not_deleted_with_the_next_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal_dir = dir.path().join("labels/.journal");
+        std::fs::create_dir_all(&journal_dir).unwrap();
+        // Left from before the start (say the replay hit a full disk).
+        std::fs::write(journal_dir.join("m.jsonl"), b"{\"id\":\"old\",\"row\":0,\"label\":1.0,\"time_us\":1}\n")
+            .unwrap();
+        let mut journal = Journal::new(dir.path());
+        journal.append("m", &[&label("new", 0.0)], SystemTime::now()).unwrap();
+        journal.sync().unwrap();
+        journal.finalized("m");
+        let replayed = replay(dir.path());
+        assert_eq!(replayed.labels, 1, "the old label is still there for the next start: {replayed:?}");
+    }
+
+    #[test]
+    fn a_line_torn_inside_a_multibyte_character_is_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal_dir = dir.path().join("labels/.journal");
+        std::fs::create_dir_all(&journal_dir).unwrap();
+        let mut bytes = b"{\"id\":\"ok\",\"row\":0,\"label\":1.0,\"time_us\":1}\n{\"id\":\"".to_vec();
+        bytes.extend_from_slice(&"é".as_bytes()[..1]);
+        std::fs::write(journal_dir.join("m.jsonl"), bytes).unwrap();
+        assert_eq!(replay(dir.path()), Replayed { journals: 1, labels: 1, skipped_lines: 1 });
     }
 
     #[test]

@@ -238,12 +238,9 @@ impl LabelIndex {
         Accepted { stored: true, scored }
     }
 
-    /// Forgets that `label` was stored (its write failed), so a retry stores it.
-    pub fn forget(&mut self, label: &Label) {
-        let key = (label.id.clone(), label.row);
-        if self.seen.get(&key) == Some(&label.label) {
-            self.seen.remove(&key);
-        }
+    /// Whether `label` repeats one already stored (same id, row and value).
+    pub fn is_repeat(&self, label: &Label) -> bool {
+        self.seen.get(&(label.id.clone(), label.row)) == Some(&label.label)
     }
 
     fn expire(&mut self) {

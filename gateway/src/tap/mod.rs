@@ -26,7 +26,7 @@ use self::journal::Journal;
 use self::labels::{Label, LabelIndex, LabelRows};
 use crate::drift::{DriftMonitor, DriftSettings};
 use crate::health;
-use crate::metrics::{SAMPLE_FILES, SAMPLE_ROWS, SAMPLE_WRITE_ERRORS, TAP_DROPPED};
+use crate::metrics::{LABELS, SAMPLE_FILES, SAMPLE_ROWS, SAMPLE_WRITE_ERRORS, TAP_DROPPED};
 use crate::model::table::fnv1a;
 use crate::protocol::Tensor;
 
@@ -328,13 +328,21 @@ impl Worker {
     }
 
     /// Stores each message's new labels: journaled and fsynced once for the whole group, then
-    /// buffered for Parquet, then acknowledged. If the journal cannot be written, nothing of the
-    /// group is stored and every sender gets the error (a retry stores them).
+    /// buffered for Parquet, acknowledged, and only then recorded as seen and scored. If the
+    /// journal cannot be written, nothing of the group is recorded and every sender gets the
+    /// error (a retry stores them).
     fn commit_labels(&mut self, group: Vec<LabelMsg>) {
         let now = SystemTime::now();
         let mut accepted: Vec<LabelMsg> = Vec::new();
         for (model, batch, reply) in group {
-            let new: Vec<Label> = batch.into_iter().filter(|label| self.accept_label(&model, label)).collect();
+            let mut here = std::collections::HashSet::new();
+            let (new, repeats): (Vec<Label>, Vec<Label>) = batch
+                .into_iter()
+                .partition(|l| !self.index.is_repeat(l) && here.insert((l.id.clone(), l.row, l.label.to_bits())));
+            if !repeats.is_empty() {
+                metrics::counter!(LABELS, "model" => model.clone(), "outcome" => "duplicate")
+                    .increment(repeats.len() as u64);
+            }
             accepted.push((model, new, reply));
         }
         let durable = accepted
@@ -343,10 +351,7 @@ impl Worker {
             .and_then(|()| self.journal.sync());
         if let Err(e) = durable {
             tracing::error!(error = %e, "label journal not written; the labels were refused");
-            for (model, new, reply) in accepted {
-                for label in &new {
-                    self.index.forget(label);
-                }
+            for (model, _, reply) in accepted {
                 metrics::counter!(SAMPLE_WRITE_ERRORS, "model" => model, "kind" => "label_journal").increment(1);
                 let _ = reply.send(Err(format!("labels could not be written to disk ({e}); retry")));
             }
@@ -359,16 +364,19 @@ impl Worker {
                 sink.rows.push(label, now);
             }
             let _ = reply.send(Ok(new.len()));
+            // Scoring may do I/O (drift events, a webhook): after the labels are safe.
+            for label in &new {
+                self.accept_label(&model, label);
+            }
         }
     }
 
-    /// Whether `label` is new (not a repeat of a stored one); scores it on the way.
-    fn accept_label(&mut self, model: &str, label: &Label) -> bool {
+    /// Records a stored label as seen and scores it against its prediction, if recent.
+    fn accept_label(&mut self, model: &str, label: &Label) {
         let accepted = self.index.accept(model, label);
         if let Some((model, version, mistake)) = accepted.scored {
             self.drift.observe_outcome(&model, version, mistake);
         }
-        accepted.stored
     }
 
     /// Writes buffered sample rows of `model`; with `close`, finalizes its file too.
