@@ -50,7 +50,8 @@ pub fn spawn(reloader: Arc<Reloader>, settings: WatchSettings, baseline: u64) ->
                 let limit = Instant::now() + settings.debounce * 10;
                 while Instant::now() < limit && rx.recv_timeout(settings.debounce).is_ok() {}
             }
-            let now = fingerprint(&reloader);
+            // Every step of the loop is guarded, so the watcher thread cannot die of a panic.
+            let Some(now) = crate::health::guard("watcher", || fingerprint(&reloader)) else { continue };
             if now != last && running.keep_going() {
                 last = now;
                 crate::health::guard("watcher", || reloader.reload());
