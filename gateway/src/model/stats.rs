@@ -68,21 +68,22 @@ pub struct ModelStats {
 impl ModelStats {
     /// Records one executed batch of `requests` requests and `rows` rows.
     pub fn record_batch(&self, requests: usize, rows: usize, times: BatchTimes) {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        // One lock per batch, never across an await. Every counter a snapshot compares is updated
+        // under it, and `to_json` reads them under it: perf_analyzer aborts when a snapshot
+        // shows the compute input, infer and output counts unequal (seen once at concurrency 4).
+        let mut map = self.by_batch_size.lock().unwrap_or_else(|p| p.into_inner());
         self.execution_count.fetch_add(1, Ordering::Relaxed);
         self.inference_count.fetch_add(rows as u64, Ordering::Relaxed);
         let n = requests as u64;
         self.compute_input.add(n, times.input);
         self.compute_infer.add(n, times.infer);
         self.compute_output.add(n, times.output);
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         self.last_inference_ms.store(now_ms, Ordering::Relaxed);
-        // The lock is held for three atomic adds, once per batch, never across an await.
-        if let Ok(mut map) = self.by_batch_size.lock() {
-            let entry = map.entry(rows).or_default();
-            entry.input.add(1, times.input);
-            entry.infer.add(1, times.infer);
-            entry.output.add(1, times.output);
-        }
+        let entry = map.entry(rows).or_default();
+        entry.input.add(1, times.input);
+        entry.infer.add(1, times.infer);
+        entry.output.add(1, times.output);
     }
 
     /// Records a request's time waiting in the batch queue.
@@ -102,20 +103,17 @@ impl ModelStats {
 
     /// Triton's `model_stats[]` entry.
     pub fn to_json(&self, name: &str, version: u64) -> Value {
-        let batch_stats: Vec<Value> = self
-            .by_batch_size
-            .lock()
-            .map(|map| {
-                map.iter()
-                    .map(|(size, s)| {
-                        json!({"batch_size": size, "compute_input": s.input.json(),
-                               "compute_infer": s.infer.json(), "compute_output": s.output.json()})
-                    })
-                    .collect()
+        // Held while every batch counter is read, so they come from the same moment.
+        let map = self.by_batch_size.lock().unwrap_or_else(|p| p.into_inner());
+        let batch_stats: Vec<Value> = map
+            .iter()
+            .map(|(size, s)| {
+                json!({"batch_size": size, "compute_input": s.input.json(),
+                       "compute_infer": s.infer.json(), "compute_output": s.output.json()})
             })
-            .unwrap_or_default();
+            .collect();
         let zero = json!({"count": 0, "ns": 0});
-        json!({
+        let stats = json!({
             "name": name,
             "version": version.to_string(),
             "last_inference": self.last_inference_ms.load(Ordering::Relaxed),
@@ -133,7 +131,9 @@ impl ModelStats {
             },
             "batch_stats": batch_stats,
             "memory_usage": [],
-        })
+        });
+        drop(map);
+        stats
     }
 }
 
