@@ -77,6 +77,15 @@ async fn labels_join_on_the_gateway_id_so_a_reused_client_id_relabels_nothing() 
         gateway_ids.push(own);
     }
     assert_ne!(gateway_ids[0], gateway_ids[1], "each request has its own join id");
+    // The tap has taken both predictions in before their labels arrive.
+    let metrics_url = format!("{}/metrics", gw.base);
+    let tapped = crate::support::wait_until(std::time::Duration::from_secs(5), || async {
+        String::from_utf8(http.get(&metrics_url).await.body.to_vec())
+            .unwrap()
+            .contains("flywheel_sample_rows_total{model=\"tiny\"} 2")
+    })
+    .await;
+    assert!(tapped);
     let feedback = format!("{}/v2/models/tiny/feedback", gw.base);
     let forged = http.post_json(&feedback, &json!({"id": "order-42", "label": 0})).await;
     assert_eq!(forged.status, 200);

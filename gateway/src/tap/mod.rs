@@ -363,11 +363,12 @@ impl Worker {
             for label in &new {
                 sink.rows.push(label, now);
             }
-            let _ = reply.send(Ok(new.len()));
-            // Scoring may do I/O (drift events, a webhook): after the labels are safe.
+            // Scoring may do I/O (drift events, a webhook): after the labels are safe, before
+            // the answer, so a caller that reads the quality metrics next sees its labels.
             for label in &new {
                 self.accept_label(&model, label);
             }
+            let _ = reply.send(Ok(new.len()));
         }
     }
 
