@@ -560,14 +560,14 @@ impl Config {
     }
 }
 
+/// `Ok` when `value` is in `lo..=hi`; otherwise the message every range check gives:
+/// `<at>.<key> must be in <lo>..=<hi>, given <value>`.
+pub fn check_range(at: &str, key: &str, value: u64, lo: u64, hi: u64) -> Result<(), String> {
+    if (lo..=hi).contains(&value) { Ok(()) } else { Err(format!("{at}.{key} must be in {lo}..={hi}, given {value}")) }
+}
+
 fn check_batching(at: &str, b: &Batching) -> Result<(), String> {
-    let range = |key: &str, value: u64, lo: u64, hi: u64| {
-        if (lo..=hi).contains(&value) {
-            Ok(())
-        } else {
-            Err(format!("{at}.{key} must be in {lo}..={hi}, given {value}"))
-        }
-    };
+    let range = |key: &str, value: u64, lo: u64, hi: u64| check_range(at, key, value, lo, hi);
     range("max_batch_size", b.max_batch_size as u64, 0, 65_536)?;
     range("max_queue_delay_us", b.max_queue_delay_us, 0, 1_000_000)?;
     range("queue_capacity", b.queue_capacity as u64, 1, 1_000_000)?;

@@ -40,10 +40,6 @@ impl ByteBudget {
         self.held.load(Ordering::Relaxed)
     }
 
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     fn empty(self: &Arc<Self>) -> BytesHeld {
         BytesHeld { budget: Arc::clone(self), n: 0 }
     }

@@ -35,7 +35,6 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
     let started = Instant::now();
     let _in_flight = InFlight::start();
     let ids = RequestIds::of(req.headers());
-    let request_id = &ids;
     let (parts, body) = req.into_parts();
     // The body first, under its deadline and the server's byte budget, then admission: a client
     // that trickles its body holds no admission slot, only the bytes it has sent.
@@ -45,14 +44,14 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
         Err(e) => {
             tracing::debug!(model, error_type = e.error_type(), error = %e, "request body refused");
             count_cut(&e);
-            return finish(error_response(&e), request_id, None, started, None);
+            return finish(error_response(&e), &ids, None, started, None);
         }
     };
     // Over the limit, answer before any work is queued, so an overloaded gateway spends as
     // little as possible on work it will not do.
     let _admitted = match state.admission.as_ref().map(|b| (b.try_acquire(), b.max())) {
         Some((None, max)) => {
-            return finish(error_response(&ApiError::Overloaded { max }), request_id, None, started, None);
+            return finish(error_response(&ApiError::Overloaded { max }), &ids, None, started, None);
         }
         Some((permit, _)) => permit,
         None => None,
@@ -70,7 +69,7 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
     };
     let (mv, arm, extras) = match routed {
         Ok(routed) => routed,
-        Err(e) => return finish(error_response(&e.into()), request_id, None, started, None),
+        Err(e) => return finish(error_response(&e.into()), &ids, None, started, None),
     };
     let mirror = extras.as_ref().is_some_and(|x| x.shadow.is_some());
     let tapping = state.tap.as_ref().map(|tap| TapDecision::new(tap, state, ids.sampling_key(), &mv.model, arm));
@@ -102,7 +101,7 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
         let status = response.status().as_u16();
         decision.offer(tap, &mv, &ids, arm, (status, total), answered);
     }
-    let mut response = finish(response, request_id, Some(&mv), started, timing);
+    let mut response = finish(response, &ids, Some(&mv), started, timing);
     response.headers_mut().insert(ARM, HeaderValue::from_static(arm.as_str()));
     response
 }

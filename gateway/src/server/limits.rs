@@ -57,13 +57,7 @@ impl Default for ServerLimits {
 impl ServerLimits {
     /// Checks every value; the message names `server.<key>` and the value given.
     pub fn validate(&self) -> Result<(), String> {
-        let range = |key: &str, value: u64, lo: u64, hi: u64| {
-            if (lo..=hi).contains(&value) {
-                Ok(())
-            } else {
-                Err(format!("server.{key} must be in {lo}..={hi}, given {value}"))
-            }
-        };
+        let range = |key: &str, value: u64, lo: u64, hi: u64| crate::config::check_range("server", key, value, lo, hi);
         range("header_timeout_ms", self.header_timeout_ms, 100, 600_000)?;
         range("body_timeout_ms", self.body_timeout_ms, 100, 3_600_000)?;
         range("idle_timeout_ms", self.idle_timeout_ms, 100, 3_600_000)?;

@@ -77,13 +77,8 @@ impl SamplingSettings {
         if !(0.0..=1.0).contains(&self.rate) {
             return Err(format!("sampling.rate must be in 0..=1, given {}", self.rate));
         }
-        let range = |key: &str, value: u64, lo: u64, hi: u64| {
-            if (lo..=hi).contains(&value) {
-                Ok(())
-            } else {
-                Err(format!("sampling.{key} must be in {lo}..={hi}, given {value}"))
-            }
-        };
+        let range =
+            |key: &str, value: u64, lo: u64, hi: u64| crate::config::check_range("sampling", key, value, lo, hi);
         // The channel is preallocated: its bound is memory.
         range("channel_capacity", self.channel_capacity as u64, 1, 1_000_000)?;
         range("max_rows_per_file", self.max_rows_per_file as u64, 1, 100_000_000)?;
