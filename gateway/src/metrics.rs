@@ -18,6 +18,9 @@ pub const COMPUTE_SECONDS: &str = "flywheel_compute_duration_seconds";
 pub const BATCH_ROWS: &str = "flywheel_batch_rows";
 /// Requests waiting in a batch queue, sampled at each admission.
 pub const QUEUE_DEPTH: &str = "flywheel_queue_depth";
+/// Requests handed to a version's batch queue and not yet answered (waiting or computing): the
+/// counterpart of Triton's `nv_inference_pending_request_count`.
+pub const PENDING: &str = "flywheel_pending_requests";
 /// Cumulative seconds inference threads spent working; `rate()` over it divided by
 /// `flywheel_inference_instances` is thread utilisation. A gauge only because the `metrics`
 /// crate's counters are integers; it never decreases.
@@ -102,6 +105,7 @@ fn describe() {
     describe_histogram!(COMPUTE_SECONDS, Unit::Seconds, "Time a batch spent on its inference thread");
     describe_histogram!(BATCH_ROWS, Unit::Count, "Rows per executed batch");
     describe_gauge!(QUEUE_DEPTH, Unit::Count, "Requests waiting in the batch queue");
+    describe_gauge!(PENDING, Unit::Count, "Requests queued or computing on a model version");
     describe_gauge!(BUSY_SECONDS, Unit::Seconds, "Cumulative seconds inference threads spent busy");
     describe_gauge!(INSTANCES, Unit::Count, "Inference threads per model version");
     describe_counter!(REJECTED, "Requests refused because the queue was full");
@@ -141,6 +145,7 @@ pub struct VersionMetrics {
     pub busy_seconds: Gauge,
     pub rejected: Counter,
     pub queue_depth: Gauge,
+    pub pending: Gauge,
     pub batch_retries: Counter,
 }
 
@@ -160,6 +165,7 @@ impl VersionMetrics {
             busy_seconds: metrics::gauge!(BUSY_SECONDS, &labels),
             rejected: metrics::counter!(REJECTED, &labels),
             queue_depth: metrics::gauge!(QUEUE_DEPTH, &labels),
+            pending: metrics::gauge!(PENDING, &labels),
             batch_retries: metrics::counter!(BATCH_RETRIES, &labels),
         }
     }
@@ -191,6 +197,23 @@ impl InFlight {
         let gauge = metrics::gauge!(IN_FLIGHT);
         gauge.increment(1.0);
         Self(gauge)
+    }
+}
+
+/// Counts one request in its version's `flywheel_pending_requests` until dropped.
+pub struct Pending(Gauge);
+
+impl Pending {
+    /// Starts counting one request handed to `metrics`' version.
+    pub fn start(metrics: &VersionMetrics) -> Self {
+        metrics.pending.increment(1.0);
+        Self(metrics.pending.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

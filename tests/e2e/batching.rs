@@ -88,10 +88,13 @@ async fn max_in_flight_refuses_with_503_and_gives_the_unit_back() {
     };
     let metrics_url = format!("{}/metrics", gw.base);
     let busy = crate::support::wait_until(std::time::Duration::from_secs(5), || async {
-        String::from_utf8(http.get(&metrics_url).await.body.to_vec()).unwrap().contains("flywheel_requests_in_flight 1")
+        String::from_utf8(http.get(&metrics_url).await.body.to_vec())
+            .unwrap()
+            .contains("flywheel_pending_requests{model=\"slow\",version=\"1\"} 1")
     })
     .await;
     assert!(busy);
+    // Pending means queued on the version, so past admission: the unit is held.
     let refused = http.post_json(&format!("{}/v2/models/tiny/infer", gw.base), &tiny_request(&tiny_rows(1, 2))).await;
     assert_eq!(refused.status, 503);
     assert_eq!(refused.header("retry-after"), Some("1"));

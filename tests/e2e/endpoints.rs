@@ -57,6 +57,7 @@ async fn server_and_model_endpoints_answer_in_the_protocols_shape() {
         "flywheel_compute_duration_seconds_bucket",
         "flywheel_batch_rows_bucket",
         "flywheel_queue_depth",
+        "flywheel_pending_requests{model=\"tiny\",version=\"2\"} 0",
         "flywheel_inference_busy_seconds",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");

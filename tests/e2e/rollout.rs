@@ -340,7 +340,9 @@ async fn an_in_flight_request_finishes_on_the_version_it_started_on_while_it_dra
     let registry = Registry::open(&gw.repo);
     let metrics_url = format!("{}/metrics", gw.base);
     let started = wait_until(Duration::from_secs(5), || async {
-        String::from_utf8(http.get(&metrics_url).await.body.to_vec()).unwrap().contains("flywheel_requests_in_flight 1")
+        String::from_utf8(http.get(&metrics_url).await.body.to_vec())
+            .unwrap()
+            .contains("flywheel_pending_requests{model=\"tiny\",version=\"1\"} 1")
     })
     .await;
     assert!(started, "the long request is in flight");

@@ -317,8 +317,10 @@ async fn run(
     // The shadow needs its own copy: the primary's inputs move into its batch.
     let mirrored = mirror.then(|| checked.tensors.clone());
     let reply = mv.queue.submit(checked.tensors, checked.rows)?;
+    let pending = crate::metrics::Pending::start(&mv.metrics);
     mv.metrics.queue_depth.set(mv.queue.depth() as f64);
     let output = reply.await.map_err(|_| InferError::Runtime("the inference thread dropped the request".into()))??;
+    drop(pending);
     let chosen: Vec<(&Tensor, bool)> =
         selection.iter().map(|(index, binary)| (&output.outputs[*index], *binary)).collect();
     let version = mv.version.to_string();
