@@ -10,12 +10,16 @@ use serde::Serialize;
 struct State {
     requests: u64,
     errors: u64,
+    client_errors: u64,
+    refused: u64,
     latency_us: Histogram<u64>,
     score_sum: f64,
     scores: u64,
 }
 
-/// Requests, errors, latencies and mean score of one arm.
+/// Requests, errors, latencies and mean score of one arm. Only answers and server-side failures
+/// (inference errors, timeouts) are requests of the arm; client errors (bad input) and admission
+/// refusals are counted beside them, never against it.
 #[derive(Debug)]
 pub struct ArmRecord {
     state: Mutex<State>,
@@ -27,6 +31,10 @@ pub struct ArmSnapshot {
     pub requests: u64,
     pub errors: u64,
     pub error_rate: f64,
+    /// Requests refused as the client's fault (4xx), not counted in `requests`.
+    pub client_errors: u64,
+    /// Requests refused for capacity (full queue, admission), not counted in `requests`.
+    pub refused: u64,
     pub p50_us: u64,
     pub p99_us: u64,
     pub mean_score: Option<f64>,
@@ -43,7 +51,17 @@ impl ArmRecord {
     pub fn new() -> Self {
         let mut latency_us = Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits is valid"));
         latency_us.auto(true);
-        Self { state: Mutex::new(State { requests: 0, errors: 0, latency_us, score_sum: 0.0, scores: 0 }) }
+        Self {
+            state: Mutex::new(State {
+                requests: 0,
+                errors: 0,
+                client_errors: 0,
+                refused: 0,
+                latency_us,
+                score_sum: 0.0,
+                scores: 0,
+            }),
+        }
     }
 
     /// Records one answered request and, for score models, its first output value.
@@ -57,11 +75,21 @@ impl ArmRecord {
         }
     }
 
-    /// Records one failed request.
+    /// Records one request that failed on the server's side (inference error, timeout).
     pub fn record_error(&self) {
         let mut s = self.lock();
         s.requests += 1;
         s.errors += 1;
+    }
+
+    /// Records one request refused as the client's fault; it says nothing about the arm.
+    pub fn record_client_error(&self) {
+        self.lock().client_errors += 1;
+    }
+
+    /// Records one request refused for capacity; it says nothing about the arm's answers.
+    pub fn record_refused(&self) {
+        self.lock().refused += 1;
     }
 
     /// The record so far.
@@ -71,6 +99,8 @@ impl ArmRecord {
             requests: s.requests,
             errors: s.errors,
             error_rate: if s.requests == 0 { 0.0 } else { s.errors as f64 / s.requests as f64 },
+            client_errors: s.client_errors,
+            refused: s.refused,
             p50_us: s.latency_us.value_at_quantile(0.5),
             p99_us: s.latency_us.value_at_quantile(0.99),
             mean_score: (s.scores > 0).then(|| s.score_sum / s.scores as f64),
@@ -95,8 +125,11 @@ mod tests {
             arm.record_ok(Duration::from_millis(ms), Some(0.5));
         }
         arm.record_error();
+        arm.record_client_error();
+        arm.record_refused();
         let s = arm.snapshot();
-        assert_eq!((s.requests, s.errors), (101, 1));
+        assert_eq!((s.requests, s.errors), (101, 1), "client errors and refusals are not the arm's");
+        assert_eq!((s.client_errors, s.refused), (1, 1));
         assert!((s.error_rate - 1.0 / 101.0).abs() < 1e-12);
         assert!((49_000..=51_000).contains(&s.p50_us), "{}", s.p50_us);
         assert!((98_000..=100_100).contains(&s.p99_us), "{}", s.p99_us);

@@ -6,6 +6,7 @@
 //! - [`paired`]: the same inputs through both arms — agreement at a threshold, absolute
 //!   differences, and a paired bootstrap interval on the mean difference.
 //! - [`bootstrap`]: the seeded bootstrap used by [`paired`].
+//! - [`labelled`]: each arm's labelled answers and the two-sample comparison of their quality.
 //! - [`verdict`]: a policy's thresholds applied to the evidence: promote, hold or roll back.
 //! - [`quality`]: AUC, log loss, accuracy, calibration against labels, and a paired bootstrap
 //!   of the difference between two models on the same rows.
@@ -16,12 +17,14 @@
 pub mod arm;
 pub mod bootstrap;
 pub mod gate;
+pub mod labelled;
 pub mod paired;
 pub mod quality;
 pub mod verdict;
 
 pub use arm::{ArmRecord, ArmSnapshot};
 pub use gate::{GatePolicy, GateVerdict, gate};
+pub use labelled::{LabelledRecord, QualityComparison};
 pub use paired::{PairedComparison, PairedSnapshot};
 pub use quality::{Quality, paired_difference, roc_auc};
-pub use verdict::{Evidence, Policy, Verdict, judge};
+pub use verdict::{Evidence, Policy, Verdict, differs, judge};

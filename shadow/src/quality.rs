@@ -41,17 +41,18 @@ pub fn roc_auc(scores: &[f64], labels: &[f64]) -> f64 {
     (rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives)
 }
 
-/// Mean binary cross-entropy, probabilities clipped to [ε, 1 − ε] with ε the f64 machine epsilon.
-pub fn log_loss(p: &[f64], labels: &[f64]) -> f64 {
+/// One row's binary cross-entropy, the probability clipped to [ε, 1 − ε] with ε the f64
+/// machine epsilon; labels at or above 0.5 are positives. The live per-arm quality and the
+/// trainer's gate both score rows with this, so a model scores the same online and offline.
+pub fn row_log_loss(p: f64, y: f64) -> f64 {
     let eps = f64::EPSILON;
-    let sum: f64 = p
-        .iter()
-        .zip(labels)
-        .map(|(p, y)| {
-            let p = p.clamp(eps, 1.0 - eps);
-            if *y >= 0.5 { -p.ln() } else { -(1.0 - p).ln() }
-        })
-        .sum();
+    let p = p.clamp(eps, 1.0 - eps);
+    if y >= 0.5 { -p.ln() } else { -(1.0 - p).ln() }
+}
+
+/// Mean binary cross-entropy ([`row_log_loss`] per row).
+pub fn log_loss(p: &[f64], labels: &[f64]) -> f64 {
+    let sum: f64 = p.iter().zip(labels).map(|(p, y)| row_log_loss(*p, *y)).sum();
     sum / p.len().max(1) as f64
 }
 
@@ -101,7 +102,7 @@ pub fn paired_difference(
     let n = labels.len();
     let mut rng = fastrand::Rng::with_seed(seed);
     let (mut c, mut h, mut y) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-    let mut diffs: Vec<f64> = (0..resamples)
+    let diffs: Vec<f64> = (0..resamples)
         .filter_map(|_| {
             for i in 0..n {
                 let k = rng.usize(..n.max(1));
@@ -111,13 +112,57 @@ pub fn paired_difference(
             d.is_finite().then_some(d)
         })
         .collect();
-    if diffs.is_empty() {
+    let (low, high) = percentile_interval(diffs, confidence);
+    (observed, low, high)
+}
+
+/// A percentile-bootstrap interval for `metric(candidate) − metric(champion)` when the two
+/// were scored on different rows (a canary and its champion answer different requests): each
+/// side is resampled on its own. Returns (observed difference, low, high); NaN bounds when no
+/// resample gave a finite difference.
+pub fn two_sample_difference(
+    (c_scores, c_labels): (&[f64], &[f64]),
+    (h_scores, h_labels): (&[f64], &[f64]),
+    metric: fn(&[f64], &[f64]) -> f64,
+    (confidence, resamples, seed): (f64, usize, u64),
+) -> (f64, f64, f64) {
+    let observed = metric(c_scores, c_labels) - metric(h_scores, h_labels);
+    if c_scores.is_empty() || h_scores.is_empty() {
         return (observed, f64::NAN, f64::NAN);
+    }
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let resample = |scores: &[f64], labels: &[f64], rng: &mut fastrand::Rng, s: &mut Vec<f64>, y: &mut Vec<f64>| {
+        s.clear();
+        y.clear();
+        for _ in 0..scores.len() {
+            let k = rng.usize(..scores.len());
+            s.push(scores[k]);
+            y.push(labels[k]);
+        }
+    };
+    let (mut s, mut y) = (Vec::with_capacity(c_scores.len()), Vec::with_capacity(c_scores.len()));
+    let diffs: Vec<f64> = (0..resamples)
+        .filter_map(|_| {
+            resample(c_scores, c_labels, &mut rng, &mut s, &mut y);
+            let candidate = metric(&s, &y);
+            resample(h_scores, h_labels, &mut rng, &mut s, &mut y);
+            let d = candidate - metric(&s, &y);
+            d.is_finite().then_some(d)
+        })
+        .collect();
+    let (low, high) = percentile_interval(diffs, confidence);
+    (observed, low, high)
+}
+
+/// The two-sided `confidence` percentile interval of bootstrap `diffs`; NaN when empty.
+fn percentile_interval(mut diffs: Vec<f64>, confidence: f64) -> (f64, f64) {
+    if diffs.is_empty() {
+        return (f64::NAN, f64::NAN);
     }
     diffs.sort_by(f64::total_cmp);
     let tail = (1.0 - confidence) / 2.0;
     let at = |q: f64| diffs[((q * (diffs.len() - 1) as f64).round() as usize).min(diffs.len() - 1)];
-    (observed, at(tail), at(1.0 - tail))
+    (at(tail), at(1.0 - tail))
 }
 
 #[cfg(test)]
@@ -164,5 +209,22 @@ mod tests {
         assert!(lo <= 0.0 && hi >= 0.0, "no better: [{lo}, {hi}]");
         let (d, _, hi) = paired_difference(&champion, &better, &y, roc_auc, (0.95, 300, 1));
         assert!(d < -0.1 && hi < 0.0, "worse: {d} [.., {hi}]");
+    }
+
+    #[test]
+    fn the_two_sample_interval_covers_zero_for_equal_models_and_not_for_a_worse_one() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut arm = |strength: f64, n: usize| -> (Vec<f64>, Vec<f64>) {
+            let y: Vec<f64> = (0..n).map(|_| f64::from(u8::from(rng.f64() < 0.3))).collect();
+            let p = y.iter().map(|y| (strength * y + rng.f64()) / (1.0 + strength)).collect();
+            (p, y)
+        };
+        let (a, b, worse) = (arm(0.5, 3000), arm(0.5, 3000), arm(0.1, 3000));
+        let (_, lo, hi) = two_sample_difference((&a.0, &a.1), (&b.0, &b.1), roc_auc, (0.95, 300, 1));
+        assert!(lo < 0.0 && hi > 0.0, "equal: [{lo}, {hi}]");
+        let (d, lo, hi) = two_sample_difference((&worse.0, &worse.1), (&a.0, &a.1), roc_auc, (0.95, 300, 1));
+        assert!(d < -0.05 && hi < 0.0 && lo < hi, "worse: {d} [{lo}, {hi}]");
+        let (_, lo, _) = two_sample_difference((&[], &[]), (&a.0, &a.1), roc_auc, (0.95, 300, 1));
+        assert!(lo.is_nan(), "no rows, no interval");
     }
 }

@@ -29,7 +29,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     let mut in_flight_seen = false;
     for _ in 0..1000 {
         let metrics = String::from_utf8(http.get(&metrics_url).await.body.to_vec()).unwrap();
-        let in_flight = metric_value(&metrics, "flywheel_requests_in_flight");
+        let in_flight = crate::support::metric_value(&metrics, "flywheel_requests_in_flight");
         let stats = http.get(&stats_url).await.json();
         let done = stats["model_stats"][0]["inference_stats"]["success"]["count"].as_u64().unwrap_or(0) as f64;
         if in_flight >= 1.0 && in_flight + done >= 4.0 {
@@ -74,13 +74,6 @@ async fn a_version_that_fails_to_load_is_skipped_and_the_highest_ready_one_serve
 }
 
 /// The value of an unlabelled metric in Prometheus text.
-fn metric_value(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_that_changes_a_restart_only_key_says_so() {
     let gw = TestGateway::start("max_in_flight = 64\n[batching]\nmax_batch_size = 32\n");

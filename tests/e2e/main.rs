@@ -10,6 +10,7 @@ mod errors;
 mod hostile;
 mod infer;
 mod lifecycle;
+mod quality_rollout;
 mod rollout;
 mod support;
 mod swap_errors;

@@ -244,3 +244,11 @@ pub async fn route_of(http: &Http, base: &str, model: &str) -> Value {
     let all = routing(http, base).await;
     all["models"].as_array().unwrap().iter().find(|m| m["name"] == model).cloned().unwrap_or(Value::Null)
 }
+
+/// The value of the Prometheus sample `name` (with its labels, as printed), 0 when absent.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}

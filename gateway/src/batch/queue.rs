@@ -52,29 +52,51 @@ impl InferError {
     }
 }
 
-/// Cheap handle to a model version's queue; cloning shares the queue.
+/// Cheap handle to a model version's queue; cloning shares the queue. Two lanes: clients'
+/// requests, and mirrored shadow requests, which have their own capacity (a full shadow lane
+/// refuses only shadows) and run only when no client request is waiting.
 #[derive(Clone)]
 pub struct BatchQueue {
-    pub(crate) tx: Sender<Job>,
+    tx: Sender<Job>,
+    shadow_tx: Sender<Job>,
     model: String,
     version: u64,
     capacity: usize,
 }
 
 impl BatchQueue {
-    pub(crate) fn new(tx: Sender<Job>, model: &str, version: u64, capacity: usize) -> Self {
-        Self { tx, model: model.to_owned(), version, capacity }
+    pub(crate) fn new(lanes: (Sender<Job>, Sender<Job>), model: &str, version: u64, capacity: usize) -> Self {
+        Self { tx: lanes.0, shadow_tx: lanes.1, model: model.to_owned(), version, capacity }
     }
 
-    /// Queues a job, or refuses at once when the queue is full: it never grows without bound.
+    /// Queues a client's job, or refuses at once when the queue is full: it never grows
+    /// without bound.
     pub fn submit(
         &self,
         inputs: Vec<Tensor>,
         rows: usize,
     ) -> Result<oneshot::Receiver<Result<JobOutput, InferError>>, InferError> {
+        self.send(&self.tx, inputs, rows)
+    }
+
+    /// Queues a mirrored (shadow) job on its own lane.
+    pub fn submit_shadow(
+        &self,
+        inputs: Vec<Tensor>,
+        rows: usize,
+    ) -> Result<oneshot::Receiver<Result<JobOutput, InferError>>, InferError> {
+        self.send(&self.shadow_tx, inputs, rows)
+    }
+
+    fn send(
+        &self,
+        lane: &Sender<Job>,
+        inputs: Vec<Tensor>,
+        rows: usize,
+    ) -> Result<oneshot::Receiver<Result<JobOutput, InferError>>, InferError> {
         let (reply, rx) = oneshot::channel();
         let job = Job { inputs, rows, enqueued: Instant::now(), reply };
-        match self.tx.try_send(job) {
+        match lane.try_send(job) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => {
                 Err(InferError::QueueFull { model: self.model.clone(), version: self.version, capacity: self.capacity })
@@ -85,8 +107,13 @@ impl BatchQueue {
         }
     }
 
-    /// Requests waiting now.
+    /// Client requests waiting now.
     pub fn depth(&self) -> usize {
         self.tx.len()
+    }
+
+    /// Shadow requests waiting now.
+    pub fn shadow_depth(&self) -> usize {
+        self.shadow_tx.len()
     }
 }

@@ -87,6 +87,7 @@ pub fn load_version(
     let metrics = VersionMetrics::new(model, version);
     metrics.set_instances(instances);
     let (tx, rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
+    let (shadow_tx, shadow_rx) = crossbeam_channel::bounded(settings.queue_capacity.max(1));
     let ctx = Arc::new(WorkerContext {
         signature: signature.clone(),
         settings: settings.clone(),
@@ -94,13 +95,13 @@ pub fn load_version(
         metrics: metrics.clone(),
     });
     for (index, session) in sessions.into_iter().enumerate() {
-        let (rx, ctx) = (rx.clone(), Arc::clone(&ctx));
+        let (lanes, ctx) = (worker::Lanes { primary: rx.clone(), shadow: shadow_rx.clone() }, Arc::clone(&ctx));
         std::thread::Builder::new()
             .name(format!("infer-{model}-{version}-{index}"))
-            .spawn(move || worker::run(session, rx, ctx))
+            .spawn(move || worker::run(session, lanes, ctx))
             .map_err(|e| fail(format!("starting inference thread: {e}")))?;
     }
-    let queue = BatchQueue::new(tx, model, version, settings.queue_capacity);
+    let queue = BatchQueue::new((tx, shadow_tx), model, version, settings.queue_capacity);
     tracing::info!(model, version, batchable = signature.batchable, instances, "model version loaded");
     Ok(ModelVersion {
         model: model.to_owned(),

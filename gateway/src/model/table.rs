@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use flywheel_shadow::{ArmRecord, PairedComparison};
+use flywheel_shadow::{ArmRecord, LabelledRecord, PairedComparison};
 
 use super::ModelVersion;
 
@@ -30,26 +30,94 @@ pub struct Route {
     pub evidence: Arc<RouteEvidence>,
 }
 
-/// What the arms of one route did: the champion and canary on their own requests, and the
-/// shadow paired with the champion on mirrored ones.
+/// What the arms of one route did over one span: the champion and canary on their own
+/// requests (with the labels that arrived for them), and the shadow paired with the champion
+/// on mirrored ones.
+#[derive(Debug)]
+pub struct ArmsRecord {
+    pub champion: ArmRecord,
+    pub canary: ArmRecord,
+    pub shadow: PairedComparison,
+    pub champion_labelled: LabelledRecord,
+    pub canary_labelled: LabelledRecord,
+}
+
+impl ArmsRecord {
+    fn new(threshold: f64) -> Self {
+        Self {
+            champion: ArmRecord::new(),
+            canary: ArmRecord::new(),
+            shadow: PairedComparison::new(threshold),
+            champion_labelled: LabelledRecord::new(),
+            canary_labelled: LabelledRecord::new(),
+        }
+    }
+
+    /// The arm's own record; `None` for explicitly addressed requests.
+    pub fn arm(&self, arm: Arm) -> Option<&ArmRecord> {
+        match arm {
+            Arm::Champion => Some(&self.champion),
+            Arm::Canary => Some(&self.canary),
+            Arm::Explicit => None,
+        }
+    }
+
+    /// The arm's labelled answers; `None` for explicitly addressed requests.
+    pub fn labelled(&self, arm: Arm) -> Option<&LabelledRecord> {
+        match arm {
+            Arm::Champion => Some(&self.champion_labelled),
+            Arm::Canary => Some(&self.canary_labelled),
+            Arm::Explicit => None,
+        }
+    }
+}
+
+/// A route's evidence: what its current step (one canary weight) gathered, which the
+/// controller judges, and what the route gathered since its versions were first routed
+/// together (shown by the admin API). Kept across reloads while the versions and the weight
+/// stay the same; a new weight starts a new step with the same lifetime record.
 #[derive(Debug)]
 pub struct RouteEvidence {
     /// (champion, canary, shadow) versions this evidence is about.
     pub versions: (u64, Option<u64>, Option<u64>),
-    pub champion: ArmRecord,
-    pub canary: ArmRecord,
-    pub shadow: PairedComparison,
+    /// The canary weight of this step.
+    pub weight: Option<u32>,
+    pub step: ArmsRecord,
+    pub lifetime: Arc<ArmsRecord>,
+    threshold: f64,
 }
 
 impl RouteEvidence {
-    /// Fresh evidence for these versions; scores are compared at `threshold`.
-    pub fn new(versions: (u64, Option<u64>, Option<u64>), threshold: f64) -> Arc<Self> {
+    /// Fresh evidence for these versions at canary `weight`; scores are compared at `threshold`.
+    pub fn new(versions: (u64, Option<u64>, Option<u64>), weight: Option<u32>, threshold: f64) -> Arc<Self> {
+        let lifetime = Arc::new(ArmsRecord::new(threshold));
+        Arc::new(Self { versions, weight, step: ArmsRecord::new(threshold), lifetime, threshold })
+    }
+
+    /// Evidence of a new step of the same route at `weight`: a fresh step, the same lifetime.
+    pub fn next_step(&self, weight: Option<u32>) -> Arc<Self> {
         Arc::new(Self {
-            versions,
-            champion: ArmRecord::new(),
-            canary: ArmRecord::new(),
-            shadow: PairedComparison::new(threshold),
+            versions: self.versions,
+            weight,
+            step: ArmsRecord::new(self.threshold),
+            lifetime: Arc::clone(&self.lifetime),
+            threshold: self.threshold,
         })
+    }
+
+    /// Applies `record` to the step's and the lifetime's records.
+    pub fn each(&self, record: impl Fn(&ArmsRecord)) {
+        record(&self.step);
+        record(&self.lifetime);
+    }
+
+    /// Joins a label to the answer `arm` gave (in the step that answered it).
+    pub fn record_label(&self, arm: Arm, score: f64, label: f64) {
+        self.each(|r| {
+            if let Some(labelled) = r.labelled(arm) {
+                labelled.add(score, label);
+            }
+        });
     }
 }
 
@@ -203,7 +271,7 @@ mod tests {
             canary: Some((2, weight)),
             shadow: None,
             routing_key_header: "x-routing-key".into(),
-            evidence: RouteEvidence::new((1, Some(2), None), 0.5),
+            evidence: RouteEvidence::new((1, Some(2), None), Some(weight), 0.5),
         }
     }
 

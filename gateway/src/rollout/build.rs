@@ -207,10 +207,14 @@ fn build_model(input: &BuildInput<'_>, name: &str, report: &mut BuildReport) -> 
         .filter(|(v, _, _)| versions.contains_key(v))
         .map(|(version, fraction, max)| ShadowRoute { version, fraction, budget: Budget::new(max) });
     let key = (champion, canary.map(|c| c.0), shadow.as_ref().map(|s| s.version));
-    let evidence = current
-        .map(|c| &c.route.evidence)
-        .filter(|e| e.versions == key)
-        .map_or_else(|| RouteEvidence::new(key, 0.5), Arc::clone);
+    // Same versions and weight: the same step goes on. Same versions, new weight: a new step
+    // (judged on its own evidence), the lifetime record carried over.
+    let weight = canary.map(|c| c.1);
+    let evidence = match current.map(|c| &c.route.evidence).filter(|e| e.versions == key) {
+        Some(e) if e.weight == weight => Arc::clone(e),
+        Some(e) => e.next_step(weight),
+        None => RouteEvidence::new(key, weight, 0.5),
+    };
     let route = Route { champion, canary, shadow, routing_key_header, evidence };
     Ok(ServedModel { name: name.to_owned(), versions, route })
 }

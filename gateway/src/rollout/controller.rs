@@ -1,18 +1,22 @@
 //! The rollout controller: walks each model's canary through its policy's steps, promoting it
 //! (moving the champion alias) when every step passed, or rolling it back the moment a
-//! threshold fails. Decisions are one-way (a rolled-back version is never routed again by this
-//! process, and a promoted one is the champion), so the controller cannot flap.
+//! threshold fails. Each step is judged on the evidence gathered at its own weight: health
+//! (errors, p99, shadow agreement) as a guard rail, and the labelled quality of the requests
+//! each arm answered as the decision. Decisions are one-way (a rolled-back version is never
+//! routed again by this process, and a promoted one is the champion), so it cannot flap.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flywheel_shadow::{Evidence, Verdict, judge};
+use flywheel_shadow::labelled::compare;
+use flywheel_shadow::{Evidence, QualityComparison, Verdict, differs, judge};
 
 use super::audit::AuditEntry;
 use super::background::Background;
 use super::reload::Reloader;
 use crate::config::RolloutPolicy;
+use crate::model::table::RouteEvidence;
 
 /// Where one model's rollout stands.
 #[derive(Clone, Debug)]
@@ -20,8 +24,12 @@ struct Progress {
     candidate: u64,
     step: usize,
     step_started: Instant,
-    /// Candidate requests recorded when the step started.
-    requests_at_step: u64,
+    /// The step's evidence the cached comparison is about.
+    evidence: Arc<RouteEvidence>,
+    /// The last quality comparison of this step: recomputed when the candidate's labelled rows
+    /// grew by a quarter, so the intervals are read a logarithmic number of times (fewer looks,
+    /// fewer chance crossings) and the bootstrap costs little.
+    quality: Option<QualityComparison>,
 }
 
 /// Starts the controller, looking at the evidence every `interval`, until the handle is dropped.
@@ -35,7 +43,7 @@ pub fn spawn(reloader: Arc<Reloader>, interval: Duration) -> std::io::Result<Bac
     })
 }
 
-/// One look at every model with a policy; public for tests that step the controller by hand.
+/// One look at every model with a policy.
 fn tick(reloader: &Reloader, progress: &mut HashMap<String, Progress>) {
     let config = reloader.config.load_full();
     let table = reloader.table.load_full();
@@ -48,23 +56,21 @@ fn tick(reloader: &Reloader, progress: &mut HashMap<String, Progress>) {
         if reloader.controls.is_paused(name) {
             continue;
         }
-        let evidence = &served.route.evidence;
-        let paired =
-            (evidence.versions.2 == Some(candidate)).then(|| evidence.shadow.snapshot()).filter(|p| p.pairs > 0);
-        let evidence =
-            Evidence { primary: evidence.champion.snapshot(), candidate: evidence.canary.snapshot(), paired };
+        let route_evidence = &served.route.evidence;
         let state = progress.entry(name.clone()).or_insert_with(|| Progress {
             candidate,
             step: 0,
             step_started: Instant::now(),
-            requests_at_step: evidence.candidate.requests,
+            evidence: Arc::clone(route_evidence),
+            quality: None,
         });
         if state.candidate != candidate {
             *state = Progress {
                 candidate,
                 step: 0,
                 step_started: Instant::now(),
-                requests_at_step: evidence.candidate.requests,
+                evidence: Arc::clone(route_evidence),
+                quality: None,
             };
         }
         let wanted = policy.steps[state.step.min(policy.steps.len() - 1)];
@@ -72,7 +78,39 @@ fn tick(reloader: &Reloader, progress: &mut HashMap<String, Progress>) {
             set_weight(reloader, name, candidate, weight, wanted, "controller", "step weight");
             continue;
         }
+        if !Arc::ptr_eq(&state.evidence, route_evidence) {
+            state.evidence = Arc::clone(route_evidence);
+            state.quality = None;
+        }
+        let evidence = step_evidence(route_evidence, candidate, policy, &mut state.quality);
         decide(reloader, name, served.route.champion, policy, state, &evidence);
+    }
+}
+
+/// The step's evidence as the verdict reads it; the quality comparison is refreshed when the
+/// candidate's labelled rows grew by a quarter (and at least 20) since the cached one.
+fn step_evidence(
+    route: &RouteEvidence,
+    candidate: u64,
+    policy: &RolloutPolicy,
+    cached: &mut Option<QualityComparison>,
+) -> Evidence {
+    let step = &route.step;
+    // A step at 100% sends the champion nothing: its baseline is the champion's record over the
+    // whole rollout instead.
+    let baseline = if route.weight == Some(100) { &*route.lifetime } else { step };
+    let paired = (route.versions.2 == Some(candidate)).then(|| step.shadow.snapshot()).filter(|p| p.pairs > 0);
+    let labelled = step.canary_labelled.len();
+    let stale = cached.as_ref().is_none_or(|q| labelled >= (q.candidate_rows + 20).max(q.candidate_rows * 5 / 4));
+    if stale && (labelled > 0 || policy.thresholds.require_labelled) {
+        *cached =
+            Some(compare(&step.canary_labelled, &baseline.champion_labelled, policy.thresholds.quality_confidence));
+    }
+    Evidence {
+        primary: baseline.champion.snapshot(),
+        candidate: step.canary.snapshot(),
+        paired,
+        quality: cached.clone(),
     }
 }
 
@@ -84,54 +122,92 @@ fn decide(
     state: &mut Progress,
     evidence: &Evidence,
 ) {
-    let (verdict, reasons) = judge(&policy.thresholds, evidence);
+    let (verdict, mut reasons) = judge(&policy.thresholds, evidence);
     let evidence_json = serde_json::to_value(evidence).unwrap_or_default();
+    let last_step = state.step + 1 >= policy.steps.len();
+    let decision = |reason: &str| Decision {
+        model: name,
+        champion,
+        candidate: state.candidate,
+        actor: "controller",
+        reason: reason.to_owned(),
+        evidence: evidence_json.clone(),
+    };
+    let dwell = Duration::from_millis(policy.min_dwell_ms);
+    let dwelt = state.step_started.elapsed() >= dwell;
     match verdict {
-        Verdict::RollBack => {
-            let reason = reasons.join("; ");
-            let d = Decision {
-                model: name,
-                champion,
-                candidate: state.candidate,
-                actor: "controller",
-                reason: &reason,
-                evidence: evidence_json,
-            };
-            roll_back(reloader, d);
-        }
+        // Before the dwell is over only errors roll back at once: a p99 or an interval from
+        // the first second of a step (a swap, a busy neighbour) is not the candidate's.
+        Verdict::RollBack if !dwelt && !errors_failed(policy, evidence) => {}
+        Verdict::RollBack => roll_back(reloader, decision(&reasons.join("; "))),
         Verdict::Hold => {}
-        Verdict::Promote => {
-            let dwelt = state.step_started.elapsed() >= Duration::from_millis(policy.min_dwell_ms);
-            let step_samples = evidence.candidate.requests.saturating_sub(state.requests_at_step);
-            if !dwelt || step_samples < policy.thresholds.min_samples {
+        Verdict::AwaitLabels => {
+            let waited = state.step_started.elapsed().saturating_sub(dwell);
+            let limit = Duration::from_millis(policy.thresholds.max_label_wait_ms);
+            if !dwelt || waited < limit {
                 return;
             }
-            if state.step + 1 < policy.steps.len() {
-                let (from, to) = (policy.steps[state.step], policy.steps[state.step + 1]);
-                state.step += 1;
-                state.step_started = Instant::now();
-                state.requests_at_step = evidence.candidate.requests;
-                reloader.controls.set_weight(name, state.candidate, to);
-                let mut entry = AuditEntry::now(name, "controller", "advance");
-                entry.from = Some(champion);
-                entry.to = Some(state.candidate);
-                entry.reason = format!("step passed: canary weight {from}% -> {to}%; {}", reasons.join("; "));
-                entry.evidence = evidence_json;
-                reloader.audit.append(&entry);
-                reloader.reload();
+            let why = format!(
+                "labels did not settle quality within max_label_wait_ms = {}",
+                policy.thresholds.max_label_wait_ms
+            );
+            if last_step && policy.thresholds.require_labelled {
+                reasons.insert(0, format!("{why} and require_labelled is set"));
+                roll_back(reloader, decision(&reasons.join("; ")));
+            } else if differs(&policy.thresholds, evidence) {
+                reasons.insert(0, format!("{why} and the shadow disagrees beyond max_disagreement"));
+                roll_back(reloader, decision(&reasons.join("; ")));
             } else {
-                let reason = reasons.join("; ");
-                let d = Decision {
-                    model: name,
-                    champion,
-                    candidate: state.candidate,
-                    actor: "controller",
-                    reason: &reason,
-                    evidence: evidence_json,
-                };
-                promote(reloader, d);
+                reasons.insert(0, format!("{why}; judged on health"));
+                step_passed(reloader, name, champion, policy, state, (reasons, evidence_json));
             }
         }
+        Verdict::Promote => {
+            if !dwelt {
+                return;
+            }
+            step_passed(reloader, name, champion, policy, state, (reasons, evidence_json));
+        }
+    }
+}
+
+/// Whether the candidate's error rate alone fails the policy.
+fn errors_failed(policy: &RolloutPolicy, evidence: &Evidence) -> bool {
+    evidence.candidate.error_rate - evidence.primary.error_rate > policy.thresholds.max_error_rate_increase
+}
+
+/// The step passed: advance to the next weight, or promote after the last.
+fn step_passed(
+    reloader: &Reloader,
+    name: &str,
+    champion: u64,
+    policy: &RolloutPolicy,
+    state: &mut Progress,
+    (reasons, evidence): (Vec<String>, serde_json::Value),
+) {
+    if state.step + 1 < policy.steps.len() {
+        let (from, to) = (policy.steps[state.step], policy.steps[state.step + 1]);
+        state.step += 1;
+        state.step_started = Instant::now();
+        state.quality = None;
+        reloader.controls.set_weight(name, state.candidate, to);
+        let mut entry = AuditEntry::now(name, "controller", "advance");
+        entry.from = Some(champion);
+        entry.to = Some(state.candidate);
+        entry.reason = format!("step passed: canary weight {from}% -> {to}%; {}", reasons.join("; "));
+        entry.evidence = evidence;
+        reloader.audit.append(&entry);
+        reloader.reload();
+    } else {
+        let d = Decision {
+            model: name,
+            champion,
+            candidate: state.candidate,
+            actor: "controller",
+            reason: reasons.join("; "),
+            evidence,
+        };
+        promote(reloader, d);
     }
 }
 
@@ -151,7 +227,7 @@ pub struct Decision<'a> {
     pub candidate: u64,
     /// `controller` or `admin`.
     pub actor: &'static str,
-    pub reason: &'a str,
+    pub reason: String,
     pub evidence: serde_json::Value,
 }
 
@@ -194,7 +270,7 @@ pub fn roll_back(reloader: &Reloader, d: Decision<'_>) {
     let mut entry = AuditEntry::now(name, actor, "roll_back");
     entry.from = Some(candidate);
     entry.to = Some(champion);
-    entry.reason = reason.to_owned();
+    entry.reason = reason;
     entry.evidence = evidence;
     reloader.audit.append(&entry);
     reloader.reload();

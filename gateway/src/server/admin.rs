@@ -143,11 +143,8 @@ fn routing(state: &AppState, reloader: &Reloader) -> Value {
                 "canary": route.canary.map(|(v, w)| json!({"version": v, "weight": w})),
                 "shadow": route.shadow.as_ref().map(|s| json!({"version": s.version, "fraction": s.fraction})),
                 "paused": reloader.controls.is_paused(&m.name),
-                "evidence": {
-                    "champion": route.evidence.champion.snapshot(),
-                    "canary": route.evidence.canary.snapshot(),
-                    "shadow": route.evidence.shadow.snapshot(),
-                },
+                "evidence": arms_json(&route.evidence.step, route.evidence.weight),
+                "lifetime_evidence": arms_json(&route.evidence.lifetime, None),
             })
         })
         .collect();
@@ -155,6 +152,17 @@ fn routing(state: &AppState, reloader: &Reloader) -> Value {
     let draining: Vec<Value> =
         reloader.draining().into_iter().map(|(m, v)| json!({"model": m, "version": v, "state": "draining"})).collect();
     json!({"models": models, "draining": draining, "last_reload": &*last})
+}
+
+/// One span of a route's evidence: each arm's record, the shadow pairs, labelled rows.
+fn arms_json(r: &crate::model::table::ArmsRecord, weight: Option<u32>) -> Value {
+    json!({
+        "weight": weight,
+        "champion": r.champion.snapshot(),
+        "canary": r.canary.snapshot(),
+        "shadow": r.shadow.snapshot(),
+        "labelled": {"champion": r.champion_labelled.len(), "canary": r.canary_labelled.len()},
+    })
 }
 
 async fn model_action(
@@ -183,7 +191,7 @@ async fn model_action(
                     champion,
                     candidate,
                     actor: "admin",
-                    reason: &reason,
+                    reason,
                     evidence: Value::Null,
                 };
                 promote(&r, d)
@@ -198,7 +206,7 @@ async fn model_action(
                     champion,
                     candidate,
                     actor: "admin",
-                    reason: &reason,
+                    reason,
                     evidence: Value::Null,
                 };
                 roll_back(&r, d)

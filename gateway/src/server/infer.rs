@@ -62,7 +62,9 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
         let table = state.table.load();
         table.route(model, version, |header| parts.headers.get(header).map(|v| v.as_bytes().to_vec())).map(
             |(mv, arm)| {
-                let extras = (arm != Arm::Explicit).then(|| table.models.get(model).map(RouteExtras::pick)).flatten();
+                let extras = (arm != Arm::Explicit)
+                    .then(|| table.models.get(model).map(|s| RouteExtras::pick(s, arm)))
+                    .flatten();
                 (mv, arm, extras)
             },
         )
@@ -74,7 +76,22 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
     let mirror = extras.as_ref().is_some_and(|x| x.shadow.is_some());
     let tapping = state.tap.as_ref().map(|tap| TapDecision::new(tap, state, ids.sampling_key(), &mv.model, arm));
     let keep_inputs = mirror || tapping.as_ref().is_some_and(|t| t.needs_inputs);
-    let (response, timing, answered) = match run(&parts.headers, body, &mv, keep_inputs).await {
+    // The whole-request deadline, applied here too so a request that runs out of time is
+    // counted against the arm that was too slow (the outer deadline fires at the same instant
+    // but polls this future first).
+    let ran = match parts.extensions.get::<super::Deadline>() {
+        Some(deadline) => {
+            match tokio::time::timeout_at(deadline.0, run(&parts.headers, body, &mv, keep_inputs)).await {
+                Ok(ran) => ran,
+                Err(_) => {
+                    crate::metrics::count_request_cut("request_timeout");
+                    Err(ApiError::RequestTimeout { after_ms: state.limits.request_timeout_ms })
+                }
+            }
+        }
+        None => run(&parts.headers, body, &mv, keep_inputs).await,
+    };
+    let (response, timing, answered) = match ran {
         Ok((response, out, inputs)) => (response, Some((out.queue, out.compute)), Some((out, inputs))),
         Err(e) => {
             if let ApiError::Infer(InferError::QueueFull { .. }) = e {
@@ -89,17 +106,23 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
     mv.metrics.count_response(response.status().as_u16());
     mv.metrics.request_seconds.record(total.as_secs_f64());
     metrics::counter!(ARM_REQUESTS, "model" => mv.model.clone(), "arm" => arm.as_str()).increment(1);
+    let evidence = extras.as_ref().map(|x| Arc::clone(&x.evidence));
     if let Some(extras) = extras {
         let sample = state
             .tap
             .as_ref()
             .filter(|_| tapping.as_ref().is_some_and(|t| t.sampled))
             .map(|tap| (Arc::clone(tap), ids.clone()));
-        extras.after_primary(arm, total, answered.as_ref().map(|(out, inputs)| (out, inputs.as_ref())), sample);
+        let outcome = match &answered {
+            Some((out, inputs)) => Outcome::Answered(out, inputs.as_ref()),
+            None => Outcome::of_status(response.status().as_u16()),
+        };
+        extras.after_primary(arm, total, outcome, sample);
     }
     if let (Some(tap), Some(decision)) = (state.tap.as_deref(), tapping) {
         let status = response.status().as_u16();
-        decision.offer(tap, &mv, &ids, arm, (status, total), answered);
+        let route = evidence.map(|e| (e, arm));
+        decision.offer(tap, &mv, (&ids, route), arm, (status, total), answered);
     }
     let mut response = finish(response, &ids, Some(&mv), started, timing);
     response.headers_mut().insert(ARM, HeaderValue::from_static(arm.as_str()));
@@ -114,44 +137,73 @@ struct RouteExtras {
     shadow: Option<(Arc<ModelVersion>, BudgetPermit)>,
 }
 
+/// What became of a routed request, as its arm's evidence counts it.
+enum Outcome<'a> {
+    Answered(&'a JobOutput, Option<&'a Vec<Tensor>>),
+    /// The server failed it (inference error, timeout): counts against the arm.
+    ServerError,
+    /// The client's request was at fault (4xx): shown, never held against the arm.
+    ClientError,
+    /// Refused for capacity (full queue, admission, shutting down): shown, never held against it.
+    Refused,
+}
+
+impl Outcome<'_> {
+    fn of_status(status: u16) -> Self {
+        match status {
+            503 => Outcome::Refused,
+            400..=499 => Outcome::ClientError,
+            _ => Outcome::ServerError,
+        }
+    }
+}
+
 impl RouteExtras {
-    /// Decides whether this request is mirrored: by the shadow fraction, then the shadow's
-    /// in-flight budget (a full budget drops the mirror, never the request).
-    fn pick(served: &ServedModel) -> Self {
+    /// Decides whether this request is mirrored: only champion answers are (the shadow is
+    /// compared with the champion, never with itself as canary), by the shadow fraction, then
+    /// the shadow's in-flight budget (a full budget drops the mirror, never the request).
+    fn pick(served: &ServedModel, arm: Arm) -> Self {
         let route = &served.route;
-        let shadow = route.shadow.as_ref().filter(|s| fastrand::f64() < s.fraction).and_then(|s| {
-            let mv = served.versions.get(&s.version)?;
-            match s.budget.try_acquire() {
-                Some(permit) => Some((Arc::clone(mv), permit)),
-                None => {
-                    count_shadow(&served.name, "dropped_budget");
-                    None
+        let shadow =
+            route.shadow.as_ref().filter(|s| arm == Arm::Champion && fastrand::f64() < s.fraction).and_then(|s| {
+                let mv = served.versions.get(&s.version)?;
+                match s.budget.try_acquire() {
+                    Some(permit) => Some((Arc::clone(mv), permit)),
+                    None => {
+                        count_shadow(&served.name, "dropped_budget");
+                        None
+                    }
                 }
-            }
-        });
+            });
         Self { evidence: Arc::clone(&route.evidence), shadow }
     }
 
-    /// Records the primary's outcome for its arm and starts the shadow, after the primary
-    /// answer is ready: the shadow never delays or changes it.
-    fn after_primary(
-        self,
-        arm: Arm,
-        latency: Duration,
-        answered: Option<(&JobOutput, Option<&Vec<Tensor>>)>,
-        sample: Option<(Arc<Tap>, RequestIds)>,
-    ) {
-        let record = match arm {
-            Arm::Champion => &self.evidence.champion,
-            Arm::Canary => &self.evidence.canary,
-            Arm::Explicit => return,
-        };
-        let Some((output, inputs)) = answered else {
-            record.record_error();
-            return;
+    /// Records the primary's outcome for its arm (in the step's and the lifetime's record) and
+    /// starts the shadow, after the primary answer is ready: the shadow never delays or
+    /// changes it.
+    fn after_primary(self, arm: Arm, latency: Duration, outcome: Outcome<'_>, sample: Option<(Arc<Tap>, RequestIds)>) {
+        let (output, inputs) = match outcome {
+            Outcome::Answered(output, inputs) => (output, inputs),
+            other => {
+                self.evidence.each(|r| {
+                    if let Some(record) = r.arm(arm) {
+                        match other {
+                            Outcome::ServerError => record.record_error(),
+                            Outcome::ClientError => record.record_client_error(),
+                            _ => record.record_refused(),
+                        }
+                    }
+                });
+                return;
+            }
         };
         let primary = first_output_f64(&output.outputs);
-        record.record_ok(latency, primary.as_ref().and_then(|p| p.first().copied()));
+        let score = primary.as_ref().and_then(|p| p.first().copied());
+        self.evidence.each(|r| {
+            if let Some(record) = r.arm(arm) {
+                record.record_ok(latency, score);
+            }
+        });
         if let (Some((shadow, permit)), Some(inputs), Some(primary)) = (self.shadow, inputs, primary) {
             let job = ShadowJob {
                 shadow,
@@ -172,6 +224,10 @@ impl RouteExtras {
 struct TapDecision {
     sampled: bool,
     drift: bool,
+    /// A routed request of a model whose rollout has a policy: its answer goes to the tap's
+    /// label index (not to Parquet), so the labels that arrive for it count in its arm's
+    /// labelled quality.
+    join_labels: bool,
     keep_errors: bool,
     uncertain_within: f64,
     needs_inputs: bool,
@@ -182,13 +238,17 @@ impl TapDecision {
     /// and retry), the gateway's otherwise.
     fn new(tap: &Tap, state: &AppState, key: &str, model: &str, arm: Arm) -> Self {
         let at = id_fraction(key);
-        let rate = state.reloader.as_ref().map_or(tap.sampling.rate, |r| r.config.load().sample_rate_for(model));
+        let config = state.reloader.as_ref().map(|r| r.config.load_full());
+        let rate = config.as_ref().map_or(tap.sampling.rate, |c| c.sample_rate_for(model));
+        let join_labels = arm != Arm::Explicit
+            && config.as_ref().and_then(|c| c.rollout_for(model)).is_some_and(|r| r.policy.is_some());
         let sampled = at < rate || (tap.sampling.keep_canary && arm == Arm::Canary);
         let drift = tap.drift.enabled && at < tap.drift.rate;
         let uncertain_within = tap.sampling.keep_uncertain_within;
         Self {
             sampled,
             drift,
+            join_labels,
             keep_errors: tap.sampling.keep_errors,
             uncertain_within,
             needs_inputs: sampled || drift || uncertain_within > 0.0,
@@ -200,7 +260,7 @@ impl TapDecision {
         self,
         tap: &Tap,
         mv: &ModelVersion,
-        ids: &RequestIds,
+        (ids, route): (&RequestIds, Option<(Arc<RouteEvidence>, Arm)>),
         arm: Arm,
         (status, latency): (u16, Duration),
         answered: Option<(JobOutput, Option<Vec<Tensor>>)>,
@@ -212,9 +272,12 @@ impl TapDecision {
         let uncertain = self.uncertain_within > 0.0
             && first_output_f64(&outputs).is_some_and(|s| s.iter().any(|p| (p - 0.5).abs() < self.uncertain_within));
         let sampled = self.sampled || uncertain || (self.keep_errors && status != 200);
-        if !sampled && !self.drift {
+        let joins = self.join_labels && status == 200;
+        if !(sampled || self.drift || joins) {
             return;
         }
+        // Inputs go on only for what uses them (Parquet, drift), never for the label join alone.
+        let inputs = if sampled || self.drift { inputs } else { Vec::new() };
         tap.offer(Served {
             request_id: ids.gateway(),
             client_request_id: ids.client(),
@@ -227,6 +290,7 @@ impl TapDecision {
             inputs,
             outputs,
             sampled,
+            route,
         });
     }
 }
@@ -252,7 +316,7 @@ async fn run_shadow(job: ShadowJob) {
     let started = Instant::now();
     let rows = if shadow.signature.batchable { inputs[0].shape.first().map_or(1, |r| *r as usize) } else { 1 };
     let kept_inputs = sample.as_ref().map(|_| inputs.clone());
-    let reply = match shadow.queue.submit(inputs, rows) {
+    let reply = match shadow.queue.submit_shadow(inputs, rows) {
         Ok(reply) => reply,
         Err(_) => {
             count_shadow(&shadow.model, "dropped_queue");
@@ -263,7 +327,8 @@ async fn run_shadow(job: ShadowJob) {
         Ok(Ok(out)) => {
             match first_output_f64(&out.outputs) {
                 Some(answer) => {
-                    evidence.shadow.record_pair(&primary, &answer, primary_latency, started.elapsed());
+                    let took = started.elapsed();
+                    evidence.each(|r| r.shadow.record_pair(&primary, &answer, primary_latency, took));
                     count_shadow(&shadow.model, "ok");
                 }
                 None => count_shadow(&shadow.model, "not_comparable"),
@@ -271,7 +336,7 @@ async fn run_shadow(job: ShadowJob) {
             (200, out.outputs)
         }
         _ => {
-            evidence.shadow.record_candidate_error(primary_latency);
+            evidence.each(|r| r.shadow.record_candidate_error(primary_latency));
             count_shadow(&shadow.model, "error");
             (500, Vec::new())
         }
@@ -289,6 +354,7 @@ async fn run_shadow(job: ShadowJob) {
             inputs,
             outputs,
             sampled: true,
+            route: None,
         });
     }
 }

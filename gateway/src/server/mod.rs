@@ -220,17 +220,22 @@ impl Connection {
     }
 }
 
+/// When the whole request must be answered by (`server.request_timeout_ms` after it began).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline(pub tokio::time::Instant);
+
 /// Runs one request under the whole-request deadline; while draining, HTTP/1.1 answers ask the
 /// client to close so its next request opens a new connection (to another replica).
 async fn answer(
     state: Arc<AppState>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: std::net::SocketAddr,
     _guard: conn::RequestGuard,
 ) -> HttpResponse {
     let h1 = req.version() < Version::HTTP_2;
-    let deadline = state.limits.request_timeout();
-    let mut response = match tokio::time::timeout(deadline, routes::handle(Arc::clone(&state), req, peer)).await {
+    let deadline = tokio::time::Instant::now() + state.limits.request_timeout();
+    req.extensions_mut().insert(Deadline(deadline));
+    let mut response = match tokio::time::timeout_at(deadline, routes::handle(Arc::clone(&state), req, peer)).await {
         Ok(response) => response,
         Err(_) => {
             crate::metrics::count_request_cut("request_timeout");

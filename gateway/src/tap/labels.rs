@@ -9,9 +9,12 @@ use arrow_array::builder::{Float64Builder, StringBuilder, TimestampMicrosecondBu
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use flywheel_registry::samples;
+use flywheel_shadow::quality::row_log_loss;
 use serde::Deserialize;
 
 use crate::metrics::{LABELS, QUALITY};
+use crate::model::Arm;
+use crate::model::table::RouteEvidence;
 
 /// One label: the true outcome for row `row` of request `id`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -105,11 +108,15 @@ impl LabelRows {
     }
 }
 
+/// The route evidence a prediction was recorded in, and the arm that answered.
+pub type RouteArm = Option<(Arc<RouteEvidence>, Arm)>;
+
 /// A tapped prediction, kept for a while so a label can be scored against it.
 struct Recent {
     model: String,
     version: u64,
     arm: &'static str,
+    route: RouteArm,
     scores: Vec<f64>,
 }
 
@@ -125,11 +132,11 @@ struct Quality {
 
 impl Quality {
     fn add(&mut self, p: f64, y: f64) {
-        let p = p.clamp(1e-7, 1.0 - 1e-7);
-        let y = if y >= 0.5 { 1.0 } else { 0.0 };
         self.n += 1;
-        self.correct += u64::from((p >= 0.5) == (y == 1.0));
-        self.log_loss -= y * p.ln() + (1.0 - y) * (1.0 - p).ln();
+        self.correct += u64::from((p >= 0.5) == (y >= 0.5));
+        // The trainer's gate scores rows with the same function: one model, one log loss.
+        self.log_loss += row_log_loss(p, y);
+        let (p, y) = (p.clamp(0.0, 1.0), if y >= 0.5 { 1.0 } else { 0.0 });
         let bin = ((p * 10.0) as usize).min(9);
         self.bins[bin].0 += 1;
         self.bins[bin].1 += p;
@@ -179,14 +186,21 @@ impl LabelIndex {
     }
 
     /// Remembers a tapped prediction (first output's values per row).
-    pub fn remember(&mut self, id: &str, model: &str, version: u64, arm: &'static str, scores: Vec<f64>) {
+    pub fn remember(
+        &mut self,
+        id: &str,
+        model: &str,
+        version: u64,
+        (arm, route): (&'static str, RouteArm),
+        scores: Vec<f64>,
+    ) {
         self.expire();
         if self.recent.len() >= self.capacity
             && let Some((_, old)) = self.order.pop_front()
         {
             self.recent.remove(&old);
         }
-        self.recent.insert(id.to_owned(), Recent { model: model.to_owned(), version, arm, scores });
+        self.recent.insert(id.to_owned(), Recent { model: model.to_owned(), version, arm, route, scores });
         self.order.push_back((Instant::now(), id.to_owned()));
     }
 
@@ -208,6 +222,9 @@ impl LabelIndex {
         let scored = matched.map(|(r, p)| (r.model.clone(), r.version, (p >= 0.5) != (label.label >= 0.5)));
         let outcome = match matched {
             Some((recent, p)) => {
+                if let Some((evidence, arm)) = &recent.route {
+                    evidence.record_label(*arm, p, label.label);
+                }
                 let labels = [
                     ("model", recent.model.clone()),
                     ("version", recent.version.to_string()),
@@ -281,7 +298,8 @@ mod tests {
     #[test]
     fn repeats_are_not_stored_twice_and_labels_score_recent_predictions() {
         let mut index = LabelIndex::new(Duration::from_secs(60), 100);
-        index.remember("r1", "m", 1, "champion", vec![0.9, 0.2]);
+        let evidence = RouteEvidence::new((1, Some(2), None), Some(10), 0.5);
+        index.remember("r1", "m", 1, ("champion", Some((Arc::clone(&evidence), Arm::Champion))), vec![0.9, 0.2]);
         let label = Label { id: "r1".into(), row: 0, label: 1.0 };
         assert_eq!(index.accept("m", &label), Accepted { stored: true, scored: Some(("m".into(), 1, false)) });
         assert!(!index.accept("m", &label).stored, "same label again is a no-op");
@@ -296,5 +314,11 @@ mod tests {
         // log loss: -(ln 0.9 + ln 0.1 + ln 0.8) / 3
         let expected = -((0.9f64).ln() + (0.1f64).ln() + (0.8f64).ln()) / 3.0;
         assert!((q.log_loss / q.n as f64 - expected).abs() < 1e-12);
+        // The scored labels reached the champion's labelled record of the route's step.
+        assert_eq!(evidence.step.champion_labelled.len(), 3);
+        assert_eq!(evidence.lifetime.champion_labelled.len(), 3);
+        assert!(evidence.step.canary_labelled.is_empty());
+        let online = flywheel_shadow::quality::log_loss(&[0.9, 0.9, 0.2], &[1.0, 0.0, 0.0]);
+        assert!((q.log_loss / q.n as f64 - online).abs() < 1e-12, "the gate's log loss, the same rows");
     }
 }

@@ -97,7 +97,6 @@ impl SamplingSettings {
 }
 
 /// One answered request as the tap sees it.
-#[derive(Debug)]
 pub struct Served {
     /// The gateway's unique id of the request (the label join key).
     pub request_id: String,
@@ -114,6 +113,21 @@ pub struct Served {
     pub outputs: Vec<Tensor>,
     /// Write to Parquet (otherwise the drift monitor only).
     pub sampled: bool,
+    /// The route evidence (this request's step) and the arm that answered, for a routed
+    /// request: a label joined to it later counts in that arm's labelled quality.
+    pub route: labels::RouteArm,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served")
+            .field("request_id", &self.request_id)
+            .field("model", &self.model)
+            .field("version", &self.version)
+            .field("arm", &self.arm)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Served {
@@ -289,7 +303,8 @@ impl Worker {
     fn take_served(&mut self, served: Served) {
         if served.status == 200 && served.arm != "shadow" {
             let scores: Vec<f64> = served.outputs.first().and_then(|o| o.data.to_f64()).unwrap_or_default();
-            self.index.remember(&served.request_id, &served.model, served.version, served.arm, scores);
+            let route = served.route.clone();
+            self.index.remember(&served.request_id, &served.model, served.version, (served.arm, route), scores);
         }
         let finished = &self.finished;
         self.drift.observe(&served, |model, since| {
