@@ -2,6 +2,7 @@
 //! The contract between the gateway and the trainer: how models are stored and named.
 //! - [`store`]: the registry folder — versions published atomically, listing, SHA-256
 //!   verification, aliases (`champion`, `challenger`, ...) replaced whole.
+//! - [`alias_cas`]: compare-and-set alias changes, applied whole or not at all.
 //! - [`manifest`]: a version's manifest (identity and lineage).
 //! - [`profile`]: reference profiles (per-feature quantile bins, samples) for drift detection.
 //! - [`samples`]: the sample and label Parquet layout and column names.
@@ -11,6 +12,7 @@
 //! The `registry` binary exposes the same operations to operators.
 #![forbid(unsafe_code)]
 
+pub mod alias_cas;
 pub mod events;
 pub mod fsutil;
 pub mod manifest;
@@ -19,6 +21,7 @@ pub mod samples;
 pub mod store;
 pub mod tail;
 
+pub use alias_cas::AliasChange;
 pub use events::{DRIFT_EVENTS_FILE, DriftEvent, TRAINER_CURSOR_FILE, TRAINER_RUNS_FILE, read_drift_events};
 pub use manifest::{DataLineage, MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
 pub use profile::{FeatureProfile, PROFILE_FILE, ReferenceProfile};

@@ -39,6 +39,13 @@ pub enum RegistryError {
     Corrupt { path: String, reason: String },
     #[error("{path}: SHA-256 is {actual}, the manifest says {expected}")]
     HashMismatch { path: String, expected: String, actual: String },
+    /// A compare-and-set found the alias somewhere else than expected: someone moved it first.
+    #[error("alias '{alias}' of model '{model}' is {}, expected {}; nothing was changed", show(*.found), show(*.expected))]
+    AliasConflict { model: String, alias: String, expected: Option<u64>, found: Option<u64> },
+}
+
+fn show(version: Option<u64>) -> String {
+    version.map_or_else(|| "absent".to_owned(), |v| format!("version {v}"))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
@@ -272,20 +279,26 @@ impl Registry {
         self.version(model, version)?;
         self.update_aliases(model, |aliases| {
             aliases.insert(alias.to_owned(), version);
+            Ok(())
         })
     }
 
     /// Removes `alias`; returns whether it existed.
     pub fn remove_alias(&self, model: &str, alias: &str) -> Result<bool, RegistryError> {
         let mut existed = false;
-        self.update_aliases(model, |aliases| existed = aliases.remove(alias).is_some())?;
+        self.update_aliases(model, |aliases| {
+            existed = aliases.remove(alias).is_some();
+            Ok(())
+        })?;
         Ok(existed)
     }
 
-    fn update_aliases(
+    /// Reads, changes and replaces the alias map under the model's alias lock; `change` may
+    /// refuse (nothing is written then).
+    pub(crate) fn update_aliases(
         &self,
         model: &str,
-        change: impl FnOnce(&mut BTreeMap<String, u64>),
+        change: impl FnOnce(&mut BTreeMap<String, u64>) -> Result<(), RegistryError>,
     ) -> Result<(), RegistryError> {
         let dir = self.model_dir(model)?;
         // Serialise read-modify-write across processes; readers never lock (the file is replaced whole).
@@ -294,7 +307,7 @@ impl Registry {
             fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io(&lock_path))?;
         lock.lock().map_err(io(&lock_path))?;
         let mut aliases = self.aliases(model)?;
-        change(&mut aliases);
+        change(&mut aliases)?;
         let path = dir.join(ALIASES_FILE);
         let bytes = serde_json::to_vec_pretty(&aliases).unwrap_or_default();
         write_atomic(&path, &bytes).map_err(io(&path))

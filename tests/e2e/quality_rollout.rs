@@ -236,3 +236,39 @@ async fn a_shadow_that_is_also_the_canary_is_compared_on_champion_answers_only_a
     .await;
     assert!(settled, "mirrored + dropped = champion answers ({champion_answers}), none of the canary's");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promotion_that_lost_the_race_to_a_rollback_is_a_conflict_and_changes_nothing() {
+    let config = "[models.tiny.rollout]\nchampion = \"champion\"\ncanary = { version = \"challenger\", weight = 50 }\n";
+    let gw = TestGateway::start_registry(config, |r| {
+        r.set_alias("tiny", "champion", publish(r, 1)).unwrap();
+        r.set_alias("tiny", "challenger", publish(r, 2)).unwrap();
+    });
+    let http = Http::new(false);
+    let (rollback_url, promote_url) =
+        (format!("{}/admin/models/tiny/rollback", gw.base), format!("{}/admin/models/tiny/promote", gw.base));
+    // Both operators looked at the same route (champion 1, canary 2); the rollback lands first.
+    let (a, b) = (json!({"reason": "operator A", "version": 2}), json!({"reason": "operator B", "version": 2}));
+    let (rollback, promote) = tokio::join!(http.post_json(&rollback_url, &a), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        http.post_json(&promote_url, &b).await
+    });
+    assert_eq!(rollback.status, 200, "{:?}", rollback.body);
+    assert_eq!(promote.status, 409, "{:?}", promote.body);
+    let error = promote.json()["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("version 2 of 'tiny' was rolled back"), "{error}");
+    let registry = Registry::open(&gw.repo);
+    assert_eq!(registry.resolve("tiny", "champion").ok(), Some(1), "the champion never moved");
+    assert!(registry.resolve("tiny", "challenger").is_err(), "the rollback consumed the alias");
+    let log = audit(&gw);
+    let actions: Vec<&str> =
+        log.iter().filter(|e| e["actor"] == "admin").map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["roll_back", "promote_conflict"], "{log:?}");
+    // The rejection is of version 2 only: the next candidate routes.
+    registry.set_alias("tiny", "challenger", publish(&registry, 3)).unwrap();
+    let routed = wait_until(Duration::from_secs(10), || async {
+        route_of(&http, &gw.base, "tiny").await["canary"]["version"] == 3
+    })
+    .await;
+    assert!(routed, "the new candidate routes");
+}

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use flywheel_onnx::Mlp;
-use flywheel_registry::{DataLineage, ManifestDraft, ReferenceProfile, Registry};
+use flywheel_registry::{AliasChange, DataLineage, ManifestDraft, ReferenceProfile, Registry};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -94,15 +94,8 @@ fn cycle(config: &TrainerConfig, since_us: Option<i64>, record: &mut RunRecord) 
         record.reasons.push(format!("version {v} is '{}' and still rolling out", config.candidate_alias));
         return Ok(());
     }
-    let champion_version = registry
-        .resolve(model, &config.champion_alias)
-        .map_err(|e| format!("champion alias '{}' of model '{model}': {e}", config.champion_alias))?;
+    let (champion_version, champion_bytes) = current_champion(&registry, config)?;
     record.champion = Some(champion_version);
-    let champion_bytes = registry
-        .version(model, champion_version)
-        .and_then(|entry| registry.verify(&entry))
-        .map_err(|e| format!("champion version {champion_version}: {e}"))?
-        .bytes;
     let mut champion = Scorer::open(&champion_bytes, config.ort_library.as_deref())?;
 
     let t = Instant::now();
@@ -143,13 +136,25 @@ fn cycle(config: &TrainerConfig, since_us: Option<i64>, record: &mut RunRecord) 
     };
     record.stages_ms.insert("export_check".into(), elapsed_ms(t));
 
+    // The gate is against the champion current now: a promotion during training moved it.
+    let (now_champion, now_bytes) = current_champion(&registry, config)?;
+    let champion_version = if now_champion == champion_version {
+        champion_version
+    } else {
+        record.reasons.push(format!(
+            "the champion moved from version {champion_version} to {now_champion} during training; gated against {now_champion}"
+        ));
+        champion = Scorer::open(&now_bytes, config.ort_library.as_deref())?;
+        record.champion = Some(now_champion);
+        now_champion
+    };
     let t = Instant::now();
     let champion_scores = champion.score(&dataset.holdout.x)?;
     let slices = slices(config, &dataset)?;
     let verdict = flywheel_shadow::gate(&config.gate, &scores, &champion_scores, &dataset.holdout.y, slices.as_deref());
     record.stages_ms.insert("gate".into(), elapsed_ms(t));
     record.gate = Some(json!({"verdict": verdict, "policy": config.gate}));
-    record.reasons = verdict.reasons.clone();
+    record.reasons.extend(verdict.reasons.clone());
     if !verdict.passed {
         record.outcome = "rejected".into();
         return Ok(());
@@ -184,11 +189,37 @@ fn cycle(config: &TrainerConfig, since_us: Option<i64>, record: &mut RunRecord) 
         config.profile_sample_size,
     );
     registry.write_profile(model, manifest.version, &profile).map_err(|e| e.to_string())?;
-    registry.set_alias(model, &config.candidate_alias, manifest.version).map_err(|e| e.to_string())?;
+    record.version = Some(manifest.version);
+    // One compare-and-set: the champion is still the one gated against (the recorded parent),
+    // and no other candidate took the alias meanwhile (a second trainer, a rollout in progress).
+    let changes = [
+        AliasChange::require(&config.champion_alias, Some(champion_version)),
+        AliasChange::swap(&config.candidate_alias, None, Some(manifest.version)),
+    ];
+    if let Err(e) = registry.change_aliases(model, &changes) {
+        record.outcome = "conflict".into();
+        record
+            .reasons
+            .push(format!("version {} was published but not made '{}': {e}", manifest.version, config.candidate_alias));
+        return Ok(());
+    }
     record.stages_ms.insert("register".into(), elapsed_ms(t));
     record.outcome = "registered".into();
-    record.version = Some(manifest.version);
     Ok(())
+}
+
+/// The champion alias's version and its verified bytes.
+fn current_champion(registry: &Registry, config: &TrainerConfig) -> Result<(u64, Vec<u8>), String> {
+    let model = config.model.as_str();
+    let version = registry
+        .resolve(model, &config.champion_alias)
+        .map_err(|e| format!("champion alias '{}' of model '{model}': {e}", config.champion_alias))?;
+    let bytes = registry
+        .version(model, version)
+        .and_then(|entry| registry.verify(&entry))
+        .map_err(|e| format!("champion version {version}: {e}"))?
+        .bytes;
+    Ok((version, bytes))
 }
 
 pub fn assemble_spec(config: &TrainerConfig, since_us: Option<i64>) -> AssembleSpec {

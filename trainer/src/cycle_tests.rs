@@ -158,3 +158,25 @@ fn a_command_is_held_to_the_same_checks() {
     assert_eq!(r.outcome, "rejected", "{r:#?}");
     assert_eq!(r.training.unwrap()["device"], "command");
 }
+
+#[test]
+fn two_trainers_registering_at_once_end_with_one_candidate_and_the_conflict_recorded() {
+    let (_dir, config) = setup(5000, 0.0);
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let config = config.clone();
+            std::thread::spawn(move || run(&config, None, None))
+        })
+        .collect();
+    let mut records: Vec<RunRecord> = runs.into_iter().map(|t| t.join().unwrap()).collect();
+    records.sort_by(|a, b| a.outcome.cmp(&b.outcome));
+    let outcomes: Vec<&str> = records.iter().map(|r| r.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["conflict", "registered"], "{records:#?}");
+    assert!(
+        records[0].reasons.last().unwrap().contains("alias 'challenger' of model 'fraud' is version"),
+        "{:?}",
+        records[0].reasons
+    );
+    let registry = Registry::open(&config.registry);
+    assert_eq!(registry.resolve("fraud", "challenger").ok(), records[1].version, "the registered one is the candidate");
+}

@@ -1,7 +1,8 @@
 //! `trainer watch`: follows a model's drift events log and runs a cycle when one trips — once
 //! enough labelled rows were served after it, never within the cooldown of the last run, never
 //! while a candidate is still rolling out, and never twice on the same data after a rejection.
-//! Its cursor survives restarts (`<registry>/<model>/trainer-watch.json`).
+//! Its cursor and the drift it is still handling survive restarts
+//! (`<registry>/<model>/trainer-watch.json`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -20,6 +21,42 @@ pub const CURSOR_FILE: &str = flywheel_registry::TRAINER_CURSOR_FILE;
 struct Cursor {
     /// Next event `seq` to read.
     next_seq: u64,
+    /// The drift read but not handled yet: saved with the cursor, so a restart while waiting
+    /// for labels resumes the wait instead of losing the drift.
+    #[serde(default)]
+    pending: Option<SavedPending>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct SavedPending {
+    event: DriftEvent,
+    since_us: i64,
+    events: usize,
+    /// When it was first seen (µs since the epoch): `max_wait_s` counts across restarts.
+    first_seen_us: i64,
+}
+
+impl Pending {
+    fn saved(&self) -> SavedPending {
+        let age = self.first_seen.elapsed().as_micros() as i64;
+        SavedPending {
+            event: self.event.clone(),
+            since_us: self.since_us,
+            events: self.events,
+            first_seen_us: cycle::now_us() - age,
+        }
+    }
+
+    fn restored(saved: SavedPending) -> Self {
+        let age = Duration::from_micros(cycle::now_us().saturating_sub(saved.first_seen_us).max(0) as u64);
+        Self {
+            event: saved.event,
+            since_us: saved.since_us,
+            first_seen: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            events: saved.events,
+            data_wait: None,
+        }
+    }
 }
 
 /// A drift waiting for data (several events of one shift coalesce into it).
@@ -51,9 +88,17 @@ pub fn watch(config: &TrainerConfig, stop: &AtomicBool, mut notify: impl FnMut(N
     let mut cursor: Cursor = match std::fs::read(&cursor_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
         // First start: old events are history, not work.
-        Err(_) => Cursor { next_seq: read_drift_events(&registry, &config.model, 0).len() as u64 },
+        Err(_) => Cursor { next_seq: read_drift_events(&registry, &config.model, 0).len() as u64, pending: None },
     };
-    let mut pending: Option<Pending> = None;
+    let mut pending: Option<Pending> = cursor.pending.take().map(Pending::restored);
+    if let Some(p) = &pending {
+        notify(Note::Drift(p.event.clone()));
+    }
+    // Saves the cursor with the pending drift as it is now.
+    let save = |cursor: &mut Cursor, pending: &Option<Pending>| {
+        cursor.pending = pending.as_ref().map(Pending::saved);
+        save_cursor(&cursor_path, cursor);
+    };
     let mut last_wait = String::new();
     while !stop.load(Ordering::Relaxed) {
         for event in read_drift_events(&registry, &config.model, cursor.next_seq) {
@@ -73,7 +118,7 @@ pub fn watch(config: &TrainerConfig, stop: &AtomicBool, mut notify: impl FnMut(N
                     }
                 },
             }
-            save_cursor(&cursor_path, &cursor);
+            save(&mut cursor, &pending);
         }
         // A drift of a champion that has since been replaced (e.g. by the candidate this very
         // drift produced) is no longer work.
@@ -82,6 +127,7 @@ pub fn watch(config: &TrainerConfig, stop: &AtomicBool, mut notify: impl FnMut(N
         {
             let why = format!("about version {}, no longer the champion", p.event.version);
             notify(Note::Ignored(p.event, why));
+            save(&mut cursor, &pending);
         }
         if let Some(p) = &mut pending {
             match ready(config, &registry, p) {
@@ -108,6 +154,9 @@ pub fn watch(config: &TrainerConfig, stop: &AtomicBool, mut notify: impl FnMut(N
             if pending.as_ref().is_some_and(|p| p.first_seen.elapsed() > Duration::from_secs(config.watch.max_wait_s)) {
                 notify(Note::GaveUp(format!("no usable data within max_wait_s = {}", config.watch.max_wait_s)));
                 pending = None;
+            }
+            if pending.is_none() {
+                save(&mut cursor, &pending);
             }
         }
         std::thread::sleep(Duration::from_millis(config.watch.poll_ms.max(10)));

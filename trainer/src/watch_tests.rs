@@ -49,6 +49,11 @@ impl Running {
     fn start(config: &TrainerConfig) -> Self {
         // Start at the beginning of the log (a first start would skip what is already there).
         std::fs::write(config.registry.join("fraud").join(CURSOR_FILE), r#"{"next_seq": 0}"#).unwrap();
+        Self::resume(config)
+    }
+
+    /// Starts from the cursor as the last run left it (a restart).
+    fn resume(config: &TrainerConfig) -> Self {
         let (tx, notes) = channel();
         let stop = Arc::new(AtomicBool::new(false));
         let (config, flag) = (config.clone(), Arc::clone(&stop));
@@ -147,4 +152,27 @@ fn after_a_rejection_it_never_trains_again_on_the_same_data() {
     let registry = Registry::open(&config.registry);
     assert_eq!(read_records(&registry, "fraud").len(), 1, "no second run on the same rows");
     assert!(registry.resolve("fraud", "challenger").is_err());
+}
+
+#[test]
+fn a_restart_while_waiting_for_labels_keeps_the_drift() {
+    let (_dir, config) = setup(5000, 0.0);
+    let mut waiting = watching(config.clone(), 0);
+    waiting.watch.min_rows_after_event = 1_000_000;
+    append(&config, &event(0, 1));
+    let w = Running::start(&waiting);
+    let notes = w.until("waiting:");
+    assert!(notes.last().unwrap().contains("labelled rows since the drift"), "{notes:?}");
+    drop(w);
+    let cursor = std::fs::read_to_string(config.registry.join("fraud").join(CURSOR_FILE)).unwrap();
+    assert!(cursor.contains("\"next_seq\":1") && cursor.contains("\"pending\":{"), "{cursor}");
+    // Restarted (the event was read before): the drift is still the work, and runs once the
+    // data is there.
+    let w = Running::resume(&watching(config.clone(), 0));
+    let notes = w.until("run:");
+    assert_eq!(notes.first().map(String::as_str), Some("drift v1"), "{notes:?}");
+    assert_eq!(notes.last().map(String::as_str), Some("run: registered"), "{notes:?}");
+    drop(w);
+    let cursor = std::fs::read_to_string(config.registry.join("fraud").join(CURSOR_FILE)).unwrap();
+    assert!(cursor.contains("\"pending\":null"), "handled: nothing pending any more: {cursor}");
 }

@@ -14,6 +14,7 @@ use flywheel_shadow::{Evidence, QualityComparison, Verdict, differs, judge};
 
 use super::audit::AuditEntry;
 use super::background::Background;
+use super::decision::{Decision, promote, roll_back};
 use super::reload::Reloader;
 use crate::config::RolloutPolicy;
 use crate::model::table::RouteEvidence;
@@ -139,7 +140,7 @@ fn decide(
         // Before the dwell is over only errors roll back at once: a p99 or an interval from
         // the first second of a step (a swap, a busy neighbour) is not the candidate's.
         Verdict::RollBack if !dwelt && !errors_failed(policy, evidence) => {}
-        Verdict::RollBack => roll_back(reloader, decision(&reasons.join("; "))),
+        Verdict::RollBack => settle(roll_back(reloader, decision(&reasons.join("; ")))),
         Verdict::Hold => {}
         Verdict::AwaitLabels => {
             let waited = state.step_started.elapsed().saturating_sub(dwell);
@@ -153,10 +154,10 @@ fn decide(
             );
             if last_step && policy.thresholds.require_labelled {
                 reasons.insert(0, format!("{why} and require_labelled is set"));
-                roll_back(reloader, decision(&reasons.join("; ")));
+                settle(roll_back(reloader, decision(&reasons.join("; "))));
             } else if differs(&policy.thresholds, evidence) {
                 reasons.insert(0, format!("{why} and the shadow disagrees beyond max_disagreement"));
-                roll_back(reloader, decision(&reasons.join("; ")));
+                settle(roll_back(reloader, decision(&reasons.join("; "))));
             } else {
                 reasons.insert(0, format!("{why}; judged on health"));
                 step_passed(reloader, name, champion, policy, state, (reasons, evidence_json));
@@ -186,6 +187,8 @@ fn step_passed(
     (reasons, evidence): (Vec<String>, serde_json::Value),
 ) {
     if state.step + 1 < policy.steps.len() {
+        let lock = reloader.decision_lock(name);
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
         let (from, to) = (policy.steps[state.step], policy.steps[state.step + 1]);
         state.step += 1;
         state.step_started = Instant::now();
@@ -207,82 +210,24 @@ fn step_passed(
             reason: reasons.join("; "),
             evidence,
         };
-        promote(reloader, d);
+        settle(promote(reloader, d));
+    }
+}
+
+/// A refused decision is already in the audit log; the next tick looks at the new state.
+fn settle(result: Result<(), super::decision::Refused>) {
+    if let Err(refused) = result {
+        tracing::warn!(%refused, "rollout decision not applied");
     }
 }
 
 fn set_weight(reloader: &Reloader, name: &str, candidate: u64, from: u32, to: u32, actor: &'static str, why: &str) {
+    let lock = reloader.decision_lock(name);
+    let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
     reloader.controls.set_weight(name, candidate, to);
     let mut entry = AuditEntry::now(name, actor, "set_weight");
     entry.to = Some(candidate);
     entry.reason = format!("{why}: canary weight {from}% -> {to}%");
     reloader.audit.append(&entry);
     reloader.reload();
-}
-
-/// A promotion or rollback of one model's candidate, and why.
-pub struct Decision<'a> {
-    pub model: &'a str,
-    pub champion: u64,
-    pub candidate: u64,
-    /// `controller` or `admin`.
-    pub actor: &'static str,
-    pub reason: String,
-    pub evidence: serde_json::Value,
-}
-
-/// Makes `candidate` the champion: moves the config's champion alias to it and removes the
-/// canary alias (if the canary was named by one), then reloads.
-pub fn promote(reloader: &Reloader, d: Decision<'_>) {
-    let Decision { model: name, champion, candidate, actor, reason, evidence } = d;
-    let config = reloader.config.load_full();
-    let mut entry = AuditEntry::now(name, actor, "promote");
-    entry.from = Some(champion);
-    entry.to = Some(candidate);
-    entry.evidence = evidence;
-    let Some(rollout) = config.rollout_for(name) else { return };
-    let Some(registry) = reloader.registry() else { return };
-    if rollout.champion.chars().all(|c| c.is_ascii_digit()) || rollout.champion == "latest" {
-        entry.action = "promote_refused";
-        entry.reason =
-            format!("champion is pinned to {:?} in the config; point it at an alias to promote", rollout.champion);
-        reloader.audit.append(&entry);
-        return;
-    }
-    if let Err(e) = registry.set_alias(name, &rollout.champion, candidate) {
-        entry.action = "promote_failed";
-        entry.reason = format!("moving alias {}: {e}", rollout.champion);
-        reloader.audit.append(&entry);
-        return;
-    }
-    remove_candidate_alias(reloader, name);
-    reloader.controls.clear_weight(name, candidate);
-    entry.reason = format!("{} -> version {candidate}: {reason}", rollout.champion);
-    reloader.audit.append(&entry);
-    reloader.reload();
-}
-
-/// Takes `candidate` out of routing for good and removes the canary alias, then reloads.
-pub fn roll_back(reloader: &Reloader, d: Decision<'_>) {
-    let Decision { model: name, champion, candidate, actor, reason, evidence } = d;
-    reloader.controls.reject(name, candidate);
-    remove_candidate_alias(reloader, name);
-    let mut entry = AuditEntry::now(name, actor, "roll_back");
-    entry.from = Some(candidate);
-    entry.to = Some(champion);
-    entry.reason = reason;
-    entry.evidence = evidence;
-    reloader.audit.append(&entry);
-    reloader.reload();
-}
-
-fn remove_candidate_alias(reloader: &Reloader, name: &str) {
-    let config = reloader.config.load_full();
-    let Some(canary) = config.rollout_for(name).and_then(|r| r.canary.as_ref()) else { return };
-    if flywheel_registry::valid_alias(&canary.version)
-        && let Some(registry) = reloader.registry()
-        && let Err(e) = registry.remove_alias(name, &canary.version)
-    {
-        tracing::warn!(model = name, alias = %canary.version, error = %e, "candidate alias not removed");
-    }
 }

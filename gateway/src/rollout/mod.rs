@@ -1,13 +1,15 @@
 //! Hot swaps and rollouts: [`build`] turns config + registry (+ [`controls`], the controller's
 //! live decisions) into a routing table, reusing what serves and checking what is new;
 //! [`reload`] swaps it in whole; [`watcher`] triggers reloads on change; [`controller`] walks
-//! canaries through their policy and promotes or rolls back; [`audit`] records every decision.
+//! canaries through their policy; [`decision`] promotes or rolls back (decision lock + alias
+//! compare-and-set); [`audit`] records every decision.
 
 pub mod audit;
 pub mod background;
 pub mod build;
 pub mod controller;
 pub mod controls;
+pub mod decision;
 pub mod reload;
 pub mod restart_keys;
 pub mod watcher;

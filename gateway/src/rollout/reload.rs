@@ -46,6 +46,9 @@ pub struct Reloader {
     retired: Mutex<Vec<std::sync::Weak<ModelVersion>>>,
     pub audit: AuditLog,
     lock: Mutex<()>,
+    /// One lock per model around promote / roll back / step decisions, so the controller and
+    /// an operator never interleave theirs.
+    decisions: Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl Reloader {
@@ -69,7 +72,16 @@ impl Reloader {
             retired: Mutex::new(Vec::new()),
             audit,
             lock: Mutex::new(()),
+            decisions: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The decision lock of `model`: held while a promotion, rollback or step change of it is
+    /// decided and applied.
+    pub fn decision_lock(&self, model: &str) -> Arc<Mutex<()>> {
+        // The map only grows by one entry per model; a panic elsewhere cannot corrupt it.
+        let mut locks = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(locks.entry(model.to_owned()).or_default())
     }
 
     /// The registry the config in force points at.

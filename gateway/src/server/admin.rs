@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::body::{self, BodyLimits};
 use super::{ApiError, AppState};
 use crate::rollout::Reloader;
-use crate::rollout::controller::{Decision, promote, roll_back};
+use crate::rollout::decision::{Decision, Refused, promote, roll_back};
 
 /// Handles `/admin/...`; `rest` is the path after `admin`.
 pub async fn handle(
@@ -178,13 +178,26 @@ async fn model_action(
             table.models.get(model).ok_or_else(|| crate::model::RouteError::ModelNotFound(model.to_owned()))?;
         (served.route.champion, served.route.canary)
     };
-    let need_canary =
-        || canary.ok_or_else(|| ApiError::BadRequest(format!("model '{model}' has no canary in rollout")));
+    // An operator may name the version the decision is about (`{"version": 2}`): if the route
+    // moved on meanwhile, the answer is a conflict, never a decision about another version.
+    let expected = body.get("version").and_then(Value::as_u64);
+    let need_canary = || match (canary, expected) {
+        (Some((v, w)), Some(e)) if v == e => Ok((v, w)),
+        (Some((v, w)), None) => Ok((v, w)),
+        (_, Some(e)) if reloader.controls.is_rejected(model, e) => {
+            Err(ApiError::Conflict(format!("version {e} of '{model}' was rolled back")))
+        }
+        (now, Some(e)) => Err(ApiError::Conflict(format!(
+            "version {e} of '{model}' is not the canary (the canary is {})",
+            now.map_or_else(|| "none".to_owned(), |(v, _)| format!("version {v}"))
+        ))),
+        (None, None) => Err(ApiError::BadRequest(format!("model '{model}' has no canary in rollout"))),
+    };
     let reason = body.get("reason").and_then(Value::as_str).unwrap_or("manual").to_owned();
     let (model_owned, r) = (model.to_owned(), Arc::clone(&reloader));
     match action {
         "promote" => {
-            let (candidate, _) = need_canary()?;
+            let (candidate, _) = audit_conflict(&reloader, model, "promote_conflict", need_canary()).await?;
             blocking(move || {
                 let d = Decision {
                     model: &model_owned,
@@ -196,10 +209,11 @@ async fn model_action(
                 };
                 promote(&r, d)
             })
-            .await?;
+            .await?
+            .map_err(decision_error)?;
         }
         "rollback" => {
-            let (candidate, _) = need_canary()?;
+            let (candidate, _) = audit_conflict(&reloader, model, "roll_back_conflict", need_canary()).await?;
             blocking(move || {
                 let d = Decision {
                     model: &model_owned,
@@ -211,7 +225,8 @@ async fn model_action(
                 };
                 roll_back(&r, d)
             })
-            .await?;
+            .await?
+            .map_err(decision_error)?;
         }
         "weight" => {
             let (candidate, current) = need_canary()?;
@@ -252,6 +267,30 @@ async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) 
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::BadRequest(format!("admin call failed: {e}")))
 }
 
-async fn blocking(f: impl FnOnce() + Send + 'static) -> Result<(), ApiError> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::BadRequest(format!("admin action failed: {e}")))
+}
+
+/// Records an operator's decision that was refused as a conflict before it was applied.
+async fn audit_conflict<T>(
+    reloader: &Arc<Reloader>,
+    model: &str,
+    action: &'static str,
+    checked: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    if let Err(ApiError::Conflict(why)) = &checked {
+        let mut entry = crate::rollout::audit::AuditEntry::now(model, "admin", action);
+        entry.reason = why.clone();
+        let r = Arc::clone(reloader);
+        blocking(move || r.audit.append(&entry)).await?;
+    }
+    checked
+}
+
+/// A decision that lost a race is a 409; one that cannot apply as configured, a 400.
+fn decision_error(refused: Refused) -> ApiError {
+    match refused {
+        Refused::Conflict(why) => ApiError::Conflict(why),
+        Refused::Failed(why) => ApiError::BadRequest(why),
+    }
 }

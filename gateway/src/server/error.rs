@@ -40,6 +40,9 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A decision lost a race (the alias moved, the candidate was rolled back meanwhile).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl ApiError {
@@ -54,6 +57,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Unauthorized(_) => 401,
             ApiError::Forbidden(_) => 403,
+            ApiError::Conflict(_) => 409,
             ApiError::BodyTooLarge { .. } => 413,
             ApiError::BodyTimeout { .. } => 408,
             ApiError::RequestTimeout { .. } => 504,
@@ -95,6 +99,7 @@ impl ApiError {
             ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::Conflict(_) => "conflict",
         }
     }
 
