@@ -5,6 +5,7 @@
 //! - [`alias_cas`]: compare-and-set alias changes, applied whole or not at all.
 //! - [`manifest`]: a version's manifest (identity and lineage).
 //! - [`profile`]: reference profiles (per-feature quantile bins, samples) for drift detection.
+//! - [`rollout_state`]: the controller's durable rollout state per model.
 //! - [`samples`]: the sample and label Parquet layout and column names.
 //! - [`events`]: the drift event format and the trainer's run log name.
 //! - [`fsutil`]: atomic, durable writes; [`tail`]: the end of a JSON-lines log, read backwards.
@@ -17,6 +18,7 @@ pub mod events;
 pub mod fsutil;
 pub mod manifest;
 pub mod profile;
+pub mod rollout_state;
 pub mod samples;
 pub mod store;
 pub mod tail;
@@ -25,6 +27,7 @@ pub use alias_cas::AliasChange;
 pub use events::{DRIFT_EVENTS_FILE, DriftEvent, TRAINER_CURSOR_FILE, TRAINER_RUNS_FILE, read_drift_events};
 pub use manifest::{DataLineage, MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
 pub use profile::{FeatureProfile, PROFILE_FILE, ReferenceProfile};
+pub use rollout_state::{ROLLOUT_STATE_FILE, RolloutState, StepState};
 pub use store::{
     ALIASES_FILE, FileStamp, MODEL_FILE, Registry, RegistryError, Skipped, Verified, VersionEntry, parse_aliases,
     parse_manifest, parse_profile, valid_alias, valid_model_name,

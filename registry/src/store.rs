@@ -326,7 +326,7 @@ impl Registry {
         self.version(model, version).map(|e| e.version)
     }
 
-    fn model_dir(&self, model: &str) -> Result<PathBuf, RegistryError> {
+    pub(crate) fn model_dir(&self, model: &str) -> Result<PathBuf, RegistryError> {
         if !valid_model_name(model) {
             return Err(RegistryError::BadModelName(model.to_owned()));
         }

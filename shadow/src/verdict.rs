@@ -100,6 +100,9 @@ pub struct Evidence {
     pub paired: Option<PairedSnapshot>,
     /// Labelled quality of the requests each arm answered.
     pub quality: Option<QualityComparison>,
+    /// The primary's record is from an earlier span (a step at 100% sends it nothing): its
+    /// latency, measured under another load, is not compared.
+    pub historical_primary: bool,
 }
 
 impl Evidence {
@@ -110,6 +113,7 @@ impl Evidence {
             candidate: paired.candidate.clone(),
             paired: Some(paired),
             quality: None,
+            historical_primary: false,
         }
     }
 }
@@ -159,14 +163,18 @@ pub fn judge(policy: &Policy, evidence: &Evidence) -> (Verdict, Vec<String>) {
         passed.push(line)
     }
     let ratio = c.p99_us as f64 / p.p99_us.max(1) as f64;
-    let line = format!(
-        "p99 {} µs vs {} µs, ratio {ratio:.2} (max {}, beyond {} µs of slack)",
-        c.p99_us, p.p99_us, policy.max_p99_ratio, policy.p99_slack_us
-    );
-    if ratio > policy.max_p99_ratio && c.p99_us.saturating_sub(p.p99_us) > policy.p99_slack_us {
-        failed.push(line)
+    if evidence.historical_primary {
+        passed.push(format!("p99 {} µs (not compared: the champion served nothing at this step)", c.p99_us));
     } else {
-        passed.push(line)
+        let line = format!(
+            "p99 {} µs vs {} µs, ratio {ratio:.2} (max {}, beyond {} µs of slack)",
+            c.p99_us, p.p99_us, policy.max_p99_ratio, policy.p99_slack_us
+        );
+        if ratio > policy.max_p99_ratio && c.p99_us.saturating_sub(p.p99_us) > policy.p99_slack_us {
+            failed.push(line)
+        } else {
+            passed.push(line)
+        }
     }
     if !failed.is_empty() {
         return (Verdict::RollBack, failed);
@@ -286,7 +294,7 @@ mod tests {
     }
 
     fn evidence(candidate: ArmSnapshot) -> Evidence {
-        Evidence { primary: arm(1000, 1, 1000), candidate, paired: None, quality: None }
+        Evidence { primary: arm(1000, 1, 1000), candidate, paired: None, quality: None, historical_primary: false }
     }
 
     #[test]
@@ -314,6 +322,12 @@ mod tests {
         // Twice as slow but within the slack: a few milliseconds on a few hundred requests.
         let (v, _) = judge(&Policy::default(), &evidence(arm(500, 0, 2000)));
         assert_ne!(v, Verdict::RollBack);
+        // Against an earlier span's champion, latency is not compared; errors still are.
+        let historical = |c| Evidence { historical_primary: true, ..evidence(c) };
+        let (v, why) = judge(&Policy::default(), &historical(arm(500, 0, 70_000)));
+        assert_ne!(v, Verdict::RollBack, "{why:?}");
+        assert!(why[1].contains("not compared"), "{why:?}");
+        assert_eq!(judge(&Policy::default(), &historical(arm(500, 50, 900))).0, Verdict::RollBack);
         // Disagreement alone is an early signal: the labels decide.
         let paired = PairedSnapshot { pairs: 500, disagreement_rate: 0.3, ..Default::default() };
         let e = Evidence { paired: Some(paired), ..evidence(arm(500, 0, 900)) };

@@ -272,3 +272,48 @@ async fn a_promotion_that_lost_the_race_to_a_rollback_is_a_conflict_and_changes_
     .await;
     assert!(routed, "the new candidate routes");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_killed_mid_rollout_resumes_the_same_step_and_never_routes_a_rejected_version() {
+    // Steps 10 -> 50 -> 100 with a dwell long enough that the test sees step 50 and kills the
+    // gateway there.
+    let config = "controller_interval_ms = 50\n\
+         [models.tiny.rollout]\nchampion = \"champion\"\ncanary = { version = \"challenger\", weight = 10 }\n\
+         [models.tiny.rollout.policy]\nsteps = [10, 50, 100]\nmin_dwell_ms = 300\nmin_samples = 20\n\
+         max_p99_ratio = 10000.0\n";
+    let mut gw = TestGateway::start_registry(config, |r| {
+        r.set_alias("tiny", "champion", publish(r, 1)).unwrap();
+        r.set_alias("tiny", "challenger", publish(r, 2)).unwrap();
+    });
+    let http = Http::new(false);
+    let registry = Registry::open(&gw.repo);
+    // An operator rolls version 2 back; the trainer's next candidate, version 3, walks on.
+    let rollback = http.post_json(&format!("{}/admin/models/tiny/rollback", gw.base), &json!({"version": 2})).await;
+    assert_eq!(rollback.status, 200, "{:?}", rollback.body);
+    registry.set_alias("tiny", "challenger", publish(&registry, 3)).unwrap();
+    let url = format!("{}/v2/models/tiny/infer", gw.base);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !audit(&gw).iter().any(|e| e["action"] == "advance") {
+        assert!(Instant::now() < deadline, "no step passed; audit: {:?}", audit(&gw));
+        assert_eq!(http.post_json(&url, &tiny_request(&tiny_rows(1, 3))).await.status, 200);
+    }
+    assert_eq!(route_of(&http, &gw.base, "tiny").await["canary"], json!({"version": 3, "weight": 50}));
+    // kill -9 at step 50, then a new process over the same registry and config.
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+    let (_restarted, base) = crate::support::restart_over(&gw.config_path, &gw.repo);
+    let route = route_of(&http, &base, "tiny").await;
+    assert_eq!(
+        route["canary"],
+        json!({"version": 3, "weight": 50}),
+        "resumed at step 50, not the config's 10: {route}"
+    );
+    // The rejected version stays rejected in the new process, even if an alias names it again.
+    registry.set_alias("tiny", "challenger", 2).unwrap();
+    let dropped =
+        wait_until(Duration::from_secs(10), || async { route_of(&http, &base, "tiny").await["canary"].is_null() })
+            .await;
+    assert!(dropped, "version 2 is not routed again: {}", route_of(&http, &base, "tiny").await);
+    let state = registry.rollout_state("tiny").unwrap();
+    assert!(state.rejected.contains(&2), "{state:?}");
+}

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use flywheel_shadow::labelled::compare;
 use flywheel_shadow::{Evidence, QualityComparison, Verdict, differs, judge};
@@ -58,21 +58,21 @@ fn tick(reloader: &Reloader, progress: &mut HashMap<String, Progress>) {
             continue;
         }
         let route_evidence = &served.route.evidence;
-        let state = progress.entry(name.clone()).or_insert_with(|| Progress {
-            candidate,
-            step: 0,
-            step_started: Instant::now(),
-            evidence: Arc::clone(route_evidence),
-            quality: None,
-        });
-        if state.candidate != candidate {
-            *state = Progress {
+        let fresh = || {
+            // A candidate already on its way (before a restart) resumes its step and dwell.
+            let (step, started) = reloader.controls.step(name, candidate).unwrap_or((0, SystemTime::now()));
+            let age = SystemTime::now().duration_since(started).unwrap_or_default();
+            Progress {
                 candidate,
-                step: 0,
-                step_started: Instant::now(),
+                step: step.min(policy.steps.len() - 1),
+                step_started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
                 evidence: Arc::clone(route_evidence),
                 quality: None,
-            };
+            }
+        };
+        let state = progress.entry(name.clone()).or_insert_with(fresh);
+        if state.candidate != candidate {
+            *state = fresh();
         }
         let wanted = policy.steps[state.step.min(policy.steps.len() - 1)];
         if weight != wanted {
@@ -112,6 +112,7 @@ fn step_evidence(
         candidate: step.canary.snapshot(),
         paired,
         quality: cached.clone(),
+        historical_primary: route.weight == Some(100),
     }
 }
 
@@ -193,11 +194,14 @@ fn step_passed(
         state.step += 1;
         state.step_started = Instant::now();
         state.quality = None;
-        reloader.controls.set_weight(name, state.candidate, to);
+        let reason = format!("step passed: canary weight {from}% -> {to}%; {}", reasons.join("; "));
+        let passed =
+            serde_json::json!({"step": state.step - 1, "weight": from, "reason": reason, "evidence": evidence});
+        reloader.controls.advance(name, state.candidate, (state.step, to), passed);
         let mut entry = AuditEntry::now(name, "controller", "advance");
         entry.from = Some(champion);
         entry.to = Some(state.candidate);
-        entry.reason = format!("step passed: canary weight {from}% -> {to}%; {}", reasons.join("; "));
+        entry.reason = reason;
         entry.evidence = evidence;
         reloader.audit.append(&entry);
         reloader.reload();

@@ -1,69 +1,153 @@
 //! The rollout controller's and operators' live decisions, which the table builder applies on
-//! top of the config: the canary weight of the current step, rolled-back versions, pauses.
+//! top of the config: the candidate's step and canary weight, rolled-back versions, pauses.
+//! Every change is written through to the registry's `rollout-state.json` of the model before
+//! it takes effect, so a restarted gateway resumes the same step and never routes a rejected
+//! version again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flywheel_registry::{Registry, RolloutState, StepState};
 
 /// Per-model decisions, shared by the controller, the admin API and the builder.
 #[derive(Debug, Default)]
 pub struct Controls {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    /// (model, candidate version) → canary weight in force.
-    weights: HashMap<(String, u64), u32>,
-    /// Versions rolled back: never routed again by this process.
-    rejected: HashSet<(String, u64)>,
-    paused: HashSet<String>,
+    registry: Option<Registry>,
+    states: Mutex<HashMap<String, RolloutState>>,
 }
 
 impl Controls {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // Plain maps: a panic elsewhere cannot leave them half-updated.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// Decisions kept in `registry` (read on first use of each model); in memory only without.
+    pub fn new(registry: Option<Registry>) -> Self {
+        Self { registry, states: Mutex::new(HashMap::new()) }
+    }
+
+    /// Reads (once) and applies `change` to `model`'s state, writing it back when it changed.
+    fn with<T>(&self, model: &str, change: impl FnOnce(&mut RolloutState) -> T) -> T {
+        // Plain data behind the lock: a panic elsewhere cannot leave it half-updated.
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let state = states.entry(model.to_owned()).or_insert_with(|| self.load(model));
+        let before = state.clone();
+        let out = change(state);
+        if *state != before
+            && let Some(registry) = &self.registry
+            && let Err(e) = registry.write_rollout_state(model, state)
+        {
+            tracing::error!(model, error = %e, "rollout state not saved: a restart would not resume it");
+        }
+        out
+    }
+
+    fn load(&self, model: &str) -> RolloutState {
+        let Some(registry) = &self.registry else { return RolloutState::default() };
+        registry.rollout_state(model).unwrap_or_else(|e| {
+            tracing::error!(model, error = %e, "rollout state unreadable; starting from the config");
+            RolloutState::default()
+        })
     }
 
     /// The weight decided for `model`'s canary `version`, if any.
     pub fn weight(&self, model: &str, version: u64) -> Option<u32> {
-        self.lock().weights.get(&(model.to_owned(), version)).copied()
+        self.with(model, |s| s.step.as_ref().filter(|p| p.candidate == version).map(|p| p.weight))
     }
 
-    /// Sets the canary weight of `model`'s `version`.
+    /// Sets the canary weight of `model`'s `version` (keeping its step when it is the same
+    /// candidate; a new candidate starts at step 0).
     pub fn set_weight(&self, model: &str, version: u64, weight: u32) {
-        self.lock().weights.insert((model.to_owned(), version), weight.min(100));
+        self.with(model, |s| match &mut s.step {
+            Some(p) if p.candidate == version => p.weight = weight.min(100),
+            _ => s.step = Some(new_step(version, 0, weight.min(100))),
+        });
+    }
+
+    /// `model`'s candidate `version` moved to `step` at `weight`; `passed` is what the step
+    /// before it was judged on.
+    pub fn advance(&self, model: &str, version: u64, (step, weight): (usize, u32), passed: serde_json::Value) {
+        self.with(model, |s| {
+            let mut history = match s.step.take() {
+                Some(p) if p.candidate == version => p.passed,
+                _ => Vec::new(),
+            };
+            history.push(passed);
+            s.step = Some(StepState { passed: history, ..new_step(version, step, weight.min(100)) });
+        });
+    }
+
+    /// The step `model`'s candidate `version` is on and when it began, if it is on its way.
+    pub fn step(&self, model: &str, version: u64) -> Option<(usize, SystemTime)> {
+        self.with(model, |s| {
+            s.step
+                .as_ref()
+                .filter(|p| p.candidate == version)
+                .map(|p| (p.step, UNIX_EPOCH + Duration::from_millis(p.started_ms)))
+        })
     }
 
     /// Marks `version` of `model` rolled back.
     pub fn reject(&self, model: &str, version: u64) {
-        let mut inner = self.lock();
-        inner.rejected.insert((model.to_owned(), version));
-        inner.weights.remove(&(model.to_owned(), version));
+        self.with(model, |s| {
+            s.rejected.insert(version);
+            if s.step.as_ref().is_some_and(|p| p.candidate == version) {
+                s.step = None;
+            }
+        });
     }
 
     /// Whether `version` of `model` was rolled back.
     pub fn is_rejected(&self, model: &str, version: u64) -> bool {
-        self.lock().rejected.contains(&(model.to_owned(), version))
+        self.with(model, |s| s.rejected.contains(&version))
     }
 
-    /// Forgets the weight of a finished rollout.
+    /// Forgets the progress of a finished rollout.
     pub fn clear_weight(&self, model: &str, version: u64) {
-        self.lock().weights.remove(&(model.to_owned(), version));
+        self.with(model, |s| {
+            if s.step.as_ref().is_some_and(|p| p.candidate == version) {
+                s.step = None;
+            }
+        });
     }
 
     /// Pauses or resumes automatic decisions for `model`.
     pub fn set_paused(&self, model: &str, paused: bool) {
-        let mut inner = self.lock();
-        if paused {
-            inner.paused.insert(model.to_owned());
-        } else {
-            inner.paused.remove(model);
-        }
+        self.with(model, |s| s.paused = paused);
     }
 
     /// Whether automatic decisions for `model` are paused.
     pub fn is_paused(&self, model: &str) -> bool {
-        self.lock().paused.contains(model)
+        self.with(model, |s| s.paused)
+    }
+}
+
+fn new_step(candidate: u64, step: usize, weight: u32) -> StepState {
+    let started_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    StepState { candidate, step, weight, started_ms, passed: Vec::new() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_survive_a_new_process_reading_the_same_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("m")).unwrap();
+        let controls = Controls::new(Some(Registry::open(dir.path())));
+        controls.set_weight("m", 2, 10);
+        controls.advance("m", 2, (1, 50), serde_json::json!({"reason": "step passed"}));
+        controls.reject("m", 3);
+        controls.set_paused("m", true);
+        let restarted = Controls::new(Some(Registry::open(dir.path())));
+        assert_eq!(restarted.weight("m", 2), Some(50));
+        assert_eq!(restarted.step("m", 2).map(|(step, _)| step), Some(1));
+        assert!(restarted.is_rejected("m", 3) && !restarted.is_rejected("m", 2));
+        assert!(restarted.is_paused("m"));
+        let state = Registry::open(dir.path()).rollout_state("m").unwrap();
+        assert_eq!(state.step.unwrap().passed, [serde_json::json!({"reason": "step passed"})]);
+        // An operator's weight keeps the step; a rollback ends it.
+        restarted.set_weight("m", 2, 30);
+        assert_eq!(restarted.step("m", 2).map(|(step, _)| step), Some(1));
+        restarted.reject("m", 2);
+        assert_eq!((restarted.step("m", 2), restarted.weight("m", 2)), (None, None));
     }
 }

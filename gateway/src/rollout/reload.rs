@@ -60,6 +60,7 @@ impl Reloader {
         table: Arc<ArcSwap<RoutingTable>>,
     ) -> Self {
         let audit = AuditLog::new(config.audit_log_path());
+        let controls = Controls::new(config.model_repository.clone().map(Registry::open));
         Self {
             env,
             config_path,
@@ -68,7 +69,7 @@ impl Reloader {
             started: config.clone(),
             config: ArcSwap::from_pointee(config),
             last: ArcSwap::from_pointee(ReloadStatus::default()),
-            controls: Controls::default(),
+            controls,
             retired: Mutex::new(Vec::new()),
             audit,
             lock: Mutex::new(()),

@@ -96,11 +96,14 @@ pub fn fingerprint(reloader: &Reloader) -> u64 {
 }
 
 /// Whether a file in a model folder can change what is served: versions and aliases do; the
-/// logs appended beside them (drift events, trainer runs) and the trainer's cursor do not, so
+/// logs appended beside them (drift events, trainer runs), the trainer's cursor and the
+/// controller's rollout state do not, so
 /// writing them does not cost a reload.
 fn affects_routing(entry: &Path) -> bool {
     let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    !(name.ends_with(".jsonl") || name == flywheel_registry::TRAINER_CURSOR_FILE)
+    !(name.ends_with(".jsonl")
+        || name == flywheel_registry::TRAINER_CURSOR_FILE
+        || name == flywheel_registry::ROLLOUT_STATE_FILE)
 }
 
 fn stat(path: &Path) -> Option<(u64, std::time::SystemTime)> {
@@ -129,7 +132,7 @@ mod tests {
         for name in ["3", "aliases.json", "model.onnx"] {
             assert!(affects_routing(Path::new(name)), "{name}");
         }
-        for name in ["drift-events.jsonl", "trainer-runs.jsonl", "trainer-watch.json"] {
+        for name in ["drift-events.jsonl", "trainer-runs.jsonl", "trainer-watch.json", "rollout-state.json"] {
             assert!(!affects_routing(Path::new(name)), "{name}");
         }
     }

@@ -1,0 +1,88 @@
+//! A model's rollout state, kept by the gateway's controller in
+//! `<registry>/<model>/rollout-state.json` (replaced whole, atomically): the candidate being
+//! walked, its step and when the step began, the steps passed with their evidence, the
+//! versions rolled back, and whether automatic decisions are paused. A restarted gateway
+//! resumes from it: the same step, and never a rejected version again.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::write_atomic;
+use crate::store::{Registry, RegistryError};
+
+/// File name of a model's rollout state.
+pub const ROLLOUT_STATE_FILE: &str = "rollout-state.json";
+
+/// Where one model's rollout stands.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutState {
+    /// The candidate on its way and its step, when one is.
+    #[serde(default)]
+    pub step: Option<StepState>,
+    /// Versions rolled back: never routed again.
+    #[serde(default)]
+    pub rejected: BTreeSet<u64>,
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// One candidate's progress.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StepState {
+    pub candidate: u64,
+    /// Index into the policy's steps.
+    pub step: usize,
+    /// The canary weight in force (the step's, or an operator's).
+    pub weight: u32,
+    /// When the step began, in milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// What each passed step was judged on (its audit reasons and evidence).
+    #[serde(default)]
+    pub passed: Vec<serde_json::Value>,
+}
+
+impl Registry {
+    /// The model's rollout state (the default when none was written).
+    pub fn rollout_state(&self, model: &str) -> Result<RolloutState, RegistryError> {
+        let path = self.model_dir(model)?.join(ROLLOUT_STATE_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| RegistryError::Corrupt { path: path.display().to_string(), reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RolloutState::default()),
+            Err(e) => Err(RegistryError::Io { path: path.display().to_string(), source: e }),
+        }
+    }
+
+    /// Replaces the model's rollout state, atomically and durably.
+    pub fn write_rollout_state(&self, model: &str, state: &RolloutState) -> Result<(), RegistryError> {
+        let path = self.model_dir(model)?.join(ROLLOUT_STATE_FILE);
+        let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
+        write_atomic(&path, &bytes).map_err(|e| RegistryError::Io { path: path.display().to_string(), source: e })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_a_corrupt_file_names_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(dir.path());
+        std::fs::create_dir_all(dir.path().join("m")).unwrap();
+        assert_eq!(registry.rollout_state("m").unwrap(), RolloutState::default());
+        let state = RolloutState {
+            step: Some(StepState { candidate: 3, step: 1, weight: 25, started_ms: 1_700_000_000_000, passed: vec![] }),
+            rejected: [2].into(),
+            paused: false,
+        };
+        registry.write_rollout_state("m", &state).unwrap();
+        assert_eq!(registry.rollout_state("m").unwrap(), state);
+        std::fs::write(dir.path().join("m").join(ROLLOUT_STATE_FILE), b"{\"step\": 1").unwrap();
+        let err = registry.rollout_state("m").unwrap_err().to_string();
+        assert!(err.contains("rollout-state.json"), "{err}");
+    }
+}
