@@ -195,6 +195,18 @@ impl Registry {
 
     /// Publishes `model_bytes` as the next version of `model`, atomically; returns its manifest.
     pub fn publish(&self, model: &str, model_bytes: &[u8], draft: ManifestDraft) -> Result<Manifest, RegistryError> {
+        self.publish_with_profile(model, model_bytes, draft, None)
+    }
+
+    /// Publishes a version with its reference profile inside the same atomic rename: the
+    /// version never exists without it (drift detection starts with its first request).
+    pub fn publish_with_profile(
+        &self,
+        model: &str,
+        model_bytes: &[u8],
+        draft: ManifestDraft,
+        profile: Option<&ReferenceProfile>,
+    ) -> Result<Manifest, RegistryError> {
         if !valid_model_name(model) {
             return Err(RegistryError::BadModelName(model.to_owned()));
         }
@@ -202,7 +214,14 @@ impl Registry {
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let staging = dir.join(format!(".publish-{}-{}", std::process::id(), unique()));
         fs::create_dir(&staging).map_err(io(&staging))?;
-        let result = self.publish_staged(model, &dir, &staging, model_bytes, draft);
+        let result = match profile {
+            Some(profile) => {
+                let path = staging.join(PROFILE_FILE);
+                write_synced(&path, &serde_json::to_vec(profile).unwrap_or_default()).map_err(io(&path))
+            }
+            None => Ok(()),
+        }
+        .and_then(|()| self.publish_staged(model, &dir, &staging, model_bytes, draft));
         if result.is_err() {
             let _ = fs::remove_dir_all(&staging);
         }

@@ -165,3 +165,16 @@ fn invalid_profiles_manifests_and_aliases_are_refused_naming_file_field_and_valu
     std::fs::write(dir.path().join("m/aliases.json"), br#"{"champion": -1}"#).unwrap();
     assert!(r.aliases("m").unwrap_err().to_string().contains("aliases.json"));
 }
+
+#[test]
+fn a_version_published_with_its_profile_never_exists_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::open(dir.path());
+    let names = vec!["x".to_owned()];
+    let rows: Vec<Vec<f64>> = (0..100).map(|i| vec![f64::from(i)]).collect();
+    let profile = crate::ReferenceProfile::from_rows(&names, &rows, None, 50);
+    let manifest = registry.publish_with_profile("m", b"onnx", ManifestDraft::default(), Some(&profile)).unwrap();
+    assert_eq!(registry.profile("m", manifest.version).unwrap(), Some(profile));
+    let staged: Vec<_> = std::fs::read_dir(dir.path().join("m")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(staged, [std::ffi::OsString::from("1")], "no staging folder left behind");
+}

@@ -65,12 +65,11 @@ pub fn bootstrap(
         trigger: Some(json!({"bootstrap": true})),
         description: Some(format!("first champion, trained on {cut} synthetic rows without drift")),
     };
-    let manifest = registry.publish(model, &bytes, draft).map_err(|e| e.to_string())?;
     let names: Vec<String> =
         (0..train_rows.x.first().map_or(0, Vec::len)).map(|i| samples::input_column(INPUT, i)).collect();
     let predictions = scorer.score(&train_rows.x)?;
     let profile = ReferenceProfile::from_rows(&names, &train_rows.x, Some(&predictions), 2000);
-    registry.write_profile(model, manifest.version, &profile).map_err(|e| e.to_string())?;
+    let manifest = registry.publish_with_profile(model, &bytes, draft, Some(&profile)).map_err(|e| e.to_string())?;
     registry.set_alias(model, alias, manifest.version).map_err(|e| e.to_string())?;
     Ok(manifest)
 }

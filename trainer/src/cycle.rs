@@ -178,9 +178,8 @@ fn cycle(config: &TrainerConfig, since_us: Option<i64>, record: &mut RunRecord) 
             dataset.train.y.len()
         )),
     };
-    let manifest = registry.publish(model, &candidate.bytes, draft).map_err(|e| e.to_string())?;
-    // The profile goes in before the alias: the gateway routes to the version only through the
-    // alias, and its drift detectors read the profile when the version first serves.
+    // The profile is published with the version (one atomic rename): the version never
+    // serves without it.
     let train_scores = scorer.score(&dataset.train.x)?;
     let profile = ReferenceProfile::from_rows(
         &dataset.features,
@@ -188,7 +187,8 @@ fn cycle(config: &TrainerConfig, since_us: Option<i64>, record: &mut RunRecord) 
         Some(&train_scores),
         config.profile_sample_size,
     );
-    registry.write_profile(model, manifest.version, &profile).map_err(|e| e.to_string())?;
+    let manifest =
+        registry.publish_with_profile(model, &candidate.bytes, draft, Some(&profile)).map_err(|e| e.to_string())?;
     record.version = Some(manifest.version);
     // One compare-and-set: the champion is still the one gated against (the recorded parent),
     // and no other candidate took the alias meanwhile (a second trainer, a rollout in progress).

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use flywheel_registry::{DRIFT_EVENTS_FILE, DriftEvent, FeatureProfile, ReferenceProfile, Registry};
 use serde::Deserialize;
@@ -104,10 +104,13 @@ impl DriftSettings {
     }
 }
 
-/// One model's detector state for the version it serves.
+/// Detector state of one (model, version).
 struct ModelDrift {
-    version: u64,
     profile: Option<Arc<ReferenceProfile>>,
+    /// When the profile was last looked for (a version may be served before its profile is
+    /// written; it is looked for again every [`PROFILE_RECHECK`]).
+    profile_checked: Instant,
+    last_seen: Instant,
     columns: Vec<Vec<f64>>,
     predictions: Vec<f64>,
     window_start: Option<SystemTime>,
@@ -119,25 +122,34 @@ struct ModelDrift {
     /// On the error stream, fed by labels.
     ddm: Ddm,
     active: HashSet<String>,
-    next_seq: u64,
 }
 
-/// Detectors for every model; owned by the tap thread.
+/// How often a version without a profile looks for one again.
+const PROFILE_RECHECK: Duration = Duration::from_secs(5);
+/// Versions of one model with detector state at once (the least recently seen is dropped).
+const VERSIONS_PER_MODEL: usize = 4;
+
+/// Detectors for every (model, version) that serves; owned by the tap thread. Each version
+/// has its own: explicitly addressed traffic for one version never resets another's.
 pub struct DriftMonitor {
     settings: DriftSettings,
     registry: Option<Registry>,
-    models: HashMap<String, ModelDrift>,
+    models: HashMap<(String, u64), ModelDrift>,
+    /// Next event `seq` per model (events of all versions share the model's log).
+    seqs: HashMap<String, u64>,
+    /// How often a version without a profile looks again ([`PROFILE_RECHECK`]; tests shorten it).
+    pub(crate) profile_recheck: Duration,
 }
 
 impl DriftMonitor {
     pub fn new(settings: DriftSettings, registry: Option<Registry>) -> Self {
-        Self { settings, registry, models: HashMap::new() }
+        Self { settings, registry, models: HashMap::new(), seqs: HashMap::new(), profile_recheck: PROFILE_RECHECK }
     }
 
     /// Feeds one served request; returns the events it raised (already appended to the log).
     pub fn observe(&mut self, served: &Served, files: impl Fn(&str, SystemTime) -> Vec<String>) -> Vec<DriftEvent> {
-        // Detectors follow the champion: canary and shadow rows belong to a candidate (feeding
-        // them would restart the champion's detectors at every switch of version).
+        // Detectors follow served versions: canary and shadow rows are a candidate's trial,
+        // not traffic it answers for; explicitly addressed rows feed their own version.
         if !self.settings.enabled
             || served.status != 200
             || served.inputs.is_empty()
@@ -147,6 +159,7 @@ impl DriftMonitor {
         }
         let settings = self.settings.clone();
         let registry = self.registry.clone();
+        let next_seq = self.next_seq(&served.model);
         let state = self.state_for(&served.model, served.version);
         let Some(profile) = state.profile.clone() else { return Vec::new() };
         let input = &served.inputs[0];
@@ -194,13 +207,21 @@ impl DriftMonitor {
         if state.columns.first().is_some_and(|c| c.len() >= settings.window_rows) {
             events.extend(close_window(served, &settings, &profile, state, &files));
         }
+        let mut seq = next_seq;
         for event in &mut events {
-            state.next_seq = append_event(registry.as_ref(), event, state.next_seq);
+            seq = append_event(registry.as_ref(), event, seq);
             metrics::counter!(DRIFT_EVENTS, "model" => event.model.clone(), "detector" => event.detector.clone())
                 .increment(1);
             tracing::warn!(model = %event.model, detector = %event.detector, feature = %event.feature, statistic = event.statistic, "drift detected");
         }
+        self.seqs.insert(served.model.clone(), seq);
         events
+    }
+
+    /// The next event `seq` of `model` (counted from its log on first use).
+    fn next_seq(&mut self, model: &str) -> u64 {
+        let registry = self.registry.as_ref();
+        *self.seqs.entry(model.to_owned()).or_insert_with(|| count_events(registry, model))
     }
 
     /// Feeds one labelled prediction of `model` `version` to DDM; returns the event it raised.
@@ -209,9 +230,10 @@ impl DriftMonitor {
             return None;
         }
         let registry = self.registry.clone();
-        // Labels of another version than the one the detectors follow (a canary's) are not
-        // the champion's error stream.
-        let state = self.models.get_mut(model).filter(|s| s.version == version)?;
+        let next_seq = self.next_seq(model);
+        // Labels go to the error stream of the version that answered; a canary's has none (its
+        // rows are not observed).
+        let state = self.models.get_mut(&(model.to_owned(), version))?;
         let rate = state.ddm.update(mistake)?;
         let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let mut event = DriftEvent {
@@ -228,7 +250,8 @@ impl DriftMonitor {
             time: now,
             sample_files: Vec::new(),
         };
-        state.next_seq = append_event(registry.as_ref(), &mut event, state.next_seq);
+        let seq = append_event(registry.as_ref(), &mut event, next_seq);
+        self.seqs.insert(model.to_owned(), seq);
         if let Some(url) = &self.settings.webhook {
             super::webhook::post(url, &event);
         }
@@ -240,11 +263,11 @@ impl DriftMonitor {
     fn state_for(&mut self, model: &str, version: u64) -> &mut ModelDrift {
         let registry = self.registry.clone();
         let settings = &self.settings;
-        let fresh = |next_seq: u64| {
+        let fresh = || {
             let profile = registry.as_ref().and_then(|r| match r.profile(model, version) {
                 Ok(Some(p)) => Some(Arc::new(p)),
                 Ok(None) => {
-                    tracing::info!(model, version, "no reference profile; drift detection is off for this version");
+                    tracing::debug!(model, version, "no reference profile yet; drift detection waits for one");
                     None
                 }
                 Err(e) => {
@@ -254,8 +277,9 @@ impl DriftMonitor {
             });
             let width = profile.as_ref().map_or(0, |p| p.features.len());
             ModelDrift {
-                version,
                 profile,
+                profile_checked: Instant::now(),
+                last_seen: Instant::now(),
                 columns: vec![Vec::new(); width],
                 predictions: Vec::new(),
                 window_start: None,
@@ -266,14 +290,23 @@ impl DriftMonitor {
                 feature_ph: (0..width).map(|_| PageHinkley::new(0.1, settings.page_hinkley_lambda, 100)).collect(),
                 ddm: Ddm::new(settings.ddm_min_samples),
                 active: HashSet::new(),
-                next_seq,
             }
         };
-        let seq = self.models.get(model).map(|m| m.next_seq).unwrap_or_else(|| count_events(registry.as_ref(), model));
-        let entry = self.models.entry(model.to_owned()).or_insert_with(|| fresh(seq));
-        if entry.version != version {
-            *entry = fresh(seq);
+        let key = (model.to_owned(), version);
+        if !self.models.contains_key(&key) {
+            let mut held: Vec<(Instant, u64)> =
+                self.models.iter().filter(|((m, _), _)| m == model).map(|((_, v), d)| (d.last_seen, *v)).collect();
+            held.sort();
+            for (_, old) in held.iter().take((held.len() + 1).saturating_sub(VERSIONS_PER_MODEL)) {
+                self.models.remove(&(model.to_owned(), *old));
+            }
         }
+        let entry = self.models.entry(key).or_insert_with(fresh);
+        if entry.profile.is_none() && entry.profile_checked.elapsed() >= self.profile_recheck {
+            // Written after the version appeared: start the detectors with it now.
+            *entry = fresh();
+        }
+        entry.last_seen = Instant::now();
         entry
     }
 }
