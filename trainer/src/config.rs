@@ -42,6 +42,9 @@ pub struct TrainerConfig {
     /// Bring your own training: a shell command run instead of the built-in trainer (see
     /// [`crate::byo`] for its contract).
     pub command: Option<String>,
+    /// The gateway's config file: `trainer watch` refuses to start unless it has a rollout
+    /// with a policy that names `champion_alias` and `candidate_alias` ([`crate::contract`]).
+    pub gateway_config: Option<PathBuf>,
     pub train: TrainConfig,
     pub gate: GatePolicy,
     pub watch: WatchConfig,
@@ -94,6 +97,7 @@ impl Default for TrainerConfig {
             profile_sample_size: 2000,
             ort_library: None,
             command: None,
+            gateway_config: None,
             train: TrainConfig::default(),
             gate: GatePolicy::default(),
             watch: WatchConfig::default(),

@@ -8,7 +8,8 @@
 //! - [`score`]: scoring ONNX files with ONNX Runtime, as the gateway serves them.
 //! - [`cycle`]: assemble → train (or [`byo`], the user's command) → export check → gate →
 //!   register; the run log.
-//! - [`watch`]: drift events → cycles, with cooldown and anti-thrash.
+//! - [`watch`]: drift events → cycles, with cooldown and anti-thrash; [`contract`]: the
+//!   gateway config must route, judge and consume the trainer's candidates.
 //! - [`bootstrap`]: the first champion; [`demo`]: the whole loop with the gateway.
 //! - [`config`]: the trainer's TOML settings; [`table_file`]: plain Parquet tables.
 #![deny(unsafe_code)]
@@ -16,6 +17,7 @@
 pub mod bootstrap;
 pub mod byo;
 pub mod config;
+pub mod contract;
 pub mod cycle;
 pub mod dataset;
 pub mod demo;

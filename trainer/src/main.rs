@@ -44,6 +44,9 @@ struct Settings {
     /// auto, cpu or cuda.
     #[arg(long)]
     device: Option<DeviceChoice>,
+    /// The gateway's config: `watch` checks that its rollout consumes the trainer's candidates.
+    #[arg(long)]
+    gateway_config: Option<PathBuf>,
 }
 
 impl Settings {
@@ -57,6 +60,7 @@ impl Settings {
         config.model = self.model.clone().unwrap_or(config.model);
         config.command = self.command.clone().or(config.command);
         config.train.device = self.device.unwrap_or(config.train.device);
+        config.gateway_config = self.gateway_config.clone().or(config.gateway_config);
         Ok(config)
     }
 }
@@ -155,6 +159,14 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Watch { settings } => {
             let config = settings.load()?;
+            match &config.gateway_config {
+                Some(path) => flywheel_trainer::contract::check(&config, path).map_err(anyhow::Error::msg)?,
+                None => eprintln!(
+                    "warning: gateway_config (--gateway-config) is not set: not checking that the gateway's rollout \
+                     for '{}' routes, judges and consumes '{}'",
+                    config.model, config.candidate_alias
+                ),
+            }
             let stop = AtomicBool::new(false);
             println!("watching drift events of '{}' in {}", config.model, config.registry.display());
             watch(&config, &stop, |note| println!("{}", describe(&note)));

@@ -116,6 +116,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
         models.as_os_str(),
         "--samples".as_ref(),
         samples.as_os_str(),
+        "--gateway-config".as_ref(),
+        args.gateway_config.as_os_str(),
     ];
     let (mut watcher, lines) = procs::start_watch(&watch_args, &dir.join("trainer.log"))?;
     let mut timeline = Timeline::new(start, &base, &config.model, Registry::open(&models), champion.version);
