@@ -19,6 +19,7 @@ mod rollout;
 mod sampling;
 mod suite;
 mod summary;
+mod verdicts;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -122,6 +123,15 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// How often the rollout's quality verdict is wrong, on seeded synthetic label streams.
+    Verdicts {
+        /// Seeded runs per scenario.
+        #[arg(long, default_value_t = 20)]
+        runs: u64,
+        /// Labelled canary rows after which a run counts as undecided.
+        #[arg(long, default_value_t = 8000)]
+        max_rows: u64,
+    },
     /// Primary latency during hot swaps and with a 100% shadow; memory after many swaps.
     Rollout {
         #[arg(long, default_value_t = 1.0)]
@@ -194,6 +204,10 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Suite { results, quick } => {
             println!("{}", suite::run(&results, quick)?);
+            Ok(())
+        }
+        Cmd::Verdicts { runs, max_rows } => {
+            println!("{}", verdicts::run(runs, max_rows));
             Ok(())
         }
         Cmd::Rollout { warmup, duration, concurrency, swap_every_ms, memory_swaps, no_pin } => {

@@ -166,6 +166,8 @@ pub struct ModelOverrides {
     pub sample_rate: Option<f64>,
     /// Which versions load without a rollout (overrides the top-level `version_policy`).
     pub version_policy: Option<VersionPolicy>,
+    /// Which output value is the score, its threshold, classifier or regressor.
+    pub score: Option<crate::model::score::ScoreConfig>,
 }
 
 /// Triton's version policy, for models without a rollout: `{ latest = N }` loads the N highest
@@ -363,6 +365,9 @@ impl Config {
         self.sampling.validate()?;
         self.drift.validate()?;
         for (name, m) in &self.models {
+            if let Some(score) = &m.score {
+                score.validate(&format!("models.{name}.score"))?;
+            }
             if let Some(rate) = m.sample_rate.filter(|r| !(0.0..=1.0).contains(r)) {
                 return Err(format!("models.{name}.sample_rate must be in 0..=1, given {rate}"));
             }
@@ -557,6 +562,11 @@ impl Config {
     /// The rollout of `model`, if it has one.
     pub fn rollout_for(&self, model: &str) -> Option<&Rollout> {
         self.models.get(model).and_then(|m| m.rollout.as_ref())
+    }
+
+    /// `model`'s `[score]` section, if it has one.
+    pub fn score_for(&self, model: &str) -> Option<&crate::model::score::ScoreConfig> {
+        self.models.get(model).and_then(|m| m.score.as_ref())
     }
 }
 

@@ -297,7 +297,12 @@ async fn a_gateway_killed_mid_rollout_resumes_the_same_step_and_never_routes_a_r
         assert!(Instant::now() < deadline, "no step passed; audit: {:?}", audit(&gw));
         assert_eq!(http.post_json(&url, &tiny_request(&tiny_rows(1, 3))).await.status, 200);
     }
-    assert_eq!(route_of(&http, &gw.base, "tiny").await["canary"], json!({"version": 3, "weight": 50}));
+    // The audit line is written just before the reload that applies the step.
+    let at_50 = wait_until(Duration::from_secs(5), || async {
+        route_of(&http, &gw.base, "tiny").await["canary"] == json!({"version": 3, "weight": 50})
+    })
+    .await;
+    assert!(at_50, "step 50 routes: {}", route_of(&http, &gw.base, "tiny").await);
     // kill -9 at step 50, then a new process over the same registry and config.
     gw.child.kill().unwrap();
     gw.child.wait().unwrap();
@@ -316,4 +321,60 @@ async fn a_gateway_killed_mid_rollout_resumes_the_same_step_and_never_routes_a_r
     assert!(dropped, "version 2 is not routed again: {}", route_of(&http, &base, "tiny").await);
     let state = registry.rollout_state("tiny").unwrap();
     assert!(state.rejected.contains(&2), "{state:?}");
+}
+
+/// A classifier shaped as skl2onnx exports one (without ZipMap): `label` INT64 `[N]` and
+/// `probabilities` FP32 `[N, 2]`, p = sigmoid(x · w) with w = (0.5, 0, ..., 0).
+fn sklearn_shaped() -> Vec<u8> {
+    use flywheel_onnx::{Attr, Dim, ElemType, GraphBuilder};
+    let mut g = GraphBuilder::new("sklearn_shaped");
+    g.input("input", ElemType::Float, &[Dim::batch(), Dim::Fixed(16)]);
+    g.output("label", ElemType::Int64, &[Dim::batch()]);
+    g.output("probabilities", ElemType::Float, &[Dim::batch(), Dim::Fixed(2)]);
+    let mut w = vec![0.0f32; 16];
+    w[0] = 0.5;
+    g.initializer_f32("w", &[16, 1], &w);
+    g.initializer_f32("one", &[1], &[1.0]);
+    g.node("MatMul", &["input", "w"], &["logit"], &[]);
+    g.node("Sigmoid", &["logit"], &["p"], &[]);
+    g.node("Sub", &["one", "p"], &["q"], &[]);
+    g.node("Concat", &["q", "p"], &["probabilities"], &[("axis", Attr::Int(1))]);
+    g.node("ArgMax", &["probabilities"], &["label"], &[("axis", Attr::Int(1)), ("keepdims", Attr::Int(0))]);
+    g.encode(1)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scikit_learn_shaped_classifier_is_scored_on_its_positive_class_probability() {
+    let gw = TestGateway::start_registry("[sampling]\nrate = 1.0\n", |r| {
+        r.publish("clf", &sklearn_shaped(), ManifestDraft::default()).unwrap();
+    });
+    let http = Http::new(false);
+    let routing = crate::support::routing(&http, &gw.base).await;
+    let model = routing["models"].as_array().unwrap().iter().find(|m| m["name"] == "clf").unwrap().clone();
+    assert_eq!(
+        model["versions"][0]["score"],
+        json!({"output": "probabilities", "column": 1, "threshold": 0.5, "task": "classifier", "chosen_by": "default"}),
+        "the admin API shows the choice"
+    );
+    // x0 = 2: p = sigmoid(1) = 0.731; the label says positive.
+    let mut row = vec![0.0f32; 16];
+    row[0] = 2.0;
+    let reply = http.post_json(&format!("{}/v2/models/clf/infer", gw.base), &tiny_request(&row)).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let id = reply.header("x-flywheel-request-id").unwrap().to_owned();
+    let feedback = http.post_json(&format!("{}/v2/models/clf/feedback", gw.base), &json!({"id": id, "label": 1})).await;
+    assert_eq!(feedback.status, 200);
+    let expected = -(1.0f64 / (1.0 + (-1.0f64).exp())).ln();
+    let scored = wait_until(Duration::from_secs(5), || async {
+        let metrics = String::from_utf8(http.get(&format!("{}/metrics", gw.base)).await.body.to_vec()).unwrap();
+        let loss = metrics
+            .lines()
+            .filter(|l| l.starts_with("flywheel_quality{model=\"clf\"") && l.contains("measure=\"log_loss\""))
+            .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        loss.is_some_and(|loss| (loss - expected).abs() < 1e-4)
+    })
+    .await;
+    let metrics = String::from_utf8(http.get(&format!("{}/metrics", gw.base)).await.body.to_vec()).unwrap();
+    let lines: Vec<&str> = metrics.lines().filter(|l| l.starts_with("flywheel_quality")).collect();
+    assert!(scored, "log loss of p = 0.731 for a positive ({expected:.4}), not of the 0/1 label: {lines:?}");
 }

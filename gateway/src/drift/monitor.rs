@@ -184,8 +184,8 @@ impl DriftMonitor {
                 }
             }
         }
-        let predictions = served.outputs.first().and_then(|o| o.data.to_f64()).unwrap_or_default();
-        for p in predictions.iter().step_by((predictions.len() / rows.max(1)).max(1)) {
+        let predictions = served.scores.clone().unwrap_or_default();
+        for p in &predictions {
             state.predictions.push(*p);
             if let Some(statistic) = state.page_hinkley.update(*p) {
                 let rows = state.predictions.len();

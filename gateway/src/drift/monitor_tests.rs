@@ -22,6 +22,8 @@ fn served(version: u64, arm: &'static str, row: [f32; 2]) -> Served {
         inputs: vec![Tensor { name: "input".into(), shape: vec![1, 2], data: TensorData::Fp32(row.to_vec()) }],
         outputs: vec![Tensor { name: "output".into(), shape: vec![1, 1], data: TensorData::Fp32(vec![0.1]) }],
         sampled: false,
+        scores: Some(vec![0.1]),
+        threshold: Some(0.5),
         route: None,
     }
 }

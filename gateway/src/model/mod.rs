@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod runtime;
+pub mod score;
 pub mod signature;
 pub mod stats;
 pub mod table;
@@ -38,6 +39,8 @@ pub struct ModelVersion {
     pub stamp: Option<flywheel_registry::FileStamp>,
     pub signature: Signature,
     pub settings: BatchSettings,
+    /// Which output value is the score (quality, agreement, drift on predictions).
+    pub score: score::ScoreSpec,
     pub queue: BatchQueue,
     pub stats: Arc<ModelStats>,
     pub metrics: VersionMetrics,
@@ -111,6 +114,7 @@ pub fn load_version(
         stamp: flywheel_registry::FileStamp::of(path),
         signature,
         settings,
+        score: score::ScoreSpec::default(),
         queue,
         stats,
         metrics,

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::config::{Config, VersionPolicy};
 use crate::metrics::LOAD_FAILURES;
+use crate::model::score::ScoreSpec;
 use crate::model::table::{Budget, Route, RouteEvidence, ServedModel, ShadowRoute};
 use crate::model::{ModelFile, ModelVersion, RoutingTable, load_version};
 
@@ -213,7 +214,7 @@ fn build_model(input: &BuildInput<'_>, name: &str, report: &mut BuildReport) -> 
     let evidence = match current.map(|c| &c.route.evidence).filter(|e| e.versions == key) {
         Some(e) if e.weight == weight => Arc::clone(e),
         Some(e) => e.next_step(weight),
-        None => RouteEvidence::new(key, weight, 0.5),
+        None => RouteEvidence::new(key, weight, versions.get(&champion).map_or(0.5, |mv| mv.score.threshold)),
     };
     let route = Route { champion, canary, shadow, routing_key_header, evidence };
     Ok(ServedModel { name: name.to_owned(), versions, route })
@@ -230,13 +231,16 @@ fn obtain(
     reference: Option<&crate::model::Signature>,
 ) -> Result<(Arc<ModelVersion>, bool), String> {
     let entry: VersionEntry = input.registry.version(name, version).map_err(|e| e.to_string())?;
-    // Reuse without re-reading the file while its stamp, its manifest digest and the settings
-    // are unchanged (published versions are immutable; this catches hand edits).
+    let score_config = input.config.score_for(name);
+    let at = format!("models.{name}.score");
+    // Reuse without re-reading the file while its stamp, its manifest digest, the settings and
+    // the score are unchanged (published versions are immutable; this catches hand edits).
     if let Some(existing) = current.and_then(|c| c.versions.get(&version))
         && existing.stamp.is_some()
         && existing.stamp == FileStamp::of(&entry.model_file())
         && entry.manifest.as_ref().is_none_or(|m| m.as_ref().is_ok_and(|m| m.sha256 == existing.sha256))
         && &existing.settings == settings
+        && ScoreSpec::resolve(score_config, &existing.signature.outputs, &at).as_ref() == Ok(&existing.score)
     {
         return Ok((Arc::clone(existing), true));
     }
@@ -250,9 +254,10 @@ fn obtain(
         ));
     }
     let verified = input.registry.verify(&entry).map_err(|e| e.to_string())?;
-    let loaded =
+    let mut loaded =
         load_version(input.env, name, version, ModelFile { path: &path, verified: &verified }, settings.clone())
             .map_err(|e| e.to_string())?;
+    loaded.score = ScoreSpec::resolve(score_config, &loaded.signature.outputs, &at)?;
     if let Some(reference) = reference {
         loaded.signature.compatible_with(reference).map_err(|e| format!("signature would break clients: {e}"))?;
     }

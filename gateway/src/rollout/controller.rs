@@ -83,7 +83,12 @@ fn tick(reloader: &Reloader, progress: &mut HashMap<String, Progress>) {
             state.evidence = Arc::clone(route_evidence);
             state.quality = None;
         }
-        let evidence = step_evidence(route_evidence, candidate, policy, &mut state.quality);
+        // A regressor's scores have no threshold: no agreement at it and no AUC; health decides.
+        let classifier = served.versions.get(&served.route.champion).is_none_or(|mv| mv.score.is_classifier());
+        let mut evidence = step_evidence(route_evidence, candidate, policy, &mut state.quality);
+        if !classifier {
+            (evidence.paired, evidence.quality) = (None, None);
+        }
         decide(reloader, name, served.route.champion, policy, state, &evidence);
     }
 }

@@ -134,7 +134,16 @@ fn routing(state: &AppState, reloader: &Reloader) -> Value {
             let versions: Vec<Value> = m
                 .versions
                 .values()
-                .map(|mv| json!({"version": mv.version, "state": "ready", "sha256": mv.sha256, "path": mv.path, "queue_depth": mv.queue.depth()}))
+                .map(|mv| {
+                    json!({
+                        "version": mv.version,
+                        "state": "ready",
+                        "sha256": mv.sha256,
+                        "path": mv.path,
+                        "queue_depth": mv.queue.depth(),
+                        "score": mv.score,
+                    })
+                })
                 .collect();
             json!({
                 "name": m.name,

@@ -114,7 +114,7 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
             .filter(|_| tapping.as_ref().is_some_and(|t| t.sampled))
             .map(|tap| (Arc::clone(tap), ids.clone()));
         let outcome = match &answered {
-            Some((out, inputs)) => Outcome::Answered(out, inputs.as_ref()),
+            Some((out, inputs)) => Outcome::Answered(inputs.as_ref(), mv.score.scores(&out.outputs)),
             None => Outcome::of_status(response.status().as_u16()),
         };
         extras.after_primary(arm, total, outcome, sample);
@@ -139,7 +139,8 @@ struct RouteExtras {
 
 /// What became of a routed request, as its arm's evidence counts it.
 enum Outcome<'a> {
-    Answered(&'a JobOutput, Option<&'a Vec<Tensor>>),
+    /// The inputs (when kept for the shadow) and the answer's score per row.
+    Answered(Option<&'a Vec<Tensor>>, Option<Vec<f64>>),
     /// The server failed it (inference error, timeout): counts against the arm.
     ServerError,
     /// The client's request was at fault (4xx): shown, never held against the arm.
@@ -182,8 +183,8 @@ impl RouteExtras {
     /// starts the shadow, after the primary answer is ready: the shadow never delays or
     /// changes it.
     fn after_primary(self, arm: Arm, latency: Duration, outcome: Outcome<'_>, sample: Option<(Arc<Tap>, RequestIds)>) {
-        let (output, inputs) = match outcome {
-            Outcome::Answered(output, inputs) => (output, inputs),
+        let (inputs, primary) = match outcome {
+            Outcome::Answered(inputs, scores) => (inputs, scores),
             other => {
                 self.evidence.each(|r| {
                     if let Some(record) = r.arm(arm) {
@@ -197,7 +198,6 @@ impl RouteExtras {
                 return;
             }
         };
-        let primary = first_output_f64(&output.outputs);
         let score = primary.as_ref().and_then(|p| p.first().copied());
         self.evidence.each(|r| {
             if let Some(record) = r.arm(arm) {
@@ -269,8 +269,12 @@ impl TapDecision {
             Some((out, inputs)) => (out.outputs, inputs.unwrap_or_default()),
             None => (Vec::new(), Vec::new()),
         };
+        let scores = mv.score.scores(&outputs);
         let uncertain = self.uncertain_within > 0.0
-            && first_output_f64(&outputs).is_some_and(|s| s.iter().any(|p| (p - 0.5).abs() < self.uncertain_within));
+            && mv.score.is_classifier()
+            && scores
+                .as_ref()
+                .is_some_and(|s| s.iter().any(|p| (p - mv.score.threshold).abs() < self.uncertain_within));
         let sampled = self.sampled || uncertain || (self.keep_errors && status != 200);
         let joins = self.join_labels && status == 200;
         if !(sampled || self.drift || joins) {
@@ -290,6 +294,8 @@ impl TapDecision {
             inputs,
             outputs,
             sampled,
+            scores,
+            threshold: mv.score.is_classifier().then_some(mv.score.threshold),
             route,
         });
     }
@@ -325,7 +331,7 @@ async fn run_shadow(job: ShadowJob) {
     };
     let (status, outputs) = match reply.await {
         Ok(Ok(out)) => {
-            match first_output_f64(&out.outputs) {
+            match shadow.score.scores(&out.outputs) {
                 Some(answer) => {
                     let took = started.elapsed();
                     evidence.each(|r| r.shadow.record_pair(&primary, &answer, primary_latency, took));
@@ -352,6 +358,8 @@ async fn run_shadow(job: ShadowJob) {
             status,
             latency: started.elapsed(),
             inputs,
+            scores: shadow.score.scores(&outputs),
+            threshold: shadow.score.is_classifier().then_some(shadow.score.threshold),
             outputs,
             sampled: true,
             route: None,
@@ -361,11 +369,6 @@ async fn run_shadow(job: ShadowJob) {
 
 fn count_shadow(model: &str, outcome: &'static str) {
     metrics::counter!(SHADOW_REQUESTS, "model" => model.to_owned(), "outcome" => outcome).increment(1);
-}
-
-/// The first output's values as numbers (what arms are compared on).
-fn first_output_f64(outputs: &[Tensor]) -> Option<Vec<f64>> {
-    outputs.first().and_then(|t| t.data.to_f64())
 }
 
 async fn run(

@@ -117,7 +117,9 @@ struct Recent {
     version: u64,
     arm: &'static str,
     route: RouteArm,
+    /// One score per row, and the classifier's decision threshold.
     scores: Vec<f64>,
+    threshold: f64,
 }
 
 /// Running quality of one (model, version, arm).
@@ -131,9 +133,9 @@ struct Quality {
 }
 
 impl Quality {
-    fn add(&mut self, p: f64, y: f64) {
+    fn add(&mut self, p: f64, y: f64, threshold: f64) {
         self.n += 1;
-        self.correct += u64::from((p >= 0.5) == (y >= 0.5));
+        self.correct += u64::from((p >= threshold) == (y >= 0.5));
         // The trainer's gate scores rows with the same function: one model, one log loss.
         self.log_loss += row_log_loss(p, y);
         let (p, y) = (p.clamp(0.0, 1.0), if y >= 0.5 { 1.0 } else { 0.0 });
@@ -189,8 +191,7 @@ impl LabelIndex {
     pub fn remember(
         &mut self,
         id: &str,
-        model: &str,
-        version: u64,
+        (model, version, threshold): (&str, u64, f64),
         (arm, route): (&'static str, RouteArm),
         scores: Vec<f64>,
     ) {
@@ -200,7 +201,7 @@ impl LabelIndex {
         {
             self.recent.remove(&old);
         }
-        self.recent.insert(id.to_owned(), Recent { model: model.to_owned(), version, arm, route, scores });
+        self.recent.insert(id.to_owned(), Recent { model: model.to_owned(), version, arm, route, scores, threshold });
         self.order.push_back((Instant::now(), id.to_owned()));
     }
 
@@ -219,7 +220,7 @@ impl LabelIndex {
             self.seen_order.push_back((Instant::now(), key));
         }
         let matched = self.recent.get(&label.id).and_then(|r| r.scores.get(label.row as usize).map(|p| (r, *p)));
-        let scored = matched.map(|(r, p)| (r.model.clone(), r.version, (p >= 0.5) != (label.label >= 0.5)));
+        let scored = matched.map(|(r, p)| (r.model.clone(), r.version, (p >= r.threshold) != (label.label >= 0.5)));
         let outcome = match matched {
             Some((recent, p)) => {
                 if let Some((evidence, arm)) = &recent.route {
@@ -231,7 +232,7 @@ impl LabelIndex {
                     ("arm", recent.arm.to_owned()),
                 ];
                 let q = self.quality.entry((recent.model.clone(), recent.version, recent.arm)).or_default();
-                q.add(p, label.label);
+                q.add(p, label.label, recent.threshold);
                 metrics::gauge!(
                     QUALITY,
                     &[labels[0].clone(), labels[1].clone(), labels[2].clone(), ("measure", "accuracy".to_owned())]
@@ -299,7 +300,7 @@ mod tests {
     fn repeats_are_not_stored_twice_and_labels_score_recent_predictions() {
         let mut index = LabelIndex::new(Duration::from_secs(60), 100);
         let evidence = RouteEvidence::new((1, Some(2), None), Some(10), 0.5);
-        index.remember("r1", "m", 1, ("champion", Some((Arc::clone(&evidence), Arm::Champion))), vec![0.9, 0.2]);
+        index.remember("r1", ("m", 1, 0.5), ("champion", Some((Arc::clone(&evidence), Arm::Champion))), vec![0.9, 0.2]);
         let label = Label { id: "r1".into(), row: 0, label: 1.0 };
         assert_eq!(index.accept("m", &label), Accepted { stored: true, scored: Some(("m".into(), 1, false)) });
         assert!(!index.accept("m", &label).stored, "same label again is a no-op");

@@ -113,6 +113,10 @@ pub struct Served {
     pub outputs: Vec<Tensor>,
     /// Write to Parquet (otherwise the drift monitor only).
     pub sampled: bool,
+    /// The answer's score per row ([`crate::model::score::ScoreSpec`]) and, for a classifier,
+    /// its decision threshold.
+    pub scores: Option<Vec<f64>>,
+    pub threshold: Option<f64>,
     /// The route evidence (this request's step) and the arm that answered, for a routed
     /// request: a label joined to it later counts in that arm's labelled quality.
     pub route: labels::RouteArm,
@@ -301,10 +305,13 @@ impl Worker {
     }
 
     fn take_served(&mut self, served: Served) {
-        if served.status == 200 && served.arm != "shadow" {
-            let scores: Vec<f64> = served.outputs.first().and_then(|o| o.data.to_f64()).unwrap_or_default();
+        // Only a classifier's answers are scored against labels (AUC, log loss, mistakes).
+        if let (200, false, Some(scores), Some(threshold)) =
+            (served.status, served.arm == "shadow", served.scores.clone(), served.threshold)
+        {
             let route = served.route.clone();
-            self.index.remember(&served.request_id, &served.model, served.version, (served.arm, route), scores);
+            let key = (served.model.as_str(), served.version, threshold);
+            self.index.remember(&served.request_id, key, (served.arm, route), scores);
         }
         let finished = &self.finished;
         self.drift.observe(&served, |model, since| {
