@@ -542,8 +542,10 @@ fn check_rollout(at: &str, r: &Rollout) -> Result<(), String> {
         if r.canary.is_none() {
             return Err(format!("{at}.policy needs a canary to roll out"));
         }
-        if p.steps.is_empty() || p.steps.iter().any(|w| *w == 0 || *w > 100) {
-            return Err(format!("{at}.policy.steps must be weights in 1..=100, given {:?}", p.steps));
+        // Strictly increasing: each step is judged on the evidence gathered at its own weight.
+        if p.steps.is_empty() || p.steps.iter().any(|w| *w == 0 || *w > 100) || p.steps.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(format!("{at}.policy.steps must be increasing weights in 1..=100, given {:?}", p.steps));
         }
         p.thresholds.validate().map_err(|e| format!("{at}.policy.{e}"))?;
     }

@@ -162,6 +162,16 @@ pub fn judge(policy: &Policy, evidence: &Evidence) -> (Verdict, Vec<String>) {
     } else {
         passed.push(line)
     }
+    // Refusals by the arm's own queue (a slow candidate shedding load) count like errors; the
+    // client's 4xx never do.
+    let refused = |a: &ArmSnapshot| a.refused as f64 / (a.requests + a.refused).max(1) as f64;
+    let (c_refused, p_refused) = (refused(c), refused(p));
+    if c_refused - p_refused > policy.max_error_rate_increase {
+        failed.push(format!(
+            "queue refusals {c_refused:.4} vs {p_refused:.4} (max increase {})",
+            policy.max_error_rate_increase
+        ));
+    }
     let ratio = c.p99_us as f64 / p.p99_us.max(1) as f64;
     if evidence.historical_primary {
         passed.push(format!("p99 {} µs (not compared: the champion served nothing at this step)", c.p99_us));
@@ -200,7 +210,8 @@ pub fn judge(policy: &Policy, evidence: &Evidence) -> (Verdict, Vec<String>) {
             (Verdict::Promote, passed)
         }
         QualityVerdict::Open => {
-            let labelled = evidence.quality.as_ref().is_some_and(|q| q.candidate_rows > 0);
+            // Labels are flowing (for either arm): the candidate's are on their way.
+            let labelled = evidence.quality.as_ref().is_some_and(|q| q.candidate_rows > 0 || q.champion_rows > 0);
             passed.extend(lines);
             if policy.require_labelled || labelled || differs {
                 (Verdict::AwaitLabels, passed)
@@ -328,6 +339,10 @@ mod tests {
         assert_ne!(v, Verdict::RollBack, "{why:?}");
         assert!(why[1].contains("not compared"), "{why:?}");
         assert_eq!(judge(&Policy::default(), &historical(arm(500, 50, 900))).0, Verdict::RollBack);
+        // Its own queue refusing requests counts against the candidate.
+        let (v, why) = judge(&Policy::default(), &evidence(ArmSnapshot { refused: 50, ..arm(500, 0, 900) }));
+        assert_eq!(v, Verdict::RollBack);
+        assert!(why[0].starts_with("queue refusals 0.0909"), "{why:?}");
         // Disagreement alone is an early signal: the labels decide.
         let paired = PairedSnapshot { pairs: 500, disagreement_rate: 0.3, ..Default::default() };
         let e = Evidence { paired: Some(paired), ..evidence(arm(500, 0, 900)) };
@@ -395,6 +410,9 @@ mod tests {
         let (v, why) = judge(&policy, &evidence(arm(500, 0, 1000)));
         assert_eq!(v, Verdict::Promote, "no labels at all: health decides");
         assert!(why.last().unwrap().contains("judged on health alone"));
+        // The champion's labels are arriving: the candidate's are on their way.
+        let flowing = QualityComparison { candidate_rows: 0, ..quality(300, (-0.5, -0.4), (0.5, 0.6)) };
+        assert_eq!(judge(&policy, &with_quality(flowing)).0, Verdict::AwaitLabels);
         let strict = Policy { require_labelled: true, ..Policy::default() };
         assert_eq!(judge(&strict, &evidence(arm(500, 0, 1000))).0, Verdict::AwaitLabels);
         // Health failures still come first.

@@ -30,11 +30,10 @@ pub fn check(trainer: &TrainerConfig, path: &Path) -> Result<(), String> {
             trainer.champion_alias
         ));
     }
-    let names_candidate = rollout.canary.as_ref().is_some_and(|c| c.version == trainer.candidate_alias)
-        || rollout.shadow.as_ref().is_some_and(|s| s.version == trainer.candidate_alias);
-    if !names_candidate {
+    // The controller walks (and consumes) the canary; a shadow alone is compared, never decided.
+    if rollout.canary.as_ref().is_none_or(|c| c.version != trainer.candidate_alias) {
         return Err(format!(
-            "{} must be {:?} (the trainer's candidate_alias): otherwise its candidates are never routed or consumed",
+            "{} must be {:?} (the trainer's candidate_alias): otherwise its candidates are never walked or consumed",
             at(".canary.version"),
             trainer.candidate_alias
         ));

@@ -14,7 +14,7 @@ use flywheel_shadow::{Evidence, QualityComparison, Verdict, differs, judge};
 
 use super::audit::AuditEntry;
 use super::background::Background;
-use super::decision::{Decision, promote, roll_back};
+use super::decision::{Decision, promote, roll_back, still_canary};
 use super::reload::Reloader;
 use crate::config::RolloutPolicy;
 use crate::model::table::RouteEvidence;
@@ -60,7 +60,17 @@ fn tick(reloader: &Reloader, progress: &mut HashMap<String, Progress>) {
         let route_evidence = &served.route.evidence;
         let fresh = || {
             // A candidate already on its way (before a restart) resumes its step and dwell.
-            let (step, started) = reloader.controls.step(name, candidate).unwrap_or((0, SystemTime::now()));
+            let (mut step, mut started) = reloader.controls.step(name, candidate).unwrap_or((0, SystemTime::now()));
+            // A step at 100% judges against the champion's record of the rollout so far, which
+            // a new process does not have: resume one step back, where the champion serves.
+            let last = policy.steps.len() - 1;
+            if step > 0
+                && policy.steps[step.min(last)] == 100
+                && route_evidence.lifetime.champion.snapshot().requests == 0
+            {
+                step -= 1;
+                started = SystemTime::now();
+            }
             let age = SystemTime::now().duration_since(started).unwrap_or_default();
             Progress {
                 candidate,
@@ -76,7 +86,7 @@ fn tick(reloader: &Reloader, progress: &mut HashMap<String, Progress>) {
         }
         let wanted = policy.steps[state.step.min(policy.steps.len() - 1)];
         if weight != wanted {
-            set_weight(reloader, name, candidate, weight, wanted, "controller", "step weight");
+            set_weight(reloader, name, (candidate, state.step), weight, wanted, "step weight");
             continue;
         }
         if !Arc::ptr_eq(&state.evidence, route_evidence) {
@@ -108,7 +118,8 @@ fn step_evidence(
     let paired = (route.versions.2 == Some(candidate)).then(|| step.shadow.snapshot()).filter(|p| p.pairs > 0);
     let labelled = step.canary_labelled.len();
     let stale = cached.as_ref().is_none_or(|q| labelled >= (q.candidate_rows + 20).max(q.candidate_rows * 5 / 4));
-    if stale && (labelled > 0 || policy.thresholds.require_labelled) {
+    let flowing = labelled > 0 || !baseline.champion_labelled.is_empty();
+    if stale && (flowing || policy.thresholds.require_labelled) {
         *cached =
             Some(compare(&step.canary_labelled, &baseline.champion_labelled, policy.thresholds.quality_confidence));
     }
@@ -195,6 +206,9 @@ fn step_passed(
     if state.step + 1 < policy.steps.len() {
         let lock = reloader.decision_lock(name);
         let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if !still_canary(reloader, name, state.candidate) {
+            return;
+        }
         let (from, to) = (policy.steps[state.step], policy.steps[state.step + 1]);
         state.step += 1;
         state.step_started = Instant::now();
@@ -230,11 +244,14 @@ fn settle(result: Result<(), super::decision::Refused>) {
     }
 }
 
-fn set_weight(reloader: &Reloader, name: &str, candidate: u64, from: u32, to: u32, actor: &'static str, why: &str) {
+fn set_weight(reloader: &Reloader, name: &str, (candidate, step): (u64, usize), from: u32, to: u32, why: &str) {
     let lock = reloader.decision_lock(name);
     let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
-    reloader.controls.set_weight(name, candidate, to);
-    let mut entry = AuditEntry::now(name, actor, "set_weight");
+    if !still_canary(reloader, name, candidate) {
+        return;
+    }
+    reloader.controls.set_step(name, candidate, step, to);
+    let mut entry = AuditEntry::now(name, "controller", "set_weight");
     entry.to = Some(candidate);
     entry.reason = format!("{why}: canary weight {from}% -> {to}%");
     reloader.audit.append(&entry);

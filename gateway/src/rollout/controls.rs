@@ -14,7 +14,9 @@ use flywheel_registry::{Registry, RolloutState, StepState};
 #[derive(Debug, Default)]
 pub struct Controls {
     registry: Option<Registry>,
-    states: Mutex<HashMap<String, RolloutState>>,
+    /// Each model's state, and whether its file may be written (not when it could not be
+    /// read: replacing it would lose the rejected versions it holds).
+    states: Mutex<HashMap<String, (RolloutState, bool)>>,
 }
 
 impl Controls {
@@ -27,24 +29,30 @@ impl Controls {
     fn with<T>(&self, model: &str, change: impl FnOnce(&mut RolloutState) -> T) -> T {
         // Plain data behind the lock: a panic elsewhere cannot leave it half-updated.
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        let state = states.entry(model.to_owned()).or_insert_with(|| self.load(model));
+        let (state, writable) = states.entry(model.to_owned()).or_insert_with(|| self.load(model));
         let before = state.clone();
         let out = change(state);
         if *state != before
             && let Some(registry) = &self.registry
-            && let Err(e) = registry.write_rollout_state(model, state)
         {
-            tracing::error!(model, error = %e, "rollout state not saved: a restart would not resume it");
+            if !*writable {
+                tracing::error!(model, "rollout state file unreadable: this decision holds in this process only");
+            } else if let Err(e) = registry.write_rollout_state(model, state) {
+                tracing::error!(model, error = %e, "rollout state not saved: a restart would not resume it");
+            }
         }
         out
     }
 
-    fn load(&self, model: &str) -> RolloutState {
-        let Some(registry) = &self.registry else { return RolloutState::default() };
-        registry.rollout_state(model).unwrap_or_else(|e| {
-            tracing::error!(model, error = %e, "rollout state unreadable; starting from the config");
-            RolloutState::default()
-        })
+    fn load(&self, model: &str) -> (RolloutState, bool) {
+        let Some(registry) = &self.registry else { return (RolloutState::default(), true) };
+        match registry.rollout_state(model) {
+            Ok(state) => (state, true),
+            Err(e) => {
+                tracing::error!(model, error = %e, "rollout state unreadable; starting from the config and leaving the file as it is");
+                (RolloutState::default(), false)
+            }
+        }
     }
 
     /// The weight decided for `model`'s canary `version`, if any.
@@ -58,6 +66,19 @@ impl Controls {
         self.with(model, |s| match &mut s.step {
             Some(p) if p.candidate == version => p.weight = weight.min(100),
             _ => s.step = Some(new_step(version, 0, weight.min(100))),
+        });
+    }
+
+    /// Puts `model`'s candidate `version` on `step` at `weight` (the step's start is now when
+    /// the step changes; passed steps are kept).
+    pub fn set_step(&self, model: &str, version: u64, step: usize, weight: u32) {
+        self.with(model, |s| match &mut s.step {
+            Some(p) if p.candidate == version && p.step == step => p.weight = weight.min(100),
+            Some(p) if p.candidate == version => {
+                let passed = std::mem::take(&mut p.passed);
+                *p = StepState { passed, ..new_step(version, step, weight.min(100)) };
+            }
+            _ => s.step = Some(new_step(version, step, weight.min(100))),
         });
     }
 
@@ -149,5 +170,17 @@ mod tests {
         assert_eq!(restarted.step("m", 2).map(|(step, _)| step), Some(1));
         restarted.reject("m", 2);
         assert_eq!((restarted.step("m", 2), restarted.weight("m", 2)), (None, None));
+    }
+
+    #[test]
+    fn an_unreadable_state_file_is_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("m")).unwrap();
+        let path = dir.path().join("m").join(flywheel_registry::ROLLOUT_STATE_FILE);
+        std::fs::write(&path, b"{\"rejected\": [2], \"future_key\": 1}").unwrap();
+        let controls = Controls::new(Some(Registry::open(dir.path())));
+        controls.reject("m", 5);
+        assert!(controls.is_rejected("m", 5), "the decision holds in this process");
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"rejected\": [2], \"future_key\": 1}", "not overwritten");
     }
 }

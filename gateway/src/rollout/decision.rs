@@ -80,28 +80,33 @@ pub fn roll_back(reloader: &Reloader, d: Decision<'_>) -> Result<(), Refused> {
     let lock = reloader.decision_lock(d.model);
     let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
     let mut entry = entry(&d, "roll_back", (d.candidate, d.champion));
-    let result = still_current(reloader, &d).and_then(|()| {
-        let (Some(alias), Some(registry)) = (canary_alias(reloader, d.model), reloader.registry()) else {
-            return Ok(());
-        };
-        registry.change_aliases(d.model, &[AliasChange::swap(&alias, Some(d.candidate), None)]).map_err(refused)
-    });
-    match &result {
-        Ok(()) => {
-            reloader.controls.reject(d.model, d.candidate);
-            entry.reason = d.reason.clone();
-        }
-        Err(refused) => {
-            entry.action =
-                if matches!(refused, Refused::Conflict(_)) { "roll_back_conflict" } else { "roll_back_failed" };
-            entry.reason = format!("{refused} (rollback of version {} for: {})", d.candidate, d.reason);
-        }
+    // A decision about a route that moved on (promoted meanwhile, say) changes nothing.
+    if let Err(refused) = still_current(reloader, &d) {
+        entry.action = "roll_back_conflict";
+        entry.reason = format!("{refused} (rollback of version {} for: {})", d.candidate, d.reason);
+        reloader.audit.append(&entry);
+        return Err(refused);
+    }
+    // The candidate leaves routing whatever becomes of its alias: a registry that cannot be
+    // written must not keep a failing canary serving.
+    reloader.controls.reject(d.model, d.candidate);
+    entry.reason = d.reason.clone();
+    if let (Some(alias), Some(registry)) = (canary_alias(reloader, d.model), reloader.registry())
+        && let Err(e) = registry.change_aliases(d.model, &[AliasChange::swap(&alias, Some(d.candidate), None)])
+    {
+        entry.reason = format!("{}; alias '{alias}' left as it is: {e}", d.reason);
     }
     reloader.audit.append(&entry);
-    if result.is_ok() {
-        reloader.reload();
-    }
-    result
+    reloader.reload();
+    Ok(())
+}
+
+/// Whether `model` still routes `candidate` as its canary, not rolled back: a step change is
+/// only made for the route it was decided about.
+pub fn still_canary(reloader: &Reloader, model: &str, candidate: u64) -> bool {
+    let table = reloader.table.load();
+    let routed = table.models.get(model).and_then(|m| m.route.canary).map(|c| c.0);
+    routed == Some(candidate) && !reloader.controls.is_rejected(model, candidate)
 }
 
 fn entry(d: &Decision<'_>, action: &'static str, (from, to): (u64, u64)) -> AuditEntry {

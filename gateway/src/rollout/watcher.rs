@@ -84,8 +84,9 @@ pub fn fingerprint(reloader: &Reloader) -> u64 {
     if let Some(root) = reloader.config.load().model_repository.clone() {
         // Model folders only: files at the root (the audit log) change without affecting routing.
         for model in sorted_entries(&root).into_iter().filter(|p| p.is_dir()) {
+            // Not the folder's own time: it moves whenever a log or state file beside the
+            // versions is replaced; the entries that matter are hashed one by one.
             model.hash(&mut h);
-            stat(&model).hash(&mut h);
             for entry in sorted_entries(&model).into_iter().filter(|e| affects_routing(e)) {
                 entry.hash(&mut h);
                 stat(&entry).hash(&mut h);

@@ -120,6 +120,9 @@ struct Recent {
     /// One score per row, and the classifier's decision threshold.
     scores: Vec<f64>,
     threshold: f64,
+    /// Rows already joined into the route's labelled evidence: a corrected label is not
+    /// counted a second time there.
+    joined: Vec<u32>,
 }
 
 /// Running quality of one (model, version, arm).
@@ -201,7 +204,10 @@ impl LabelIndex {
         {
             self.recent.remove(&old);
         }
-        self.recent.insert(id.to_owned(), Recent { model: model.to_owned(), version, arm, route, scores, threshold });
+        self.recent.insert(
+            id.to_owned(),
+            Recent { model: model.to_owned(), version, arm, route, scores, threshold, joined: Vec::new() },
+        );
         self.order.push_back((Instant::now(), id.to_owned()));
     }
 
@@ -219,12 +225,17 @@ impl LabelIndex {
             self.seen.insert(key.clone(), label.label);
             self.seen_order.push_back((Instant::now(), key));
         }
-        let matched = self.recent.get(&label.id).and_then(|r| r.scores.get(label.row as usize).map(|p| (r, *p)));
-        let scored = matched.map(|(r, p)| (r.model.clone(), r.version, (p >= r.threshold) != (label.label >= 0.5)));
+        let matched =
+            self.recent.get_mut(&label.id).and_then(|r| r.scores.get(label.row as usize).copied().map(|p| (r, p)));
+        let scored =
+            matched.as_ref().map(|(r, p)| (r.model.clone(), r.version, (*p >= r.threshold) != (label.label >= 0.5)));
         let outcome = match matched {
             Some((recent, p)) => {
-                if let Some((evidence, arm)) = &recent.route {
+                if let Some((evidence, arm)) = &recent.route
+                    && !recent.joined.contains(&label.row)
+                {
                     evidence.record_label(*arm, p, label.label);
+                    recent.joined.push(label.row);
                 }
                 let labels = [
                     ("model", recent.model.clone()),
@@ -316,8 +327,8 @@ mod tests {
         let expected = -((0.9f64).ln() + (0.1f64).ln() + (0.8f64).ln()) / 3.0;
         assert!((q.log_loss / q.n as f64 - expected).abs() < 1e-12);
         // The scored labels reached the champion's labelled record of the route's step.
-        assert_eq!(evidence.step.champion_labelled.len(), 3);
-        assert_eq!(evidence.lifetime.champion_labelled.len(), 3);
+        assert_eq!(evidence.step.champion_labelled.len(), 2, "rows 0 and 1; a correction is not joined twice");
+        assert_eq!(evidence.lifetime.champion_labelled.len(), 2);
         assert!(evidence.step.canary_labelled.is_empty());
         let online = flywheel_shadow::quality::log_loss(&[0.9, 0.9, 0.2], &[1.0, 0.0, 0.0]);
         assert!((q.log_loss / q.n as f64 - online).abs() < 1e-12, "the gate's log loss, the same rows");
