@@ -39,17 +39,13 @@ enum Next {
 
 impl Lanes {
     /// The next batch's first job: a carried-over client job, a waiting client request, a
-    /// carried-over shadow, a waiting shadow, else whichever comes first. Closed once the queue
-    /// handles are gone.
-    fn next(&self, carried: &mut Option<Job>, carried_shadow: &mut Option<Job>) -> Next {
+    /// waiting shadow, else whichever comes first. Closed once the queue handles are gone.
+    fn next(&self, carried: &mut Option<Job>) -> Next {
         if let Some(job) = carried.take() {
             return Next::Primary(job);
         }
         if let Ok(job) = self.primary.try_recv() {
             return Next::Primary(job);
-        }
-        if let Some(job) = carried_shadow.take() {
-            return Next::Shadow(job);
         }
         if let Ok(job) = self.shadow.try_recv() {
             return Next::Shadow(job);
@@ -68,21 +64,18 @@ impl Lanes {
 /// Runs until every queue handle is dropped and the client lane is drained.
 pub fn run(mut session: Session, lanes: Lanes, ctx: Arc<WorkerContext>) {
     let max_rows = if ctx.signature.batchable { ctx.settings.max_batch_size.max(1) } else { 1 };
-    let (mut carried, mut carried_shadow) = (None, None);
+    let mut carried = None;
     loop {
-        let jobs = match lanes.next(&mut carried, &mut carried_shadow) {
+        let jobs = match lanes.next(&mut carried) {
             Next::Primary(first) => {
-                let (jobs, next) = gather(first, &lanes.primary, max_rows, Some(ctx.settings.max_queue_delay));
+                let (jobs, next) = gather(first, &lanes.primary, max_rows, ctx.settings.max_queue_delay);
                 carried = next;
                 jobs
             }
-            // A shadow batch takes only shadows already waiting: it never holds the thread
-            // waiting for more while a client request could arrive.
-            Next::Shadow(first) => {
-                let (jobs, next) = gather(first, &lanes.shadow, max_rows, None);
-                carried_shadow = next;
-                jobs
-            }
+            // A shadow runs alone: a client request that arrives meanwhile waits for one
+            // mirrored request's compute at most, never for a batch of them (when the shadow
+            // is also the canary, that wait would show as the canary's latency).
+            Next::Shadow(first) => vec![first],
             Next::Closed => return,
         };
         let busy = Instant::now();
@@ -93,18 +86,16 @@ pub fn run(mut session: Session, lanes: Lanes, ctx: Arc<WorkerContext>) {
     }
 }
 
-/// Collects jobs after `first` until `max_rows` rows or the first job's deadline (with no
-/// delay, only the jobs already waiting). A job that would overflow the batch is returned
-/// separately to start the next one.
-fn gather(first: Job, rx: &Receiver<Job>, max_rows: usize, delay: Option<Duration>) -> (Vec<Job>, Option<Job>) {
-    let deadline = delay.map(|d| first.enqueued + d);
+/// Collects jobs after `first` until `max_rows` rows or the first job's deadline. A job that
+/// would overflow the batch is returned separately to start the next one.
+fn gather(first: Job, rx: &Receiver<Job>, max_rows: usize, delay: Duration) -> (Vec<Job>, Option<Job>) {
+    let deadline = first.enqueued + delay;
     let mut rows = first.rows;
     let mut jobs = vec![first];
     while rows < max_rows {
-        let job = match (rx.try_recv(), deadline) {
-            (Ok(job), _) => job,
-            (Err(_), None) => break,
-            (Err(_), Some(deadline)) => match rx.recv_deadline(deadline) {
+        let job = match rx.try_recv() {
+            Ok(job) => job,
+            Err(_) => match rx.recv_deadline(deadline) {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             },
@@ -286,11 +277,11 @@ mod tests {
         for rows in [3, 4, 2] {
             tx.send(job(rows)).unwrap();
         }
-        let (jobs, carried) = gather(job(1), &rx, 8, Some(Duration::from_secs(5)));
+        let (jobs, carried) = gather(job(1), &rx, 8, Duration::from_secs(5));
         let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
         assert_eq!(rows, vec![1, 3, 4], "8 rows fill the batch");
         assert!(carried.is_none(), "the batch filled exactly; nothing was taken out");
-        let (jobs, carried) = gather(job(5), &rx, 6, Some(Duration::from_secs(5)));
+        let (jobs, carried) = gather(job(5), &rx, 6, Duration::from_secs(5));
         assert_eq!(jobs.len(), 1);
         assert_eq!(carried.map(|j| j.rows), Some(2), "5 + 2 > 6: the 2-row job starts the next batch");
     }
@@ -299,7 +290,7 @@ mod tests {
     fn waits_no_longer_than_the_first_jobs_deadline() {
         let (_tx, rx) = crossbeam_channel::unbounded::<Job>();
         let started = Instant::now();
-        let (jobs, carried) = gather(job(1), &rx, 64, Some(Duration::from_millis(30)));
+        let (jobs, carried) = gather(job(1), &rx, 64, Duration::from_millis(30));
         let waited = started.elapsed();
         assert_eq!((jobs.len(), carried.is_none()), (1, true));
         assert!(waited >= Duration::from_millis(25), "waited for others until the deadline: {waited:?}");
@@ -309,31 +300,31 @@ mod tests {
     fn zero_delay_takes_only_what_is_already_queued() {
         let (tx, rx) = crossbeam_channel::unbounded();
         tx.send(job(1)).unwrap();
-        let (jobs, _) = gather(job(1), &rx, 64, Some(Duration::ZERO));
+        let (jobs, _) = gather(job(1), &rx, 64, Duration::ZERO);
         assert_eq!(jobs.len(), 2);
     }
 
     #[test]
-    fn client_requests_go_before_shadows_and_a_shadow_batch_waits_for_nothing() {
+    fn client_requests_go_before_shadows() {
         let (tx, primary) = crossbeam_channel::unbounded();
         let (shadow_tx, shadow) = crossbeam_channel::unbounded();
         let lanes = Lanes { primary, shadow };
         shadow_tx.send(job(2)).unwrap();
+        shadow_tx.send(job(3)).unwrap();
         tx.send(job(1)).unwrap();
-        let (mut carried, mut carried_shadow) = (None, None);
-        assert!(matches!(lanes.next(&mut carried, &mut carried_shadow), Next::Primary(j) if j.rows == 1));
-        // A shadow carried over from a full batch still yields to a client request.
-        carried_shadow = Some(job(3));
+        let mut carried = None;
+        assert!(matches!(lanes.next(&mut carried), Next::Primary(j) if j.rows == 1));
+        assert!(matches!(lanes.next(&mut carried), Next::Shadow(j) if j.rows == 2));
+        // A client request that arrived meanwhile goes before the next shadow.
         tx.send(job(4)).unwrap();
-        assert!(matches!(lanes.next(&mut carried, &mut carried_shadow), Next::Primary(j) if j.rows == 4));
-        assert!(matches!(lanes.next(&mut carried, &mut carried_shadow), Next::Shadow(j) if j.rows == 3));
-        assert!(matches!(lanes.next(&mut carried, &mut carried_shadow), Next::Shadow(j) if j.rows == 2));
-        let started = Instant::now();
-        shadow_tx.send(job(1)).unwrap();
-        let (jobs, _) = gather(job(1), &lanes.shadow, 64, None);
-        assert_eq!(jobs.len(), 2, "takes the waiting shadow");
-        assert!(started.elapsed() < Duration::from_secs(1), "and does not wait for more");
+        assert!(matches!(lanes.next(&mut carried), Next::Primary(j) if j.rows == 4));
+        assert!(matches!(lanes.next(&mut carried), Next::Shadow(j) if j.rows == 3));
+        // A carried-over client job (from a full batch) comes first of all.
+        carried = Some(job(5));
+        shadow_tx.send(job(6)).unwrap();
+        assert!(matches!(lanes.next(&mut carried), Next::Primary(j) if j.rows == 5));
         drop((tx, shadow_tx));
-        assert!(matches!(lanes.next(&mut carried, &mut carried_shadow), Next::Closed));
+        assert!(matches!(lanes.next(&mut carried), Next::Shadow(j) if j.rows == 6), "queued shadows drain");
+        assert!(matches!(lanes.next(&mut carried), Next::Closed));
     }
 }
