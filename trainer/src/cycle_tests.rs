@@ -180,3 +180,30 @@ fn two_trainers_registering_at_once_end_with_one_candidate_and_the_conflict_reco
     let registry = Registry::open(&config.registry);
     assert_eq!(registry.resolve("fraud", "challenger").ok(), records[1].version, "the registered one is the candidate");
 }
+
+#[test]
+fn a_promotion_during_training_is_gated_against_the_new_champion_and_recorded_as_the_parent() {
+    let (_dir, mut config) = setup(5000, 0.0);
+    let registry = Registry::open(&config.registry);
+    // Version 2: the champion's own file, published but not the champion yet.
+    let champion_file = registry.version("fraud", 1).unwrap().model_file();
+    let bytes = std::fs::read(&champion_file).unwrap();
+    let v2 = registry.publish("fraud", &bytes, flywheel_registry::ManifestDraft::default()).unwrap().version;
+    // The "training" promotes version 2 meanwhile (as the controller or an operator would)
+    // and hands back the champion's file.
+    let aliases = config.registry.join("fraud").join(flywheel_registry::ALIASES_FILE);
+    config.command = Some(format!(
+        "printf '{{\"champion\": {v2}}}' > '{}' && cp '{}' \"$FLYWHEEL_MODEL_OUT\"",
+        aliases.display(),
+        champion_file.display()
+    ));
+    let record = run(&config, None, None);
+    assert_eq!(record.champion, Some(v2), "{record:#?}");
+    assert!(
+        record.reasons.iter().any(|r| r.contains("moved from version 1 to 2 during training; gated against 2")),
+        "{:?}",
+        record.reasons
+    );
+    // The same file as the new champion: no gain, so nothing is registered against a stale parent.
+    assert_eq!(record.outcome, "rejected", "{record:#?}");
+}
