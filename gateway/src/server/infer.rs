@@ -106,6 +106,8 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
     mv.metrics.count_response(response.status().as_u16());
     mv.metrics.request_seconds.record(total.as_secs_f64());
     metrics::counter!(ARM_REQUESTS, "model" => mv.model.clone(), "arm" => arm.as_str()).increment(1);
+    // The answer's score per row, read once for the arm's evidence and the tap.
+    let scores = answered.as_ref().and_then(|(out, _)| mv.score.scores(&out.outputs));
     let evidence = extras.as_ref().map(|x| Arc::clone(&x.evidence));
     if let Some(extras) = extras {
         let sample = state
@@ -114,7 +116,7 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
             .filter(|_| tapping.as_ref().is_some_and(|t| t.sampled))
             .map(|tap| (Arc::clone(tap), ids.clone()));
         let outcome = match &answered {
-            Some((out, inputs)) => Outcome::Answered(inputs.as_ref(), mv.score.scores(&out.outputs)),
+            Some((_, inputs)) => Outcome::Answered(inputs.as_ref(), scores.clone()),
             None => Outcome::of_status(response.status().as_u16()),
         };
         extras.after_primary(arm, total, outcome, sample);
@@ -122,7 +124,7 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
     if let (Some(tap), Some(decision)) = (state.tap.as_deref(), tapping) {
         let status = response.status().as_u16();
         let route = evidence.map(|e| (e, arm));
-        decision.offer(tap, &mv, (&ids, route), arm, (status, total), answered);
+        decision.offer(tap, &mv, (&ids, route), arm, (status, total), (answered, scores));
     }
     let mut response = finish(response, &ids, Some(&mv), started, timing);
     response.headers_mut().insert(ARM, HeaderValue::from_static(arm.as_str()));
@@ -238,7 +240,7 @@ impl TapDecision {
     /// and retry), the gateway's otherwise.
     fn new(tap: &Tap, state: &AppState, key: &str, model: &str, arm: Arm) -> Self {
         let at = id_fraction(key);
-        let config = state.reloader.as_ref().map(|r| r.config.load_full());
+        let config = state.reloader.as_ref().map(|r| r.config.load());
         let rate = config.as_ref().map_or(tap.sampling.rate, |c| c.sample_rate_for(model));
         let join_labels = arm != Arm::Explicit
             && config.as_ref().and_then(|c| c.rollout_for(model)).is_some_and(|r| r.policy.is_some());
@@ -263,13 +265,12 @@ impl TapDecision {
         (ids, route): (&RequestIds, Option<(Arc<RouteEvidence>, Arm)>),
         arm: Arm,
         (status, latency): (u16, Duration),
-        answered: Option<(JobOutput, Option<Vec<Tensor>>)>,
+        (answered, scores): (Option<Answered>, Option<Vec<f64>>),
     ) {
         let (outputs, inputs) = match answered {
             Some((out, inputs)) => (out.outputs, inputs.unwrap_or_default()),
             None => (Vec::new(), Vec::new()),
         };
-        let scores = mv.score.scores(&outputs);
         let uncertain = self.uncertain_within > 0.0
             && mv.score.is_classifier()
             && scores
@@ -300,6 +301,9 @@ impl TapDecision {
         });
     }
 }
+
+/// A request's outputs and, when kept, its inputs.
+type Answered = (JobOutput, Option<Vec<Tensor>>);
 
 /// A mirrored request for the shadow version.
 struct ShadowJob {
