@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use crate::config::{Config, Overrides};
 use crate::model::{ModelError, RoutingTable, runtime};
 use crate::rollout::controller;
+use crate::rollout::registry_sync;
 use crate::rollout::watcher::{self, WatchSettings};
 use crate::rollout::{Rejection, Reloader};
 use crate::server::{self, AppState};
@@ -32,6 +33,8 @@ pub enum StartError {
     ConfiguredModels(Vec<Rejection>),
     #[error("listening on {addr}: {reason}")]
     Listen { addr: String, reason: String },
+    #[error("model repository {0}")]
+    Registry(String),
 }
 
 fn list(rejected: &[Rejection]) -> String {
@@ -52,6 +55,8 @@ pub struct Gateway {
     /// Fingerprint of config and registry taken before the first table was built.
     pub baseline: u64,
     pub grace: Duration,
+    /// Keeps the local copy of a registry in object storage current (`None` for a folder).
+    pub registry_sync: Option<crate::rollout::background::Background>,
 }
 
 impl Gateway {
@@ -61,9 +66,20 @@ impl Gateway {
         let root = config.model_repository.clone().ok_or(StartError::NoRepository)?;
         let env = runtime::init(config.ort_library.as_deref())?;
         let metrics = crate::metrics::install();
+        let mirror = registry_sync::mirror_for(&config).map_err(StartError::Registry)?;
+        if let Some(mirror) = &mirror {
+            first_sync(mirror, &root).await?;
+        }
         let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
         let reloader = Arc::new(Reloader::new(env, config_path, overrides, config.clone(), Arc::clone(&table)));
         let baseline = watcher::fingerprint(&reloader);
+        let registry_sync = match mirror {
+            Some(mirror) => Some(
+                registry_sync::spawn(mirror, Arc::clone(&reloader))
+                    .map_err(|e| StartError::Registry(format!("sync thread not started: {e}")))?,
+            ),
+            None => None,
+        };
         let status = {
             let reloader = Arc::clone(&reloader);
             tokio::task::spawn_blocking(move || reloader.reload())
@@ -120,7 +136,8 @@ impl Gateway {
             tap,
             admission: (config.max_in_flight > 0).then(|| crate::model::table::Budget::new(config.max_in_flight)),
         });
-        Ok(Self { listener, state, reloader, baseline, grace: Duration::from_millis(config.shutdown_grace_ms) })
+        let grace = Duration::from_millis(config.shutdown_grace_ms);
+        Ok(Self { listener, state, reloader, baseline, grace, registry_sync })
     }
 
     /// Serves until `shutdown` resolves, then drains; returns whether the drain finished in time.
@@ -143,6 +160,7 @@ impl Gateway {
         };
         self.state.ready.store(true, Ordering::SeqCst);
         let tap = self.state.tap.clone();
+        let _registry_sync = self.registry_sync;
         let drained = server::serve(self.listener, self.state, shutdown, self.grace).await;
         if let Some(tap) = tap {
             // Finalize every sample and label file before exiting.
@@ -153,10 +171,30 @@ impl Gateway {
     }
 }
 
+/// The first copy from the registry store. A store that cannot be reached is survivable only
+/// with a local copy from an earlier run (served as it was, and synced once the store answers).
+async fn first_sync(mirror: &Arc<flywheel_registry::Mirror>, root: &std::path::Path) -> Result<(), StartError> {
+    let copy = Arc::clone(mirror);
+    let result = tokio::task::spawn_blocking(move || {
+        let remote = copy.registry().remote().cloned().ok_or("no store")?;
+        registry_sync::sync_once(&copy, &remote).map(|_| ())
+    })
+    .await
+    .map_err(|e| StartError::Registry(e.to_string()))?;
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if flywheel_registry::Registry::open(root).models().is_ok_and(|m| !m.is_empty()) => {
+            tracing::warn!(error = %e, copy = %root.display(), "starting from the local copy of the registry");
+            Ok(())
+        }
+        Err(e) => Err(StartError::Registry(format!("{e}; no local copy at {} to start from", root.display()))),
+    }
+}
+
 /// Starts the tap (sampling, labels, drift); without one the gateway serves all the same.
 fn start_tap(config: &Config) -> Option<Arc<Tap>> {
     let dir = config.sample_dir()?;
-    let registry = config.model_repository.clone().map(flywheel_registry::Registry::open);
+    let registry = config.registry_handle();
     match Tap::start(config.sampling.clone(), config.drift.clone(), dir.clone(), registry) {
         Ok(tap) => {
             tracing::info!(dir = %dir.display(), rate = config.sampling.rate, "tap started");

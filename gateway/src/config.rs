@@ -29,8 +29,16 @@ pub struct Config {
     /// Address to listen on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Folder of `<model>/<version>/model.onnx`.
+    /// Folder of `<model>/<version>/model.onnx`, or an object store URL (`s3://bucket/prefix`,
+    /// `gs://`, `az://`): then this becomes the local copy (`registry.cache_dir`) and the URL
+    /// moves to `registry_url`.
     pub model_repository: Option<PathBuf>,
+    /// The object store the repository is a copy of (set from a URL `model_repository`).
+    #[serde(skip)]
+    pub registry_url: Option<String>,
+    /// Copying a registry in object storage.
+    #[serde(default)]
+    pub registry: RegistrySettings,
     /// ONNX Runtime library file or folder; default: `.ort/lib` of the project.
     pub ort_library: Option<PathBuf>,
     /// Largest accepted request body.
@@ -94,6 +102,35 @@ fn default_controller_ms() -> u64 {
     1000
 }
 
+/// `[registry]`: how a gateway keeps its local copy of a registry in object storage.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// The local copy; default `<temp>/flywheel-registry/<url>/models`. Replicas on one host
+    /// need one each.
+    pub cache_dir: Option<PathBuf>,
+    /// How often the store is listed for new versions and alias changes (a listing per model
+    /// and two conditional reads; nothing is downloaded while nothing changed).
+    #[serde(default = "default_registry_poll_ms")]
+    pub poll_interval_ms: u64,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        Self { cache_dir: None, poll_interval_ms: default_registry_poll_ms() }
+    }
+}
+
+fn default_registry_poll_ms() -> u64 {
+    2000
+}
+
+/// The default local copy of a registry at `url`: a folder per URL under the temp folder.
+fn default_cache_dir(url: &str) -> PathBuf {
+    let name: String = url.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    std::env::temp_dir().join("flywheel-registry").join(name).join("models")
+}
+
 /// Values from flags or environment variables that override the file.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -126,7 +163,7 @@ impl Overrides {
         if let Some(token) = &self.feedback_token {
             config.feedback_token = Some(token.clone());
         }
-        config
+        config.localize_repository()
     }
 }
 
@@ -293,6 +330,8 @@ impl Default for Config {
         Self {
             listen: default_listen(),
             model_repository: None,
+            registry_url: None,
+            registry: RegistrySettings::default(),
             ort_library: None,
             max_body_bytes: default_max_body_bytes(),
             shutdown_grace_ms: default_grace_ms(),
@@ -316,6 +355,32 @@ impl Default for Config {
 }
 
 impl Config {
+    /// A URL `model_repository` becomes `registry_url`, and the repository its local copy.
+    fn localize_repository(mut self) -> Self {
+        let url = self.model_repository.as_ref().and_then(|p| p.to_str()).filter(|l| flywheel_registry::is_remote(l));
+        if let Some(url) = url.map(|u| u.trim_end_matches('/').to_owned()) {
+            self.model_repository = Some(self.registry.cache_dir.clone().unwrap_or_else(|| default_cache_dir(&url)));
+            self.registry_url = Some(url);
+        }
+        self
+    }
+
+    /// The registry handle: the folder, or the local copy whose writes go to the store.
+    pub fn registry_handle(&self) -> Option<flywheel_registry::Registry> {
+        let root = self.model_repository.clone()?;
+        match &self.registry_url {
+            // validate() opened this URL already; the handle is shared.
+            Some(url) => match flywheel_registry::Remote::shared(url) {
+                Ok(remote) => Some(flywheel_registry::Registry::mirrored(root, remote)),
+                Err(e) => {
+                    tracing::error!(error = %e, "registry store unusable");
+                    None
+                }
+            },
+            None => Some(flywheel_registry::Registry::open(root)),
+        }
+    }
+
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         Self::load_over(path, &Overrides::default())
@@ -353,6 +418,15 @@ impl Config {
     /// Checks every value; the first problem found is returned, naming its key.
     pub fn validate(&self) -> Result<(), String> {
         check_batching("batching", &self.batching)?;
+        if let Some(url) = &self.registry_url {
+            flywheel_registry::Remote::shared(url).map_err(|e| format!("model_repository: {e}"))?;
+        }
+        if !(100..=3_600_000).contains(&self.registry.poll_interval_ms) {
+            return Err(format!(
+                "registry.poll_interval_ms must be in 100..=3600000, given {}",
+                self.registry.poll_interval_ms
+            ));
+        }
         for name in self.models.keys() {
             if !flywheel_registry::valid_model_name(name) {
                 return Err(format!("models.{name}: model names use letters, digits, '_', '-' and '.'"));

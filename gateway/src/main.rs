@@ -19,7 +19,8 @@ struct Args {
     /// Listen address, overriding the config (port 0 picks a free port).
     #[arg(long, env = "FLYWHEEL_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Model repository folder (`<model>/<version>/model.onnx`), overriding the config.
+    /// Model repository folder (`<model>/<version>/model.onnx`) or object store URL
+    /// (`s3://bucket/prefix`; credentials and endpoint from `AWS_*`), overriding the config.
     #[arg(long, env = "FLYWHEEL_MODEL_REPOSITORY")]
     model_repository: Option<PathBuf>,
     /// ONNX Runtime library file or folder, overriding the config (default: .ort/lib).

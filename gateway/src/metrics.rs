@@ -65,6 +65,10 @@ pub const DRIFT_KS_PVALUE: &str = "flywheel_drift_ks_pvalue";
 pub const WEBHOOK_FAILURES: &str = "flywheel_drift_webhook_failures_total";
 /// Model versions that failed to load.
 pub const LOAD_FAILURES: &str = "flywheel_model_load_failures_total";
+/// Syncs of the local copy of a registry in object storage, by result.
+pub const REGISTRY_SYNCS: &str = "flywheel_registry_syncs_total";
+/// Requests sent to the registry's object store.
+pub const REGISTRY_REQUESTS: &str = "flywheel_registry_store_requests_total";
 /// Connections the server closed on a deadline, by reason (header_timeout, idle_timeout,
 /// write_timeout).
 pub const CONNECTIONS_CLOSED: &str = "flywheel_connections_closed_total";
@@ -127,6 +131,8 @@ fn describe() {
     describe_gauge!(DRIFT_KS_PVALUE, "Kolmogorov-Smirnov p-value of the last window");
     describe_counter!(WEBHOOK_FAILURES, "Drift events the webhook did not accept");
     describe_counter!(LOAD_FAILURES, "Model versions that failed to load");
+    describe_counter!(REGISTRY_SYNCS, "Syncs of the local registry copy from object storage, by result");
+    describe_counter!(REGISTRY_REQUESTS, "Requests sent to the registry's object store");
     describe_counter!(CONNECTIONS_CLOSED, "Connections closed by the server on a deadline, by reason");
     describe_counter!(REQUESTS_CUT, "Requests cut off on a deadline or the body-bytes budget, by reason");
 }

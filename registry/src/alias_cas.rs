@@ -34,7 +34,7 @@ impl Registry {
                 return Err(RegistryError::BadAlias(change.alias.clone()));
             }
             if let Some(version) = change.new.filter(|v| Some(*v) != change.expected) {
-                self.version(model, version)?;
+                self.require_version(model, version)?;
             }
         }
         self.update_aliases(model, |aliases| {

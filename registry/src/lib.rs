@@ -18,6 +18,7 @@ pub mod events;
 pub mod fsutil;
 pub mod manifest;
 pub mod profile;
+pub mod remote;
 pub mod rollout_state;
 pub mod samples;
 pub mod store;
@@ -27,6 +28,7 @@ pub use alias_cas::AliasChange;
 pub use events::{DRIFT_EVENTS_FILE, DriftEvent, TRAINER_CURSOR_FILE, TRAINER_RUNS_FILE, read_drift_events};
 pub use manifest::{DataLineage, MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
 pub use profile::{FeatureProfile, PROFILE_FILE, ReferenceProfile};
+pub use remote::{Mirror, Remote, SyncReport, is_remote};
 pub use rollout_state::{ROLLOUT_STATE_FILE, RolloutState, StepState};
 pub use store::{
     ALIASES_FILE, FileStamp, MODEL_FILE, Registry, RegistryError, Skipped, Verified, VersionEntry, parse_aliases,

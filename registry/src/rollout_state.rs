@@ -59,7 +59,14 @@ impl Registry {
     /// Replaces the model's rollout state, atomically and durably.
     pub fn write_rollout_state(&self, model: &str, state: &RolloutState) -> Result<(), RegistryError> {
         let path = self.model_dir(model)?.join(ROLLOUT_STATE_FILE);
+        if let Some(remote) = self.remote() {
+            remote.write_rollout_state(model, state)?;
+        }
         let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| RegistryError::Io { path: dir.display().to_string(), source: e })?;
+        }
         write_atomic(&path, &bytes).map_err(|e| RegistryError::Io { path: path.display().to_string(), source: e })
     }
 }

@@ -12,10 +12,12 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::fsutil::{sync_dir, unique, write_atomic, write_synced};
 use crate::manifest::{MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
 use crate::profile::{PROFILE_FILE, ReferenceProfile};
+use crate::remote::Remote;
 
 /// File name of a version's model.
 pub const MODEL_FILE: &str = "model.onnx";
@@ -42,6 +44,9 @@ pub enum RegistryError {
     /// A compare-and-set found the alias somewhere else than expected: someone moved it first.
     #[error("alias '{alias}' of model '{model}' is {}, expected {}; nothing was changed", show(*.found), show(*.expected))]
     AliasConflict { model: String, alias: String, expected: Option<u64>, found: Option<u64> },
+    /// An object store request failed or the store is misconfigured.
+    #[error("{url}: {reason}")]
+    Store { url: String, reason: String },
 }
 
 fn show(version: Option<u64>) -> String {
@@ -99,16 +104,68 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// A registry rooted at a local folder.
+/// A registry rooted at a local folder, or a local copy of one in object storage
+/// ([`crate::Mirror`]): then reads are local and writes go to the store first.
 #[derive(Clone, Debug)]
 pub struct Registry {
     root: PathBuf,
+    remote: Option<Arc<Remote>>,
 }
 
 impl Registry {
     /// A registry at `root` (created on first publish).
     pub fn open(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), remote: None }
+    }
+
+    /// The local copy at `root` of `remote`: publishes, alias changes and rollout state are
+    /// written to the store (compare-and-set where it matters), then to the copy.
+    pub fn mirrored(root: impl Into<PathBuf>, remote: Arc<Remote>) -> Self {
+        Self { root: root.into(), remote: Some(remote) }
+    }
+
+    /// The object store this is a copy of, if any.
+    pub fn remote(&self) -> Option<&Arc<Remote>> {
+        self.remote.as_ref()
+    }
+
+    /// Fails unless `version` is committed where writes go (the store for a copy).
+    pub(crate) fn require_version(&self, model: &str, version: u64) -> Result<(), RegistryError> {
+        match &self.remote {
+            Some(remote) if remote.has_version(model, version)? => Ok(()),
+            Some(_) => Err(RegistryError::NoVersion { model: model.to_owned(), version }),
+            None => self.version(model, version).map(|_| ()),
+        }
+    }
+
+    /// Installs `files` as version `version` of `model` in the local folder by one rename;
+    /// `false` when the version is there already.
+    pub fn install_version(&self, model: &str, version: u64, files: &[(&str, &[u8])]) -> Result<bool, RegistryError> {
+        let dir = self.model_dir(model)?;
+        let target = dir.join(version.to_string());
+        if target.exists() {
+            return Ok(false);
+        }
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let staging = dir.join(format!(".install-{}-{}", std::process::id(), unique()));
+        fs::create_dir(&staging).map_err(io(&staging))?;
+        let result = (|| {
+            for (name, bytes) in files {
+                let path = staging.join(name);
+                write_synced(&path, bytes).map_err(io(&path))?;
+            }
+            sync_dir(&staging).map_err(io(&staging))?;
+            if target.exists() {
+                return Ok(false);
+            }
+            fs::rename(&staging, &target).map_err(io(&target))?;
+            sync_dir(&dir).map_err(io(&dir))?;
+            Ok(true)
+        })();
+        if !matches!(result, Ok(true)) {
+            let _ = fs::remove_dir_all(&staging);
+        }
+        result
     }
 
     /// The root folder.
@@ -210,6 +267,17 @@ impl Registry {
         if !valid_model_name(model) {
             return Err(RegistryError::BadModelName(model.to_owned()));
         }
+        if let Some(remote) = &self.remote {
+            let manifest = remote.publish(model, model_bytes, draft, profile)?;
+            let manifest_bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+            let profile_bytes = profile.map(|p| serde_json::to_vec(p).unwrap_or_default());
+            let mut files: Vec<(&str, &[u8])> = vec![(MODEL_FILE, model_bytes), (MANIFEST_FILE, &manifest_bytes)];
+            if let Some(bytes) = &profile_bytes {
+                files.push((PROFILE_FILE, bytes));
+            }
+            self.install_version(model, manifest.version, &files)?;
+            return Ok(manifest);
+        }
         let dir = self.root.join(model);
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let staging = dir.join(format!(".publish-{}-{}", std::process::id(), unique()));
@@ -276,6 +344,9 @@ impl Registry {
     pub fn write_profile(&self, model: &str, version: u64, profile: &ReferenceProfile) -> Result<(), RegistryError> {
         let path = self.version(model, version)?.dir.join(PROFILE_FILE);
         let bytes = serde_json::to_vec(profile).unwrap_or_default();
+        if let Some(remote) = &self.remote {
+            remote.write_profile(model, version, bytes.clone())?;
+        }
         write_atomic(&path, &bytes).map_err(io(&path))
     }
 
@@ -295,7 +366,7 @@ impl Registry {
         if !valid_alias(alias) {
             return Err(RegistryError::BadAlias(alias.to_owned()));
         }
-        self.version(model, version)?;
+        self.require_version(model, version)?;
         self.update_aliases(model, |aliases| {
             aliases.insert(alias.to_owned(), version);
             Ok(())
@@ -317,9 +388,13 @@ impl Registry {
     pub(crate) fn update_aliases(
         &self,
         model: &str,
-        change: impl FnOnce(&mut BTreeMap<String, u64>) -> Result<(), RegistryError>,
+        mut change: impl FnMut(&mut BTreeMap<String, u64>) -> Result<(), RegistryError>,
     ) -> Result<(), RegistryError> {
         let dir = self.model_dir(model)?;
+        if let Some(remote) = &self.remote {
+            let aliases = remote.update_aliases(model, change)?;
+            return crate::remote::write_local_aliases(&self.root, model, &aliases);
+        }
         // Serialise read-modify-write across processes; readers never lock (the file is replaced whole).
         let lock_path = dir.join(".aliases.lock");
         let lock =

@@ -55,12 +55,26 @@ impl TestGateway {
     }
 
     fn launch(dir: tempfile::TempDir, repo: PathBuf, config: &str) -> Self {
+        let location = repo.clone().into_os_string();
+        Self::launch_over(dir, repo, &location, config, &[])
+    }
+
+    /// Starts the binary with `--model-repository location` (a folder or a store URL whose
+    /// local copy is `repo`) and extra environment variables.
+    pub fn launch_over(
+        dir: tempfile::TempDir,
+        repo: PathBuf,
+        location: &std::ffi::OsStr,
+        config: &str,
+        env: &[(String, String)],
+    ) -> Self {
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args(["--config", config_path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
             .arg("--model-repository")
-            .arg(&repo)
+            .arg(location)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             // FLYWHEEL_TEST_LOG=debug shows the gateway's own log while debugging a test.
             .env("FLYWHEEL_LOG", std::env::var("FLYWHEEL_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
@@ -167,16 +181,27 @@ impl Http {
     }
 
     pub async fn send(&self, method: Method, url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Reply {
+        self.try_send(method, url, headers, body).await.expect("send request")
+    }
+
+    /// Like [`Http::send`], with a failed connection or body as an error instead of a panic.
+    pub async fn try_send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<Reply, String> {
         let mut req = Request::builder().method(method).uri(url);
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        let req = req.body(Full::new(Bytes::from(body))).expect("request");
-        let response = self.client.request(req).await.expect("send request");
+        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
+        let response = self.client.request(req).await.map_err(|e| format!("{e:?}"))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response.into_body().collect().await.expect("read body").to_bytes();
-        Reply { status, headers, body }
+        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Reply { status, headers, body })
     }
 
     pub async fn get(&self, url: &str) -> Reply {

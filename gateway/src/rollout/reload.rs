@@ -60,7 +60,7 @@ impl Reloader {
         table: Arc<ArcSwap<RoutingTable>>,
     ) -> Self {
         let audit = AuditLog::new(config.audit_log_path());
-        let controls = Controls::new(config.model_repository.clone().map(Registry::open));
+        let controls = Controls::new(config.registry_handle());
         Self {
             env,
             config_path,
@@ -87,7 +87,7 @@ impl Reloader {
 
     /// The registry the config in force points at.
     pub fn registry(&self) -> Option<Registry> {
-        self.config.load().model_repository.clone().map(Registry::open)
+        self.config.load().registry_handle()
     }
 
     /// Re-reads the config (if from a file), rebuilds the table and stores it. Returns the
@@ -104,7 +104,7 @@ impl Reloader {
                 return self.record(ReloadStatus { at, error: Some(error), ..ReloadStatus::default() });
             }
         };
-        let Some(root) = config.model_repository.clone() else {
+        let Some(registry) = config.registry_handle() else {
             return self.record(ReloadStatus {
                 at,
                 error: Some("no model_repository".into()),
@@ -113,7 +113,6 @@ impl Reloader {
         };
         let restart_required = super::restart_keys::restart_only_changes(&self.started, &config);
         self.note_restart_required(&restart_required);
-        let registry = Registry::open(root);
         let current = self.table.load_full();
         let input = BuildInput {
             env: &self.env,

@@ -16,7 +16,11 @@ pub fn restart_only_changes(started: &Config, new: &Config) -> Vec<&'static str>
         }
     };
     check("listen", started.listen != new.listen);
-    check("model_repository", started.model_repository != new.model_repository);
+    check(
+        "model_repository",
+        started.model_repository != new.model_repository || started.registry_url != new.registry_url,
+    );
+    check("registry.cache_dir", started.registry.cache_dir != new.registry.cache_dir);
     check("ort_library", started.ort_library != new.ort_library);
     check("http_threads", started.http_threads != new.http_threads);
     check("max_body_bytes", started.max_body_bytes != new.max_body_bytes);

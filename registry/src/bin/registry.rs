@@ -4,14 +4,15 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use flywheel_registry::{ManifestDraft, Registry};
+use flywheel_registry::{ManifestDraft, Registry, Remote, is_remote, valid_alias};
 
 /// Operate a Flywheel model registry.
 #[derive(Parser)]
 struct Cli {
-    /// Registry root folder.
+    /// Registry root: a folder, or an object store URL (s3://bucket/prefix, gs://, az://)
+    /// configured by the store's standard environment variables (AWS_ENDPOINT_URL, ...).
     #[arg(long, env = "FLYWHEEL_REGISTRY", default_value = "var/models")]
-    root: PathBuf,
+    root: String,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -51,7 +52,10 @@ enum AliasCmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let registry = Registry::open(&cli.root);
+    if is_remote(&cli.root) {
+        return remote_main(&*Remote::shared(&cli.root)?, cli.command);
+    }
+    let registry = Registry::open(cli.root.strip_prefix("file://").unwrap_or(&cli.root));
     match cli.command {
         Cmd::List { model: None } => {
             for model in registry.models()? {
@@ -102,6 +106,75 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Alias { action: AliasCmd::Rm { model, alias } } => {
             if !registry.remove_alias(&model, &alias)? {
+                anyhow::bail!("{model} has no alias '{alias}'");
+            }
+            println!("{model}: removed {alias}");
+        }
+    }
+    Ok(())
+}
+
+/// The same commands against an object store, request by request.
+fn remote_main(remote: &Remote, command: Cmd) -> anyhow::Result<()> {
+    match command {
+        Cmd::List { model: None } => {
+            for model in remote.models()? {
+                let versions = remote.listing(&model)?.committed.len();
+                println!("{model}\tversions {versions}\taliases {:?}", remote.aliases(&model)?);
+            }
+        }
+        Cmd::List { model: Some(model) } => {
+            let listing = remote.listing(&model)?;
+            let aliases = remote.aliases(&model)?;
+            for &version in listing.committed.keys() {
+                let names: Vec<&str> =
+                    aliases.iter().filter(|(_, v)| **v == version).map(|(a, _)| a.as_str()).collect();
+                let created = remote.manifest(&model, version).map_or_else(|e| e.to_string(), |m| m.created_at);
+                println!("{version}\t{created}\t{}", names.join(","));
+            }
+            let uncommitted =
+                listing.highest_claimed.saturating_sub(listing.committed.keys().next_back().copied().unwrap_or(0));
+            if uncommitted > 0 {
+                eprintln!("{uncommitted} version number(s) above the newest have no manifest (uploading or abandoned)");
+            }
+        }
+        Cmd::Show { model, version } => {
+            let version = remote.resolve(&model, &version)?;
+            println!("{}", serde_json::to_string_pretty(&remote.manifest(&model, version)?)?);
+        }
+        Cmd::Publish { model, file, parent, description, alias } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            if let Some(alias) = alias.as_deref().filter(|a| !valid_alias(a)) {
+                anyhow::bail!("alias name '{alias}' is not valid: use letters, digits, '_' and '-'");
+            }
+            let draft = ManifestDraft { parent_version: parent, description, ..Default::default() };
+            let manifest = remote.publish(&model, &bytes, draft, None)?;
+            if let Some(alias) = alias {
+                remote.update_aliases(&model, |aliases| {
+                    aliases.insert(alias.clone(), manifest.version);
+                    Ok(())
+                })?;
+            }
+            println!("published {model} version {} (sha256 {})", manifest.version, manifest.sha256);
+        }
+        Cmd::Alias { action: AliasCmd::Set { model, alias, version } } => {
+            if !valid_alias(&alias) {
+                anyhow::bail!("alias name '{alias}' is not valid: use letters, digits, '_' and '-'");
+            }
+            let version = remote.resolve(&model, &version)?;
+            remote.update_aliases(&model, |aliases| {
+                aliases.insert(alias.clone(), version);
+                Ok(())
+            })?;
+            println!("{model}: {alias} -> {version}");
+        }
+        Cmd::Alias { action: AliasCmd::Rm { model, alias } } => {
+            let mut existed = false;
+            remote.update_aliases(&model, |aliases| {
+                existed = aliases.remove(&alias).is_some();
+                Ok(())
+            })?;
+            if !existed {
                 anyhow::bail!("{model} has no alias '{alias}'");
             }
             println!("{model}: removed {alias}");

@@ -1,0 +1,198 @@
+//! A local copy of a registry in object storage: what a gateway serves from and the trainer
+//! reads. One sync lists each model (one request per thousand objects) and re-reads its alias
+//! map and rollout state only when their ETag changed (conditional GET). A committed version is
+//! downloaded, checked against its manifest's SHA-256 and installed into the local folder by one
+//! rename, so a local reader never sees half a version; a version without a manifest is not
+//! looked at.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::{Read, Remote};
+use crate::fsutil::write_atomic;
+use crate::manifest::MANIFEST_FILE;
+use crate::profile::PROFILE_FILE;
+use crate::rollout_state::{ROLLOUT_STATE_FILE, RolloutState};
+use crate::store::{ALIASES_FILE, MODEL_FILE, Registry, RegistryError, parse_aliases};
+
+/// What one sync changed locally, and what it refused.
+#[derive(Debug, Default, Serialize)]
+pub struct SyncReport {
+    /// Versions installed (model, version).
+    pub installed: Vec<(String, u64)>,
+    /// Alias maps or rollout states replaced (model, file).
+    pub replaced: Vec<(String, String)>,
+    /// Objects refused for good (corrupt, over the size cap), with the reason; not retried.
+    pub refused: Vec<String>,
+    /// Requests that failed this time (retried on the next sync).
+    pub failed: Vec<String>,
+}
+
+impl SyncReport {
+    /// Whether the local copy changed.
+    pub fn changed(&self) -> bool {
+        !self.installed.is_empty() || !self.replaced.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct Seen {
+    /// ETag of each mirrored small file as last copied, by "model/file".
+    etags: HashMap<String, String>,
+    /// Versions refused for good: committed versions are immutable, so a corrupt one stays so.
+    refused: BTreeSet<(String, u64)>,
+}
+
+/// Keeps a local folder a copy of a remote registry.
+pub struct Mirror {
+    remote: Arc<Remote>,
+    root: PathBuf,
+    max_model_bytes: u64,
+    seen: Mutex<Seen>,
+}
+
+impl Mirror {
+    /// A mirror of `remote` into `root`, refusing model files over `max_model_bytes`.
+    pub fn new(remote: Arc<Remote>, root: impl Into<PathBuf>, max_model_bytes: u64) -> Self {
+        Self { remote, root: root.into(), max_model_bytes, seen: Mutex::default() }
+    }
+
+    /// The local folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The registry handle over the local copy whose writes go to the store first.
+    pub fn registry(&self) -> Registry {
+        Registry::mirrored(self.root.clone(), Arc::clone(&self.remote))
+    }
+
+    /// Brings the local copy up to date. Fails only when the store cannot be listed at all;
+    /// a model or object that fails is named in the report and the rest goes on.
+    pub fn sync(&self) -> Result<SyncReport, RegistryError> {
+        std::fs::create_dir_all(&self.root)
+            .map_err(|source| RegistryError::Io { path: self.root.display().to_string(), source })?;
+        let mut report = SyncReport::default();
+        for model in self.remote.models()? {
+            if let Err(e) = self.sync_model(&model, &mut report) {
+                report.failed.push(e.to_string());
+            }
+        }
+        Ok(report)
+    }
+
+    fn sync_model(&self, model: &str, report: &mut SyncReport) -> Result<(), RegistryError> {
+        // The small files are read before the listing: an alias can only name a committed
+        // version, so every version it names is in the listing that follows.
+        let aliases = self.read_small(model, ALIASES_FILE)?;
+        let state = self.read_small(model, ROLLOUT_STATE_FILE)?;
+        let local = Registry::open(&self.root);
+        let have: BTreeSet<u64> =
+            local.versions(model).map(|(v, _)| v.iter().map(|e| e.version).collect()).unwrap_or_default();
+        let listing = self.remote.listing(model)?;
+        for (&version, &size) in &listing.committed {
+            let key = (model.to_owned(), version);
+            if have.contains(&version) || self.lock().refused.contains(&key) {
+                continue;
+            }
+            match self.install(&local, model, version, size) {
+                Ok(true) => report.installed.push(key),
+                Ok(false) => {}
+                Err(e @ (RegistryError::Store { .. } | RegistryError::Io { .. })) => report.failed.push(e.to_string()),
+                Err(e) => {
+                    report.refused.push(e.to_string());
+                    self.lock().refused.insert(key);
+                }
+            }
+        }
+        self.apply_small(model, ALIASES_FILE, aliases, report)?;
+        self.apply_small(model, ROLLOUT_STATE_FILE, state, report)
+    }
+
+    fn install(&self, local: &Registry, model: &str, version: u64, size: u64) -> Result<bool, RegistryError> {
+        let folder = version.to_string();
+        if size > self.max_model_bytes {
+            return Err(RegistryError::Corrupt {
+                path: self.remote.display(&[model, &folder, MODEL_FILE]),
+                reason: format!("{size} bytes, over the cap of {} bytes; not downloaded", self.max_model_bytes),
+            });
+        }
+        let manifest = self.remote.manifest(model, version)?;
+        let bytes = self.remote.model_bytes(model, version, &manifest)?;
+        let profile = self.remote.profile(model, version)?.map(|p| serde_json::to_vec(&p).unwrap_or_default());
+        let manifest = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+        let mut files: Vec<(&str, &[u8])> = vec![(MODEL_FILE, &bytes), (MANIFEST_FILE, &manifest)];
+        if let Some(profile) = &profile {
+            files.push((PROFILE_FILE, profile));
+        }
+        local.install_version(model, version, &files)
+    }
+
+    /// Reads a small file unless its ETag is the one last copied.
+    fn read_small(&self, model: &str, file: &str) -> Result<Read, RegistryError> {
+        let etag = self.lock().etags.get(&format!("{model}/{file}")).cloned();
+        self.remote.read(&[model, file], etag.as_deref())
+    }
+
+    fn apply_small(&self, model: &str, file: &str, read: Read, report: &mut SyncReport) -> Result<(), RegistryError> {
+        let key = format!("{model}/{file}");
+        let path = self.root.join(model).join(file);
+        let io = |source| RegistryError::Io { path: path.display().to_string(), source };
+        match read {
+            Read::Unchanged => Ok(()),
+            Read::Absent => {
+                self.lock().etags.remove(&key);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        report.replaced.push((model.to_owned(), file.to_owned()));
+                        Ok(())
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(io(e)),
+                }
+            }
+            Read::Fetched(fetched) => {
+                let valid = if file == ALIASES_FILE {
+                    parse_aliases(&fetched.bytes).map(|_| ())
+                } else {
+                    serde_json::from_slice::<RolloutState>(&fetched.bytes).map(|_| ()).map_err(|e| e.to_string())
+                };
+                if let Err(reason) = valid {
+                    // Refused, and the local copy keeps what it had; re-read when it changes.
+                    report
+                        .refused
+                        .push(format!("{}: {reason}; the local copy is kept", self.remote.display(&[model, file])));
+                } else if std::fs::read(&path).ok().as_deref() != Some(fetched.bytes.as_slice()) {
+                    std::fs::create_dir_all(self.root.join(model)).map_err(io)?;
+                    write_atomic(&path, &fetched.bytes).map_err(io)?;
+                    report.replaced.push((model.to_owned(), file.to_owned()));
+                }
+                if let Some(etag) = fetched.version.e_tag {
+                    self.lock().etags.insert(key, etag);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Writes the alias map a compare-and-set wrote into the local copy (so the writer reads its
+/// own write before the next sync).
+pub(crate) fn write_local_aliases(
+    root: &Path,
+    model: &str,
+    aliases: &BTreeMap<String, u64>,
+) -> Result<(), RegistryError> {
+    let dir = root.join(model);
+    let path = dir.join(ALIASES_FILE);
+    let io = |source| RegistryError::Io { path: path.display().to_string(), source };
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    write_atomic(&path, &serde_json::to_vec_pretty(aliases).unwrap_or_default()).map_err(io)
+}

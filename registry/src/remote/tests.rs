@@ -1,0 +1,118 @@
+//! The registry on an object store, against `object_store`'s in-memory store (the end-to-end
+//! tests run the same code against an S3-compatible server).
+
+use object_store::PutMode;
+
+use super::*;
+use crate::{AliasChange, ManifestDraft, RegistryError, RolloutState, StepState};
+
+fn remote(name: &str) -> Arc<Remote> {
+    Remote::shared(&format!("memory://{name}/registry")).unwrap()
+}
+
+fn mirror(remote: &Arc<Remote>) -> (tempfile::TempDir, Mirror) {
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::new(Arc::clone(remote), dir.path().join("copy"), 1 << 20);
+    (dir, mirror)
+}
+
+#[test]
+fn a_publish_reaches_another_copy_whole_and_a_second_sync_changes_nothing() {
+    let remote = remote("publish");
+    let (_a, writer) = mirror(&remote);
+    let (_b, reader) = mirror(&remote);
+    let registry = writer.registry();
+    let manifest = registry.publish("m", b"onnx-1", ManifestDraft::default()).unwrap();
+    assert_eq!(manifest.version, 1);
+    registry.set_alias("m", "champion", 1).unwrap();
+    // The writer reads its own write at once.
+    assert_eq!(registry.resolve("m", "champion").unwrap(), 1);
+
+    let report = reader.sync().unwrap();
+    assert_eq!(report.installed, [("m".to_owned(), 1)]);
+    assert_eq!(report.replaced, [("m".to_owned(), "aliases.json".to_owned())]);
+    let copy = reader.registry();
+    let entry = copy.version("m", 1).unwrap();
+    assert_eq!(copy.verify(&entry).unwrap().bytes, b"onnx-1");
+    assert_eq!(copy.resolve("m", "champion").unwrap(), 1);
+    let again = reader.sync().unwrap();
+    assert!(!again.changed(), "{again:?}");
+}
+
+#[test]
+fn a_version_without_its_manifest_is_never_copied_and_its_number_is_skipped() {
+    let remote = remote("half");
+    remote.write(&["m", "1", "model.onnx"], b"half-uploaded".to_vec(), PutMode::Create).unwrap();
+    let (_b, reader) = mirror(&remote);
+    let report = reader.sync().unwrap();
+    assert!(report.installed.is_empty(), "{report:?}");
+    assert!(reader.registry().versions("m").map(|(v, _)| v.is_empty()).unwrap_or(true));
+    let (_a, writer) = mirror(&remote);
+    assert_eq!(writer.registry().publish("m", b"whole", ManifestDraft::default()).unwrap().version, 2);
+    assert_eq!(reader.sync().unwrap().installed, [("m".to_owned(), 2)]);
+    assert!(reader.registry().version("m", 1).is_err());
+}
+
+#[test]
+fn a_model_file_that_does_not_match_its_manifest_is_refused_once_and_never_installed() {
+    let remote = remote("corrupt");
+    let (_a, writer) = mirror(&remote);
+    writer.registry().publish("m", b"good", ManifestDraft::default()).unwrap();
+    remote.write(&["m", "1", "model.onnx"], b"tampered".to_vec(), PutMode::Overwrite).unwrap();
+    let (_b, reader) = mirror(&remote);
+    let report = reader.sync().unwrap();
+    assert!(report.installed.is_empty());
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert!(report.refused[0].contains("memory://corrupt/registry/m/1/model.onnx"), "{}", report.refused[0]);
+    assert!(reader.sync().unwrap().refused.is_empty(), "refused versions are not fetched again");
+}
+
+#[test]
+fn two_copies_racing_on_an_alias_one_wins_and_the_other_names_the_conflict() {
+    let remote = remote("race");
+    let (_a, a) = mirror(&remote);
+    let (_b, b) = mirror(&remote);
+    for _ in 0..3 {
+        a.registry().publish("m", b"x", ManifestDraft::default()).unwrap();
+    }
+    a.registry().set_alias("m", "champion", 1).unwrap();
+    b.sync().unwrap();
+    a.registry().change_aliases("m", &[AliasChange::swap("champion", Some(1), Some(2))]).unwrap();
+    // b's copy still says 1, but the compare-and-set is against the store.
+    assert_eq!(b.registry().resolve("m", "champion").unwrap(), 1);
+    let err = b.registry().change_aliases("m", &[AliasChange::swap("champion", Some(1), Some(3))]).unwrap_err();
+    assert!(matches!(err, RegistryError::AliasConflict { found: Some(2), .. }), "{err}");
+    assert!(matches!(b.registry().set_alias("m", "champion", 9), Err(RegistryError::NoVersion { version: 9, .. })));
+    b.sync().unwrap();
+    assert_eq!(b.registry().resolve("m", "champion").unwrap(), 2);
+}
+
+#[test]
+fn rollout_state_written_by_one_copy_is_read_by_another_and_a_bad_one_keeps_the_old() {
+    let remote = remote("state");
+    let (_a, a) = mirror(&remote);
+    let (_b, b) = mirror(&remote);
+    a.registry().publish("m", b"x", ManifestDraft::default()).unwrap();
+    let state = RolloutState {
+        step: Some(StepState { candidate: 1, step: 2, weight: 50, started_ms: 1, passed: vec![] }),
+        ..Default::default()
+    };
+    a.registry().write_rollout_state("m", &state).unwrap();
+    b.sync().unwrap();
+    assert_eq!(b.registry().rollout_state("m").unwrap(), state);
+    remote.write(&["m", "rollout-state.json"], b"{\"step\": 1".to_vec(), PutMode::Overwrite).unwrap();
+    let report = b.sync().unwrap();
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert_eq!(b.registry().rollout_state("m").unwrap(), state);
+}
+
+#[test]
+fn locations_tell_stores_from_folders_and_bad_urls_name_themselves() {
+    assert!(is_remote("s3://bucket/prefix"));
+    assert!(!is_remote("var/models"));
+    assert!(!is_remote("file:///var/models"));
+    let err = Remote::shared("ftp://host/x").unwrap_err().to_string();
+    assert!(err.contains("ftp://host/x") && err.contains("not supported"), "{err}");
+    let err = Remote::shared("s3:///x").unwrap_err().to_string();
+    assert!(err.contains("no bucket"), "{err}");
+}
