@@ -71,10 +71,25 @@ mod tests {
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let receiver = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
-            let mut buf = vec![0u8; 4096];
-            let n = stream.read(&mut buf).unwrap();
+            // Headers and body may arrive in separate reads: read until the body is whole.
+            let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+            let whole = |got: &[u8]| {
+                let text = String::from_utf8_lossy(got);
+                let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
+                let length = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                body.len() >= length
+            };
+            while !whole(&got) {
+                let n = stream.read(&mut buf).unwrap();
+                assert!(n > 0, "the client closed before sending its body");
+                got.extend_from_slice(&buf[..n]);
+            }
             stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
-            String::from_utf8_lossy(&buf[..n]).into_owned()
+            String::from_utf8_lossy(&got).into_owned()
         });
         let event = DriftEvent {
             seq: 3,
