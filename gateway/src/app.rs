@@ -161,7 +161,13 @@ impl Gateway {
         self.state.ready.store(true, Ordering::SeqCst);
         let tap = self.state.tap.clone();
         let _registry_sync = self.registry_sync;
+        let fleet = self.reloader.fleet.clone();
         let drained = server::serve(self.listener, self.state, shutdown, self.grace).await;
+        drop(_controller);
+        if let Some(fleet) = fleet {
+            // Hand the controller leases over now rather than after their expiry.
+            let _ = tokio::task::spawn_blocking(move || fleet.release_all()).await;
+        }
         if let Some(tap) = tap {
             // Finalize every sample and label file before exiting.
             let grace = self.grace;

@@ -39,6 +39,10 @@ pub struct Config {
     /// Copying a registry in object storage.
     #[serde(default)]
     pub registry: RegistrySettings,
+    /// Several gateways over one registry in object storage: the controller lease and the
+    /// evidence they share.
+    #[serde(default)]
+    pub fleet: FleetSettings,
     /// ONNX Runtime library file or folder; default: `.ort/lib` of the project.
     pub ort_library: Option<PathBuf>,
     /// Largest accepted request body.
@@ -119,6 +123,52 @@ impl Default for RegistrySettings {
     fn default() -> Self {
         Self { cache_dir: None, poll_interval_ms: default_registry_poll_ms() }
     }
+}
+
+/// `[fleet]`: gateways sharing a registry in object storage elect one controller per model
+/// (a lease in the store) and pool their canary evidence there.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSettings {
+    /// This replica's name, unique in the fleet (lease holder, evidence file, audit lines);
+    /// default `<host name>-<process id>`.
+    pub replica: Option<String>,
+    /// How long a controller lease lasts without renewal: the bound on failover time.
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    /// Evidence a replica has not refreshed for this long is left out of the fleet's (a
+    /// replica that is gone).
+    #[serde(default = "default_evidence_stale_ms")]
+    pub evidence_stale_ms: u64,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        Self { replica: None, lease_ttl_ms: default_lease_ttl_ms(), evidence_stale_ms: default_evidence_stale_ms() }
+    }
+}
+
+impl FleetSettings {
+    /// The replica name in force.
+    pub fn replica_name(&self) -> String {
+        self.replica.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "gateway".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
+fn default_lease_ttl_ms() -> u64 {
+    10_000
+}
+
+fn default_evidence_stale_ms() -> u64 {
+    30_000
 }
 
 fn default_registry_poll_ms() -> u64 {
@@ -332,6 +382,7 @@ impl Default for Config {
             model_repository: None,
             registry_url: None,
             registry: RegistrySettings::default(),
+            fleet: FleetSettings::default(),
             ort_library: None,
             max_body_bytes: default_max_body_bytes(),
             shutdown_grace_ms: default_grace_ms(),
@@ -420,6 +471,20 @@ impl Config {
         check_batching("batching", &self.batching)?;
         if let Some(url) = &self.registry_url {
             flywheel_registry::Remote::shared(url).map_err(|e| format!("model_repository: {e}"))?;
+        }
+        if !(500..=600_000).contains(&self.fleet.lease_ttl_ms) {
+            return Err(format!("fleet.lease_ttl_ms must be in 500..=600000, given {}", self.fleet.lease_ttl_ms));
+        }
+        if self.fleet.evidence_stale_ms < 1000 {
+            return Err(format!(
+                "fleet.evidence_stale_ms must be at least 1000, given {}",
+                self.fleet.evidence_stale_ms
+            ));
+        }
+        if let Some(name) = &self.fleet.replica
+            && !flywheel_registry::valid_model_name(name)
+        {
+            return Err(format!("fleet.replica {name:?}: use letters, digits, '_', '-' and '.'"));
         }
         if !(100..=3_600_000).contains(&self.registry.poll_interval_ms) {
             return Err(format!(

@@ -59,6 +59,8 @@ impl Registry {
     /// Replaces the model's rollout state, atomically and durably.
     pub fn write_rollout_state(&self, model: &str, state: &RolloutState) -> Result<(), RegistryError> {
         let path = self.model_dir(model)?.join(ROLLOUT_STATE_FILE);
+        let lock = self.remote().map(|_| crate::remote::copy_lock(self.root()));
+        let _held = lock.as_ref().map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
         if let Some(remote) = self.remote() {
             remote.write_rollout_state(model, state)?;
         }

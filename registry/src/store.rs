@@ -392,6 +392,8 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let dir = self.model_dir(model)?;
         if let Some(remote) = &self.remote {
+            let lock = crate::remote::copy_lock(&self.root);
+            let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
             let aliases = remote.update_aliases(model, change)?;
             return crate::remote::write_local_aliases(&self.root, model, &aliases);
         }

@@ -4,7 +4,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug)]
 struct State {
@@ -38,6 +38,21 @@ pub struct ArmSnapshot {
     pub p50_us: u64,
     pub p99_us: u64,
     pub mean_score: Option<f64>,
+}
+
+/// An arm's record in a form that travels (to another replica) and adds up: counts, the
+/// latency histogram as (value, count) buckets, the score sum.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArmExport {
+    pub requests: u64,
+    pub errors: u64,
+    pub client_errors: u64,
+    pub refused: u64,
+    /// Latency in microseconds: (highest equivalent value of a bucket, count), non-empty only.
+    pub latency_us: Vec<(u64, u64)>,
+    pub score_sum: f64,
+    pub scores: u64,
 }
 
 impl Default for ArmRecord {
@@ -92,6 +107,41 @@ impl ArmRecord {
         self.lock().refused += 1;
     }
 
+    /// The record so far, to be absorbed elsewhere.
+    pub fn export(&self) -> ArmExport {
+        let s = self.lock();
+        let latency_us = s
+            .latency_us
+            .iter_recorded()
+            .map(|v| (s.latency_us.highest_equivalent(v.value_iterated_to()), v.count_at_value()))
+            .collect();
+        ArmExport {
+            requests: s.requests,
+            errors: s.errors,
+            client_errors: s.client_errors,
+            refused: s.refused,
+            latency_us,
+            score_sum: s.score_sum,
+            scores: s.scores,
+        }
+    }
+
+    /// Adds another record (e.g. another replica's) to this one.
+    pub fn absorb(&self, other: &ArmExport) {
+        let mut s = self.lock();
+        s.requests += other.requests;
+        s.errors += other.errors;
+        s.client_errors += other.client_errors;
+        s.refused += other.refused;
+        for &(value, count) in &other.latency_us {
+            let _ = s.latency_us.record_n(value, count);
+        }
+        if other.score_sum.is_finite() {
+            s.score_sum += other.score_sum;
+            s.scores += other.scores;
+        }
+    }
+
     /// The record so far.
     pub fn snapshot(&self) -> ArmSnapshot {
         let s = self.lock();
@@ -134,5 +184,25 @@ mod tests {
         assert!((49_000..=51_000).contains(&s.p50_us), "{}", s.p50_us);
         assert!((98_000..=100_100).contains(&s.p99_us), "{}", s.p99_us);
         assert_eq!(s.mean_score, Some(0.5));
+    }
+
+    #[test]
+    fn two_records_absorbed_equal_one_record_of_everything() {
+        let (a, b, whole) = (ArmRecord::new(), ArmRecord::new(), ArmRecord::new());
+        for ms in 1..=300u64 {
+            let arm = if ms % 3 == 0 { &a } else { &b };
+            arm.record_ok(Duration::from_millis(ms), Some(ms as f64 / 300.0));
+            whole.record_ok(Duration::from_millis(ms), Some(ms as f64 / 300.0));
+        }
+        b.record_error();
+        whole.record_error();
+        let merged = ArmRecord::new();
+        merged.absorb(&a.export());
+        let travelled: ArmExport = serde_json::from_str(&serde_json::to_string(&b.export()).unwrap()).unwrap();
+        merged.absorb(&travelled);
+        let (m, w) = (merged.snapshot(), whole.snapshot());
+        assert_eq!((m.requests, m.errors), (w.requests, w.errors));
+        assert_eq!((m.p50_us, m.p99_us), (w.p50_us, w.p99_us));
+        assert!((m.mean_score.unwrap() - w.mean_score.unwrap()).abs() < 1e-12);
     }
 }

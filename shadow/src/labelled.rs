@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::quality::{log_loss, roc_auc, two_sample_difference};
 
@@ -16,6 +16,16 @@ struct Rows {
     scores: Vec<f64>,
     labels: Vec<f64>,
     rng: Option<fastrand::Rng>,
+}
+
+/// A labelled record in a form that travels and adds up: how many were seen, and the kept
+/// (score, label) sample.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LabelledExport {
+    pub seen: u64,
+    pub scores: Vec<f64>,
+    pub labels: Vec<f64>,
 }
 
 /// Scores an arm answered with, joined to the labels that arrived for them.
@@ -48,6 +58,23 @@ impl LabelledRecord {
             rows.scores[at] = score;
             rows.labels[at] = label;
         }
+    }
+
+    /// The record so far, to be absorbed elsewhere.
+    pub fn export(&self) -> LabelledExport {
+        let rows = self.lock();
+        LabelledExport { seen: rows.seen, scores: rows.scores.clone(), labels: rows.labels.clone() }
+    }
+
+    /// Adds another record (another replica's): its kept rows join this one's sample, and its
+    /// count of rows seen adds up. Beyond [`MAX_LABELLED`] the merged sample favours no side by
+    /// much only when the two were sampled alike; replicas behind one balancer are.
+    pub fn absorb(&self, other: &LabelledExport) {
+        for (&score, &label) in other.scores.iter().zip(&other.labels) {
+            self.add(score, label);
+        }
+        let kept = other.scores.len().min(other.labels.len()) as u64;
+        self.lock().seen += other.seen.saturating_sub(kept);
     }
 
     /// Labelled answers recorded so far (the reservoir may hold fewer).

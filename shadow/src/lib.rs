@@ -22,9 +22,9 @@ pub mod paired;
 pub mod quality;
 pub mod verdict;
 
-pub use arm::{ArmRecord, ArmSnapshot};
+pub use arm::{ArmExport, ArmRecord, ArmSnapshot};
 pub use gate::{GatePolicy, GateVerdict, gate};
-pub use labelled::{LabelledRecord, QualityComparison};
-pub use paired::{PairedComparison, PairedSnapshot};
+pub use labelled::{LabelledExport, LabelledRecord, QualityComparison};
+pub use paired::{PairedComparison, PairedExport, PairedSnapshot};
 pub use quality::{Quality, paired_difference, roc_auc};
 pub use verdict::{Evidence, Policy, Verdict, differs, judge};

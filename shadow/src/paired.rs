@@ -3,9 +3,9 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::arm::{ArmRecord, ArmSnapshot};
+use crate::arm::{ArmExport, ArmRecord, ArmSnapshot};
 use crate::bootstrap::mean_interval;
 
 /// Differences kept for the bootstrap (a uniform reservoir beyond this many pairs).
@@ -29,6 +29,19 @@ pub struct PairedComparison {
     pub primary: ArmRecord,
     pub candidate: ArmRecord,
     pairs: Mutex<Pairs>,
+}
+
+/// A comparison in a form that travels and adds up (differences: the kept sample).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PairedExport {
+    pub n: u64,
+    pub disagreements: u64,
+    pub abs_diff_sum: f64,
+    pub abs_diff_max: f64,
+    pub diffs: Vec<f64>,
+    pub primary: ArmExport,
+    pub candidate: ArmExport,
 }
 
 /// A copy of the comparison at one moment, with a 95% interval on the mean difference
@@ -77,6 +90,36 @@ impl PairedComparison {
     pub fn record_candidate_error(&self, primary_latency: Duration) {
         self.primary.record_ok(primary_latency, None);
         self.candidate.record_error();
+    }
+
+    /// The comparison so far, to be absorbed elsewhere.
+    pub fn export(&self) -> PairedExport {
+        let p = self.pairs.lock().unwrap_or_else(|e| e.into_inner());
+        PairedExport {
+            n: p.n,
+            disagreements: p.disagreements,
+            abs_diff_sum: p.abs_diff_sum,
+            abs_diff_max: p.abs_diff_max,
+            diffs: p.diffs.clone(),
+            primary: self.primary.export(),
+            candidate: self.candidate.export(),
+        }
+    }
+
+    /// Adds another comparison (another replica's); its kept differences join the reservoir.
+    pub fn absorb(&self, other: &PairedExport) {
+        self.primary.absorb(&other.primary);
+        self.candidate.absorb(&other.candidate);
+        let mut p = self.pairs.lock().unwrap_or_else(|e| e.into_inner());
+        p.disagreements += other.disagreements;
+        p.abs_diff_sum += other.abs_diff_sum;
+        p.abs_diff_max = p.abs_diff_max.max(other.abs_diff_max);
+        let before = p.n;
+        for (i, &diff) in other.diffs.iter().enumerate() {
+            p.n = before + i as u64 + 1;
+            keep(&mut p, diff);
+        }
+        p.n = before + other.n;
     }
 
     /// The comparison so far.

@@ -126,3 +126,105 @@ fn a_store_that_does_not_answer_with_no_local_copy_stops_the_start_naming_the_ur
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("s3://flywheel/nowhere") && stderr.contains("no local copy"), "{stderr}");
 }
+
+/// The lease holder and term of `model` in the store.
+fn lease_of(remote: &flywheel_registry::Remote, model: &str) -> Option<(String, u64)> {
+    let bytes = remote.get_object(&[model, "controller-lease.json"]).unwrap()?;
+    let lease: flywheel_registry::Lease = serde_json::from_slice(&bytes).unwrap();
+    Some((lease.holder, lease.term))
+}
+
+fn audit_of(gw: &TestGateway) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(gw.repo.join("audit.jsonl")).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_controllers_replica_mid_rollout_moves_the_lease_and_the_next_holder_finishes_it() {
+    let s3 = S3::start();
+    let remote = s3.remote("failover");
+    let publisher_copy = tempfile::tempdir().unwrap();
+    let registry = Registry::mirrored(publisher_copy.path(), std::sync::Arc::clone(&remote));
+    let champion = registry.publish("tiny", &tiny(1).to_onnx(1), ManifestDraft::default()).unwrap().version;
+    let candidate = registry.publish("tiny", &tiny(2).to_onnx(2), ManifestDraft::default()).unwrap().version;
+    registry.set_alias("tiny", "champion", champion).unwrap();
+    registry.set_alias("tiny", "challenger", candidate).unwrap();
+    // Latency is not what this is about (a loaded CI machine), so p99 is out of reach.
+    let policy = "controller_interval_ms = 100\n[models.tiny.rollout]\nchampion = \"champion\"\n\
+                  canary = { version = \"challenger\", weight = 10 }\n\
+                  [models.tiny.rollout.policy]\nsteps = [10, 50, 100]\nmin_dwell_ms = 2500\nmin_samples = 30\n\
+                  max_p99_ratio = 10000.0\n";
+    let mut replicas: Vec<TestGateway> = (0..3)
+        .map(|i| replica(&s3, "failover", &format!("{policy}[fleet]\nreplica = \"r{i}\"\nlease_ttl_ms = 2000\n")))
+        .collect();
+    let live = Arc::new(std::sync::Mutex::new(replicas.iter().map(|g| g.base.clone()).collect::<Vec<_>>()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let http = Http::new(false);
+    let load = {
+        let (http, live, stop) = (http.clone(), Arc::clone(&live), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let body = tiny_request(&tiny_rows(1, 5));
+            let mut failures = Vec::new();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let base = {
+                    let live = live.lock().unwrap();
+                    live[i % live.len()].clone()
+                };
+                i += 1;
+                if let Err(e) = served_version(&http, &base, &body).await {
+                    failures.push(format!("{base}: {e}"));
+                }
+            }
+            failures
+        })
+    };
+
+    // Mid-rollout: the first step passed and is in the store.
+    let mid = wait_until(Duration::from_secs(30), || async {
+        remote.rollout_state("tiny").unwrap().step.is_some_and(|s| s.candidate == candidate && s.step >= 1)
+    })
+    .await;
+    assert!(mid, "the rollout never passed its first step");
+    let (leader, term) = lease_of(&remote, "tiny").expect("a lease holder");
+    let index: usize = leader.strip_prefix('r').unwrap().parse().unwrap();
+    live.lock().unwrap().retain(|b| *b != replicas[index].base);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    replicas[index].child.kill().unwrap();
+    let killed = Instant::now();
+
+    let promoted =
+        wait_until(Duration::from_secs(30), || async { remote.resolve("tiny", "champion").ok() == Some(candidate) })
+            .await;
+    stop.store(true, Ordering::Relaxed);
+    let failures = load.await.unwrap();
+    let (next, next_term) = lease_of(&remote, "tiny").expect("a lease holder");
+    eprintln!(
+        "killed {leader} (term {term}); {next} took term {next_term}; promoted {:?} after the kill",
+        killed.elapsed()
+    );
+    assert!(promoted, "the rollout was not finished after the controller's replica died");
+    assert!(next != leader && next_term > term, "{next} {next_term}");
+    assert!(failures.is_empty(), "{} failed requests on live replicas, first: {}", failures.len(), failures[0]);
+
+    let old_log = audit_of(&replicas[index]);
+    let new_index: usize = next.strip_prefix('r').unwrap().parse().unwrap();
+    let new_log = audit_of(&replicas[new_index]);
+    let of = |log: &[serde_json::Value], action: &str| {
+        log.iter().filter(|e| e["actor"] == "controller" && e["action"] == action).cloned().collect::<Vec<_>>()
+    };
+    let first_advance = of(&old_log, "advance");
+    assert!(!first_advance.is_empty() && first_advance.iter().all(|e| e["replica"] == leader), "{old_log:?}");
+    let promote = of(&new_log, "promote");
+    assert!(promote.len() == 1 && promote[0]["replica"] == next, "{new_log:?}");
+    // The new holder resumed from the persisted step: it never judged the 10% step again.
+    for advance in of(&new_log, "advance") {
+        let reason = advance["reason"].as_str().unwrap();
+        assert!(!reason.contains("10% -> 50%"), "step 0 judged again: {reason}");
+    }
+    assert!(promote[0]["evidence"]["candidate"]["requests"].as_u64().unwrap() >= 30, "{}", promote[0]);
+    // Every replica shared its evidence with the fleet.
+    let files: BTreeSet<String> =
+        remote.read_objects(&["tiny", "evidence"]).unwrap().into_iter().map(|(name, _)| name).collect();
+    assert_eq!(files, ["r0.json", "r1.json", "r2.json"].map(String::from).into(), "{files:?}");
+}

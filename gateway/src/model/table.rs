@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use flywheel_shadow::{ArmRecord, LabelledRecord, PairedComparison};
+use flywheel_shadow::{ArmExport, ArmRecord, LabelledExport, LabelledRecord, PairedComparison, PairedExport};
+use serde::{Deserialize, Serialize};
 
 use super::ModelVersion;
 
@@ -42,7 +43,38 @@ pub struct ArmsRecord {
     pub canary_labelled: LabelledRecord,
 }
 
+/// An [`ArmsRecord`] in a form that travels between replicas and adds up.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArmsExport {
+    pub champion: ArmExport,
+    pub canary: ArmExport,
+    pub shadow: PairedExport,
+    pub champion_labelled: LabelledExport,
+    pub canary_labelled: LabelledExport,
+}
+
 impl ArmsRecord {
+    /// The record so far, to be absorbed elsewhere.
+    pub fn export(&self) -> ArmsExport {
+        ArmsExport {
+            champion: self.champion.export(),
+            canary: self.canary.export(),
+            shadow: self.shadow.export(),
+            champion_labelled: self.champion_labelled.export(),
+            canary_labelled: self.canary_labelled.export(),
+        }
+    }
+
+    /// Adds another replica's record of the same span.
+    pub fn absorb(&self, other: &ArmsExport) {
+        self.champion.absorb(&other.champion);
+        self.canary.absorb(&other.canary);
+        self.shadow.absorb(&other.shadow);
+        self.champion_labelled.absorb(&other.champion_labelled);
+        self.canary_labelled.absorb(&other.canary_labelled);
+    }
+
     fn new(threshold: f64) -> Self {
         Self {
             champion: ArmRecord::new(),
@@ -103,6 +135,19 @@ impl RouteEvidence {
             lifetime: Arc::clone(&self.lifetime),
             threshold: self.threshold,
         })
+    }
+
+    /// The fleet's evidence for this route: this replica's step and lifetime records plus
+    /// `others` (each another replica's (step, lifetime) of the same versions and weight).
+    pub fn pooled<'a>(&self, others: impl IntoIterator<Item = (&'a ArmsExport, &'a ArmsExport)>) -> Arc<Self> {
+        let pooled = Self::new(self.versions, self.weight, self.threshold);
+        pooled.step.absorb(&self.step.export());
+        pooled.lifetime.absorb(&self.lifetime.export());
+        for (step, lifetime) in others {
+            pooled.step.absorb(step);
+            pooled.lifetime.absorb(lifetime);
+        }
+        pooled
     }
 
     /// Applies `record` to the step's and the lifetime's records.

@@ -23,6 +23,9 @@ pub struct AuditEntry {
     pub to: Option<u64>,
     pub reason: String,
     pub evidence: Value,
+    /// The fleet replica that decided (set by the log of a replica).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 impl AuditEntry {
@@ -37,6 +40,7 @@ impl AuditEntry {
             to: None,
             reason: String::new(),
             evidence: Value::Null,
+            replica: None,
         }
     }
 }
@@ -46,11 +50,17 @@ impl AuditEntry {
 pub struct AuditLog {
     path: Option<PathBuf>,
     lock: Mutex<()>,
+    replica: Option<String>,
 }
 
 impl AuditLog {
     pub fn new(path: Option<PathBuf>) -> Self {
-        Self { path, lock: Mutex::new(()) }
+        Self { path, lock: Mutex::new(()), replica: None }
+    }
+
+    /// Stamps every entry with the replica's name.
+    pub fn with_replica(self, replica: Option<String>) -> Self {
+        Self { replica, ..self }
     }
 
     /// Appends `entry` (and logs it); a write failure is logged, never fatal. It fsyncs: call it
@@ -60,7 +70,13 @@ impl AuditLog {
         let Some(path) = &self.path else { return };
         let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         rotate_if_full(path);
-        let line = serde_json::to_string(entry).unwrap_or_default();
+        let line = match (&self.replica, &entry.replica) {
+            (Some(replica), None) => {
+                serde_json::to_string(&AuditEntry { replica: Some(replica.clone()), ..entry.clone() })
+            }
+            _ => serde_json::to_string(entry),
+        }
+        .unwrap_or_default();
         let written = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| {
             // One write call per line keeps lines whole; sync so a decision survives a crash.
             f.write_all(format!("{line}\n").as_bytes())?;

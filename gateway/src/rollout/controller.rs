@@ -54,20 +54,34 @@ fn tick(reloader: &Reloader, progress: &mut HashMap<String, Progress>) {
             progress.remove(name);
             continue;
         };
+        let route_evidence = &served.route.evidence;
+        // In a fleet every replica shares its evidence; only the lease holder judges, on the
+        // fleet's evidence, resuming from the durable state another holder may have moved.
+        let pooled = match reloader.fleet.as_deref() {
+            Some(fleet) => {
+                fleet.publish_evidence(name, route_evidence);
+                if !fleet.leads(name) {
+                    progress.remove(name);
+                    continue;
+                }
+                if !progress.contains_key(name) {
+                    reloader.controls.reread_from_source(name);
+                }
+                Some(fleet.pooled(name, route_evidence))
+            }
+            None => None,
+        };
+        let judged: &RouteEvidence = pooled.as_deref().unwrap_or(route_evidence);
         if reloader.controls.is_paused(name) {
             continue;
         }
-        let route_evidence = &served.route.evidence;
         let fresh = || {
             // A candidate already on its way (before a restart) resumes its step and dwell.
             let (mut step, mut started) = reloader.controls.step(name, candidate).unwrap_or((0, SystemTime::now()));
             // A step at 100% judges against the champion's record of the rollout so far, which
             // a new process does not have: resume one step back, where the champion serves.
             let last = policy.steps.len() - 1;
-            if step > 0
-                && policy.steps[step.min(last)] == 100
-                && route_evidence.lifetime.champion.snapshot().requests == 0
-            {
+            if step > 0 && policy.steps[step.min(last)] == 100 && judged.lifetime.champion.snapshot().requests == 0 {
                 step -= 1;
                 started = SystemTime::now();
             }
@@ -95,7 +109,7 @@ fn tick(reloader: &Reloader, progress: &mut HashMap<String, Progress>) {
         }
         // A regressor's scores have no threshold: no agreement at it and no AUC; health decides.
         let classifier = served.versions.get(&served.route.champion).is_none_or(|mv| mv.score.is_classifier());
-        let mut evidence = step_evidence(route_evidence, candidate, policy, &mut state.quality);
+        let mut evidence = step_evidence(judged, candidate, policy, &mut state.quality);
         if !classifier {
             (evidence.paired, evidence.quality) = (None, None);
         }

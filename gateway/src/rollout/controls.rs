@@ -55,6 +55,22 @@ impl Controls {
         }
     }
 
+    /// Reads `model`'s state again from where it is written (the store, for a copy): another
+    /// replica (the fleet's controller) or an operator there moved it.
+    pub fn reread_from_source(&self, model: &str) {
+        let Some(registry) = &self.registry else { return };
+        let fresh = match registry.remote() {
+            Some(remote) => remote.rollout_state(model),
+            None => registry.rollout_state(model),
+        };
+        match fresh {
+            Ok(state) => {
+                self.states.lock().unwrap_or_else(|p| p.into_inner()).insert(model.to_owned(), (state, true));
+            }
+            Err(e) => tracing::warn!(model, error = %e, "rollout state not re-read; using the copy"),
+        }
+    }
+
     /// The weight decided for `model`'s canary `version`, if any.
     pub fn weight(&self, model: &str, version: u64) -> Option<u32> {
         self.with(model, |s| s.step.as_ref().filter(|p| p.candidate == version).map(|p| p.weight))

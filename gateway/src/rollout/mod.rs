@@ -10,6 +10,7 @@ pub mod build;
 pub mod controller;
 pub mod controls;
 pub mod decision;
+pub mod fleet;
 pub mod registry_sync;
 pub mod reload;
 pub mod restart_keys;

@@ -69,7 +69,23 @@ pub fn spawn(mirror: Arc<Mirror>, reloader: Arc<Reloader>) -> std::io::Result<Ba
             if !running.keep_going() {
                 break;
             }
-            crate::health::guard("registry-sync", || sync_once(&mirror, &remote));
+            crate::health::guard("registry-sync", || {
+                let Ok(report) = sync_once(&mirror, &remote) else { return };
+                // Another replica (the fleet's controller) moved a rollout: apply its state.
+                let moved: Vec<&String> = report
+                    .replaced
+                    .iter()
+                    .filter(|(_, file)| file == flywheel_registry::ROLLOUT_STATE_FILE)
+                    .map(|(model, _)| model)
+                    .collect();
+                for model in &moved {
+                    // From the store, not the copy: the freshest, and what a leader wrote last.
+                    reloader.controls.reread_from_source(model);
+                }
+                if !moved.is_empty() {
+                    reloader.reload();
+                }
+            });
             // A sync slower than the interval does not queue up a burst of catch-up syncs.
             next = next.max(Instant::now());
         }

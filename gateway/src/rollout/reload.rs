@@ -49,6 +49,8 @@ pub struct Reloader {
     /// One lock per model around promote / roll back / step decisions, so the controller and
     /// an operator never interleave theirs.
     decisions: Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
+    /// The fleet this gateway is a replica of (a registry in object storage), if any.
+    pub fleet: Option<Arc<super::fleet::Fleet>>,
 }
 
 impl Reloader {
@@ -59,8 +61,13 @@ impl Reloader {
         config: Config,
         table: Arc<ArcSwap<RoutingTable>>,
     ) -> Self {
-        let audit = AuditLog::new(config.audit_log_path());
-        let controls = Controls::new(config.registry_handle());
+        let registry = config.registry_handle();
+        let fleet = registry
+            .as_ref()
+            .and_then(|r| r.remote().cloned())
+            .map(|remote| Arc::new(super::fleet::Fleet::new(remote, &config.fleet)));
+        let audit = AuditLog::new(config.audit_log_path()).with_replica(fleet.as_ref().map(|f| f.replica.clone()));
+        let controls = Controls::new(registry);
         Self {
             env,
             config_path,
@@ -74,6 +81,7 @@ impl Reloader {
             audit,
             lock: Mutex::new(()),
             decisions: Mutex::new(std::collections::HashMap::new()),
+            fleet,
         }
     }
 

@@ -108,8 +108,31 @@ impl Mirror {
                 }
             }
         }
+        if matches!((&aliases, &state), (Read::Unchanged, Read::Unchanged)) {
+            return Ok(());
+        }
+        // A writer in this process (the controller moving an alias) writes the store, then the
+        // copy, under this lock; what was read above may be older than its write by now. Read
+        // again under the lock, conditionally (nothing is transferred when it did not move),
+        // so the copy never goes back to what the store no longer says.
+        let lock = copy_lock(&self.root);
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let aliases = self.confirm(model, ALIASES_FILE, aliases)?;
+        let state = self.confirm(model, ROLLOUT_STATE_FILE, state)?;
         self.apply_small(model, ALIASES_FILE, aliases, report)?;
         self.apply_small(model, ROLLOUT_STATE_FILE, state, report)
+    }
+
+    /// `read` if the store still says so, else what it says now.
+    fn confirm(&self, model: &str, file: &str, read: Read) -> Result<Read, RegistryError> {
+        match read {
+            Read::Unchanged => Ok(Read::Unchanged),
+            Read::Fetched(fetched) => match self.remote.read(&[model, file], fetched.version.e_tag.as_deref())? {
+                Read::Unchanged => Ok(Read::Fetched(fetched)),
+                newer => Ok(newer),
+            },
+            Read::Absent => self.remote.read(&[model, file], None),
+        }
     }
 
     fn install(&self, local: &Registry, model: &str, version: u64, size: u64) -> Result<bool, RegistryError> {
@@ -181,6 +204,14 @@ impl Mirror {
     fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The lock that orders a sync's writes into the copy at `root` with this process's own
+/// write-throughs (store first, then copy) of alias maps and rollout state.
+pub(crate) fn copy_lock(root: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = std::sync::OnceLock::new();
+    let mut locks = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    Arc::clone(locks.entry(root.to_path_buf()).or_default())
 }
 
 /// Writes the alias map a compare-and-set wrote into the local copy (so the writer reads its

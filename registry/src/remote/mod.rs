@@ -15,6 +15,7 @@
 //! The calls are blocking: each runs on this handle's own runtime and the caller waits, so
 //! they work from plain threads and from `spawn_blocking` alike.
 
+mod lease;
 mod mirror;
 mod ops;
 
@@ -26,8 +27,9 @@ use futures_util::TryStreamExt;
 use object_store::path::Path as Key;
 use object_store::{GetOptions, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 
-pub(crate) use mirror::write_local_aliases;
+pub use lease::{Claim, Lease, now_ms};
 pub use mirror::{Mirror, SyncReport};
+pub(crate) use mirror::{copy_lock, write_local_aliases};
 
 use crate::store::RegistryError;
 
