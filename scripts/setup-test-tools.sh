@@ -3,6 +3,7 @@
 # - .venv/: Python with the current tritonclient[http], numpy, pytest, onnxruntime, and pyarrow
 #   and DuckDB to read the sample files back, and moto's S3-compatible server for the fleet
 #   tests (PyPI);
+# - haproxy (Debian) in front of a fleet of gateways;
 # - .tools/perf_analyzer/: the perf_analyzer binary shipped inside the tritonclient==2.35.0
 #   manylinux wheel (the current `perf-analyzer` PyPI package is an empty placeholder), with
 #   libcudart.so.12 from PyPI's nvidia-cuda-runtime-cu12 (no GPU is used for HTTP) and Debian's
@@ -20,6 +21,14 @@ if ! "$venv/bin/python" -c "import tritonclient.http, numpy, pytest, onnxruntime
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
     "tritonclient[http]" numpy pytest "onnxruntime>=1.31" pyarrow duckdb scikit-learn skl2onnx onnx "moto[server]"
 fi
+
+# HAProxy (Debian) for the fleet-behind-a-load-balancer test.
+if ! command -v haproxy >/dev/null; then
+  if command -v apt-get >/dev/null; then
+    (apt-get install -y -qq haproxy >/dev/null 2>&1) || (apt-get update -qq && apt-get install -y -qq haproxy >/dev/null)
+  fi
+fi
+command -v haproxy >/dev/null || { echo "haproxy is missing and could not be installed (apt-get install haproxy)"; exit 1; }
 
 if ! ldconfig -p | grep -q libb64.so.0d; then
   if command -v apt-get >/dev/null; then

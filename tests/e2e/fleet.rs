@@ -17,16 +17,21 @@ use crate::support::{Http, TestGateway, metric_value, tiny_request, tiny_rows, w
 const CHAMPION_ONLY: &str = "[models.tiny.rollout]\nchampion = \"champion\"\n";
 
 /// A gateway over `s3://flywheel/<prefix>` with its own local copy, polling every 200 ms.
-fn replica(s3: &S3, prefix: &str, config: &str) -> TestGateway {
+pub fn replica(s3: &S3, prefix: &str, config: &str) -> TestGateway {
+    replica_on(s3, prefix, config, "127.0.0.1:0")
+}
+
+/// Like [`replica`], listening on `listen`.
+pub fn replica_on(s3: &S3, prefix: &str, config: &str, listen: &str) -> TestGateway {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("copy");
     let config = format!("{config}\n[registry]\ncache_dir = {:?}\npoll_interval_ms = 200\n", copy.to_str().unwrap());
     let url = format!("s3://{BUCKET}/{prefix}");
-    TestGateway::launch_over(dir, copy, OsStr::new(&url), &config, &s3.env())
+    TestGateway::launch_over(dir, copy, OsStr::new(&url), &config, &s3.env(), listen)
 }
 
 /// The version that answers one request, 0 on a failure.
-async fn served_version(http: &Http, base: &str, body: &serde_json::Value) -> Result<u64, String> {
+pub async fn served_version(http: &Http, base: &str, body: &serde_json::Value) -> Result<u64, String> {
     let reply = http
         .try_send(
             hyper::Method::POST,

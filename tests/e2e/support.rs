@@ -56,22 +56,23 @@ impl TestGateway {
 
     fn launch(dir: tempfile::TempDir, repo: PathBuf, config: &str) -> Self {
         let location = repo.clone().into_os_string();
-        Self::launch_over(dir, repo, &location, config, &[])
+        Self::launch_over(dir, repo, &location, config, &[], "127.0.0.1:0")
     }
 
     /// Starts the binary with `--model-repository location` (a folder or a store URL whose
-    /// local copy is `repo`) and extra environment variables.
+    /// local copy is `repo`), extra environment variables, on `listen`.
     pub fn launch_over(
         dir: tempfile::TempDir,
         repo: PathBuf,
         location: &std::ffi::OsStr,
         config: &str,
         env: &[(String, String)],
+        listen: &str,
     ) -> Self {
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["--config", config_path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(["--config", config_path.to_str().unwrap(), "--listen", listen])
             .arg("--model-repository")
             .arg(location)
             .envs(env.iter().map(|(k, v)| (k, v)))
