@@ -57,6 +57,8 @@ pub struct Gateway {
     pub grace: Duration,
     /// Keeps the local copy of a registry in object storage current (`None` for a folder).
     pub registry_sync: Option<crate::rollout::background::Background>,
+    /// Copies finalized sample and label files to object storage, if configured.
+    pub sample_upload: Option<crate::rollout::background::Background>,
 }
 
 impl Gateway {
@@ -123,7 +125,9 @@ impl Gateway {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Listen { addr: config.listen.to_string(), reason: e.to_string() })?;
-        let tap = start_tap(&config);
+        let replica = self_replica(&reloader);
+        let tap = start_tap(&config, reloader.fleet.as_ref().map(|_| replica.clone()));
+        let sample_upload = start_upload(&config, tap.is_some(), replica);
         let state = Arc::new(AppState {
             table,
             max_body_bytes: config.max_body_bytes,
@@ -137,7 +141,7 @@ impl Gateway {
             admission: (config.max_in_flight > 0).then(|| crate::model::table::Budget::new(config.max_in_flight)),
         });
         let grace = Duration::from_millis(config.shutdown_grace_ms);
-        Ok(Self { listener, state, reloader, baseline, grace, registry_sync })
+        Ok(Self { listener, state, reloader, baseline, grace, registry_sync, sample_upload })
     }
 
     /// Serves until `shutdown` resolves, then drains; returns whether the drain finished in time.
@@ -173,6 +177,10 @@ impl Gateway {
             let grace = self.grace;
             let _ = tokio::task::spawn_blocking(move || tap.shutdown(grace)).await;
         }
+        // After the tap finalized its files: the uploader's last pass puts them.
+        if let Some(upload) = self.sample_upload {
+            let _ = tokio::task::spawn_blocking(move || drop(upload)).await;
+        }
         drained
     }
 }
@@ -198,16 +206,47 @@ async fn first_sync(mirror: &Arc<flywheel_registry::Mirror>, root: &std::path::P
 }
 
 /// Starts the tap (sampling, labels, drift); without one the gateway serves all the same.
-fn start_tap(config: &Config) -> Option<Arc<Tap>> {
+fn start_tap(config: &Config, replica: Option<String>) -> Option<Arc<Tap>> {
     let dir = config.sample_dir()?;
     let registry = config.registry_handle();
-    match Tap::start(config.sampling.clone(), config.drift.clone(), dir.clone(), registry) {
+    match Tap::start(config.sampling.clone(), config.drift.clone(), dir.clone(), registry, replica) {
         Ok(tap) => {
             tracing::info!(dir = %dir.display(), rate = config.sampling.rate, "tap started");
             Some(Arc::new(tap))
         }
         Err(e) => {
             tracing::error!(dir = %dir.display(), error = %e, "tap not started: no sampling, labels or drift");
+            None
+        }
+    }
+}
+
+/// The replica name of this process (its fleet name, or the host-pid default).
+fn self_replica(reloader: &Reloader) -> String {
+    reloader.fleet.as_ref().map_or_else(|| reloader.config.load().fleet.replica_name(), |f| f.replica.clone())
+}
+
+/// Starts the uploader of part files to the sample store, when there is one (and a tap).
+fn start_upload(config: &Config, tap: bool, replica: String) -> Option<crate::rollout::background::Background> {
+    let (url, dir) = (config.sample_store_url()?, config.sample_dir()?);
+    if !tap {
+        return None;
+    }
+    let remote = match flywheel_registry::Remote::shared(&url) {
+        Ok(remote) => remote,
+        Err(e) => {
+            tracing::error!(error = %e, "sample store unusable; samples stay local");
+            return None;
+        }
+    };
+    let interval = Duration::from_millis(config.sampling.upload_interval_ms);
+    match crate::tap::upload::spawn(remote, dir, replica, interval) {
+        Ok(upload) => {
+            tracing::info!(store = %url, "sample and label files are copied to the store");
+            Some(upload)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "sample uploader not started; samples stay local");
             None
         }
     }

@@ -604,6 +604,15 @@ impl Config {
         })
     }
 
+    /// The object store finalized sample and label files are copied to, if any.
+    pub fn sample_store_url(&self) -> Option<String> {
+        match self.sampling.store_url.as_deref() {
+            Some("none") => None,
+            Some(url) => Some(url.trim_end_matches('/').to_owned()),
+            None => self.registry_url.as_ref().map(|r| format!("{r}/.data")),
+        }
+    }
+
     /// Where the audit log goes.
     pub fn audit_log_path(&self) -> Option<PathBuf> {
         self.audit_log.clone().or_else(|| self.model_repository.as_ref().map(|r| r.join("audit.jsonl")))

@@ -67,6 +67,10 @@ pub const WEBHOOK_FAILURES: &str = "flywheel_drift_webhook_failures_total";
 pub const LOAD_FAILURES: &str = "flywheel_model_load_failures_total";
 /// Syncs of the local copy of a registry in object storage, by result.
 pub const REGISTRY_SYNCS: &str = "flywheel_registry_syncs_total";
+/// Sample and label part files put to the sample store, by result.
+pub const SAMPLE_UPLOADS: &str = "flywheel_sample_uploads_total";
+/// 1 while this replica holds the model's controller lease (a fleet).
+pub const CONTROLLER_LEADER: &str = "flywheel_controller_leader";
 /// Requests sent to the registry's object store.
 pub const REGISTRY_REQUESTS: &str = "flywheel_registry_store_requests_total";
 /// Connections the server closed on a deadline, by reason (header_timeout, idle_timeout,
@@ -133,6 +137,8 @@ fn describe() {
     describe_counter!(LOAD_FAILURES, "Model versions that failed to load");
     describe_counter!(REGISTRY_SYNCS, "Syncs of the local registry copy from object storage, by result");
     describe_counter!(REGISTRY_REQUESTS, "Requests sent to the registry's object store");
+    describe_counter!(SAMPLE_UPLOADS, "Sample and label part files put to the sample store, by result");
+    describe_gauge!(CONTROLLER_LEADER, "1 while this replica holds the model's controller lease");
     describe_counter!(CONNECTIONS_CLOSED, "Connections closed by the server on a deadline, by reason");
     describe_counter!(REQUESTS_CUT, "Requests cut off on a deadline or the body-bytes budget, by reason");
 }

@@ -8,6 +8,10 @@ use crate::Registry;
 /// File name of a model's drift events log.
 pub const DRIFT_EVENTS_FILE: &str = "drift-events.jsonl";
 
+/// Folder of a fleet's drift events in a model's folder in object storage, one object per
+/// event named by its id.
+pub const DRIFT_EVENTS_DIR: &str = "drift-events";
+
 /// File name of a model's trainer run log (one JSON object per retraining cycle: outcome,
 /// version, trigger, data, stages, gate verdict), written by the trainer, served by the gateway's
 /// admin API.
@@ -23,6 +27,13 @@ pub struct DriftEvent {
     /// Position in the log (0-based line number), the `since` cursor of the admin API.
     #[serde(default)]
     pub seq: u64,
+    /// In a fleet: `<unix ms, 13 digits>-<replica>-<seq, 6 digits>`, unique across replicas and
+    /// ordered by time as text; the event's object name under `<model>/drift-events/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// In a fleet: the replica that raised it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
     pub model: String,
     pub version: u64,
     /// `psi`, `ks`, `page_hinkley`, `data_quality`.

@@ -25,10 +25,12 @@ pub mod store;
 pub mod tail;
 
 pub use alias_cas::AliasChange;
-pub use events::{DRIFT_EVENTS_FILE, DriftEvent, TRAINER_CURSOR_FILE, TRAINER_RUNS_FILE, read_drift_events};
+pub use events::{
+    DRIFT_EVENTS_DIR, DRIFT_EVENTS_FILE, DriftEvent, TRAINER_CURSOR_FILE, TRAINER_RUNS_FILE, read_drift_events,
+};
 pub use manifest::{DataLineage, MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
 pub use profile::{FeatureProfile, PROFILE_FILE, ReferenceProfile};
-pub use remote::{Claim, Lease, Mirror, Remote, SyncReport, is_remote, now_ms};
+pub use remote::{Claim, Lease, Mirror, Remote, SyncReport, copy_down, is_remote, now_ms};
 pub use rollout_state::{ROLLOUT_STATE_FILE, RolloutState, StepState};
 pub use store::{
     ALIASES_FILE, FileStamp, MODEL_FILE, Registry, RegistryError, Skipped, Verified, VersionEntry, parse_aliases,

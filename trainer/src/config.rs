@@ -12,10 +12,22 @@ use crate::train::TrainConfig;
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainerConfig {
-    /// The model registry (the gateway's `model_repository`).
+    /// The model registry (the gateway's `model_repository`): a folder, or an object store URL
+    /// (`s3://bucket/prefix`), then copied into `cache_dir` before each look (see
+    /// [`TrainerConfig::localize`]).
     pub registry: PathBuf,
-    /// The gateway's sample folder (holding `samples/` and `labels/`).
+    /// The gateway's sample folder (holding `samples/` and `labels/`), or the fleet's sample
+    /// store URL (default `<registry URL>/.data` with a registry in object storage).
     pub samples: PathBuf,
+    /// Local copies of a registry and sample store in object storage; default
+    /// `<temp>/flywheel-trainer/<registry URL>`.
+    pub cache_dir: Option<PathBuf>,
+    /// The registry's URL when it is in object storage (`registry` is then its local copy).
+    #[serde(skip)]
+    pub registry_url: Option<String>,
+    /// The sample store's URL when it is in object storage (`samples` is then its local copy).
+    #[serde(skip)]
+    pub samples_url: Option<String>,
     pub model: String,
     /// Alias of the version to beat; the candidate is compared with it and lists it as parent.
     pub champion_alias: String,
@@ -98,6 +110,9 @@ impl Default for TrainerConfig {
             ort_library: None,
             command: None,
             gateway_config: None,
+            cache_dir: None,
+            registry_url: None,
+            samples_url: None,
             train: TrainConfig::default(),
             gate: GatePolicy::default(),
             watch: WatchConfig::default(),
@@ -106,6 +121,72 @@ impl Default for TrainerConfig {
 }
 
 impl TrainerConfig {
+    /// A URL `registry` or `samples` becomes `registry_url` / `samples_url`, and the path its
+    /// local copy. With a registry URL and the default sample folder, the samples are the
+    /// fleet's: `<registry URL>/.data`, where gateways upload theirs.
+    pub fn localize(mut self) -> Result<Self, String> {
+        let url_of = |p: &Path| {
+            p.to_str().filter(|l| flywheel_registry::is_remote(l)).map(|u| u.trim_end_matches('/').to_owned())
+        };
+        let Some(registry_url) = url_of(&self.registry) else {
+            if let Some(url) = url_of(&self.samples) {
+                return Err(format!(
+                    "samples = {url:?} is in object storage but registry is a folder: use both in the store"
+                ));
+            }
+            return Ok(self);
+        };
+        let samples_url = url_of(&self.samples)
+            .or_else(|| (self.samples == TrainerConfig::default().samples).then(|| format!("{registry_url}/.data")));
+        let cache = self.cache_dir.clone().unwrap_or_else(|| {
+            let name: String =
+                registry_url.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+            std::env::temp_dir().join("flywheel-trainer").join(name)
+        });
+        for url in std::iter::once(&registry_url).chain(samples_url.as_ref()) {
+            flywheel_registry::Remote::shared(url).map_err(|e| e.to_string())?;
+        }
+        self.registry = cache.join("models");
+        if samples_url.is_some() {
+            self.samples = cache.join("samples");
+        }
+        self.registry_url = Some(registry_url);
+        self.samples_url = samples_url;
+        Ok(self)
+    }
+
+    /// The registry handle: the folder, or the local copy whose writes go to the store.
+    pub fn registry_handle(&self) -> flywheel_registry::Registry {
+        match self.registry_url.as_deref().map(flywheel_registry::Remote::shared) {
+            Some(Ok(remote)) => flywheel_registry::Registry::mirrored(&self.registry, remote),
+            _ => flywheel_registry::Registry::open(&self.registry),
+        }
+    }
+
+    /// Brings the local copies of a registry and sample store in object storage up to date:
+    /// new versions, aliases, rollout state and the fleet's drift events of `model`; new
+    /// sample and label files. Nothing to do for folders.
+    pub fn refresh(&self) -> Result<(), String> {
+        if let Some(url) = &self.registry_url {
+            let remote = flywheel_registry::Remote::shared(url).map_err(|e| e.to_string())?;
+            let mirror = flywheel_registry::Mirror::new(remote, &self.registry, u64::MAX);
+            let report = mirror.sync().map_err(|e| e.to_string())?;
+            if let Some(failed) = report.failed.first().or(report.refused.first()) {
+                return Err(format!("registry copy incomplete: {failed}"));
+            }
+            mirror.sync_events(&self.model).map_err(|e| e.to_string())?;
+        }
+        if let Some(url) = &self.samples_url {
+            let remote = flywheel_registry::Remote::shared(url).map_err(|e| e.to_string())?;
+            let model = format!("{}={}", flywheel_registry::samples::MODEL, self.model);
+            for kind in [flywheel_registry::samples::SAMPLES, flywheel_registry::samples::LABELS] {
+                let local = self.samples.join(kind).join(&model);
+                flywheel_registry::copy_down(&remote, &[kind, &model], &local).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Reads and checks `path`; errors name the file, the key and the value.
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -82,12 +82,14 @@ pub fn run(config: &TrainerConfig, trigger: Option<Value>, since_us: Option<i64>
         record.reasons.push(reason);
     }
     record.time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    append_record(&Registry::open(&config.registry), &record);
+    append_record(&config.registry_handle(), &record);
     record
 }
 
 fn cycle(config: &TrainerConfig, since_us: Option<i64>, record: &mut RunRecord) -> Result<(), String> {
-    let registry = Registry::open(&config.registry);
+    // A registry or samples in object storage: bring the local copies up to date first.
+    config.refresh()?;
+    let registry = config.registry_handle();
     let model = config.model.as_str();
     if let Ok(v) = registry.resolve(model, &config.candidate_alias) {
         record.outcome = "skipped".into();

@@ -7,7 +7,6 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use flywheel_registry::Registry;
 use flywheel_trainer::config::TrainerConfig;
 use flywheel_trainer::dataset::{AssembleSpec, assemble};
 use flywheel_trainer::device::DeviceChoice;
@@ -30,10 +29,12 @@ struct Settings {
     /// Trainer config (TOML; see configs/trainer.toml). Without it, defaults.
     #[arg(long, env = "FLYWHEEL_TRAINER_CONFIG")]
     config: Option<PathBuf>,
-    /// The model registry (the gateway's model_repository).
+    /// The model registry (the gateway's model_repository): a folder or an object store URL
+    /// (s3://bucket/prefix; credentials from AWS_*).
     #[arg(long)]
     registry: Option<PathBuf>,
-    /// The gateway's sample folder (holding samples/ and labels/).
+    /// The gateway's sample folder (holding samples/ and labels/), or the fleet's sample store
+    /// URL (default with a registry URL: <registry URL>/.data).
     #[arg(long)]
     samples: Option<PathBuf>,
     #[arg(long)]
@@ -61,7 +62,7 @@ impl Settings {
         config.command = self.command.clone().or(config.command);
         config.train.device = self.device.unwrap_or(config.train.device);
         config.gateway_config = self.gateway_config.clone().or(config.gateway_config);
-        Ok(config)
+        config.localize().map_err(anyhow::Error::msg)
     }
 }
 
@@ -173,7 +174,8 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Bootstrap { settings, rows, seed } => {
             let config = settings.load()?;
-            let registry = Registry::open(&config.registry);
+            config.refresh().map_err(anyhow::Error::msg)?;
+            let registry = config.registry_handle();
             let manifest = flywheel_trainer::bootstrap::bootstrap(
                 &registry,
                 &config.model,
@@ -213,6 +215,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Dataset { settings } => {
             let config = settings.load()?;
+            config.refresh().map_err(anyhow::Error::msg)?;
             let spec = AssembleSpec { min_rows: 1, ..cycle::assemble_spec(&config, None) };
             let d = assemble(&spec)?;
             let summary = serde_json::json!({

@@ -83,7 +83,10 @@ pub enum Note {
 
 /// Follows `config.model`'s drift events until `stop` is set; `notify` hears every step.
 pub fn watch(config: &TrainerConfig, stop: &AtomicBool, mut notify: impl FnMut(Note)) {
-    let registry = Registry::open(&config.registry);
+    if let Err(e) = config.refresh() {
+        tracing::warn!(error = %e, "store not reachable; watching the local copy");
+    }
+    let registry = config.registry_handle();
     let cursor_path = registry.root().join(&config.model).join(CURSOR_FILE);
     let mut cursor: Cursor = match std::fs::read(&cursor_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
@@ -101,6 +104,9 @@ pub fn watch(config: &TrainerConfig, stop: &AtomicBool, mut notify: impl FnMut(N
     };
     let mut last_wait = String::new();
     while !stop.load(Ordering::Relaxed) {
+        if let Err(e) = config.refresh() {
+            tracing::warn!(error = %e, "store not reachable; watching the local copy");
+        }
         for event in read_drift_events(&registry, &config.model, cursor.next_seq) {
             cursor.next_seq = event.seq + 1;
             match registry.resolve(&config.model, &config.champion_alias) {

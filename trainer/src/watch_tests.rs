@@ -16,6 +16,8 @@ use crate::watch::{CURSOR_FILE, Note, watch};
 fn event(seq: u64, version: u64) -> DriftEvent {
     let start = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_micros(T0 as u64)).to_string();
     DriftEvent {
+        id: None,
+        replica: None,
         seq,
         model: "fraud".into(),
         version,

@@ -134,6 +134,8 @@ const VERSIONS_PER_MODEL: usize = 4;
 pub struct DriftMonitor {
     settings: DriftSettings,
     registry: Option<Registry>,
+    /// This replica's name in a fleet: events get fleet-wide ids and go to the store too.
+    replica: Option<String>,
     models: HashMap<(String, u64), ModelDrift>,
     /// Next event `seq` per model (events of all versions share the model's log).
     seqs: HashMap<String, u64>,
@@ -143,7 +145,20 @@ pub struct DriftMonitor {
 
 impl DriftMonitor {
     pub fn new(settings: DriftSettings, registry: Option<Registry>) -> Self {
-        Self { settings, registry, models: HashMap::new(), seqs: HashMap::new(), profile_recheck: PROFILE_RECHECK }
+        let replica = None;
+        Self {
+            settings,
+            registry,
+            replica,
+            models: HashMap::new(),
+            seqs: HashMap::new(),
+            profile_recheck: PROFILE_RECHECK,
+        }
+    }
+
+    /// Names this replica: with a registry in object storage, events are also put there.
+    pub fn with_replica(self, replica: Option<String>) -> Self {
+        Self { replica, ..self }
     }
 
     /// Feeds one served request; returns the events it raised (already appended to the log).
@@ -158,7 +173,7 @@ impl DriftMonitor {
             return Vec::new();
         }
         let settings = self.settings.clone();
-        let registry = self.registry.clone();
+        let (registry, replica) = (self.registry.clone(), self.replica.clone());
         let next_seq = self.next_seq(&served.model);
         let state = self.state_for(&served.model, served.version);
         let Some(profile) = state.profile.clone() else { return Vec::new() };
@@ -209,7 +224,7 @@ impl DriftMonitor {
         }
         let mut seq = next_seq;
         for event in &mut events {
-            seq = append_event(registry.as_ref(), event, seq);
+            seq = append_event(registry.as_ref(), replica.as_deref(), event, seq);
             metrics::counter!(DRIFT_EVENTS, "model" => event.model.clone(), "detector" => event.detector.clone())
                 .increment(1);
             tracing::warn!(model = %event.model, detector = %event.detector, feature = %event.feature, statistic = event.statistic, "drift detected");
@@ -229,7 +244,7 @@ impl DriftMonitor {
         if !self.settings.enabled {
             return None;
         }
-        let registry = self.registry.clone();
+        let (registry, replica) = (self.registry.clone(), self.replica.clone());
         let next_seq = self.next_seq(model);
         // Labels go to the error stream of the version that answered; a canary's has none (its
         // rows are not observed).
@@ -238,6 +253,8 @@ impl DriftMonitor {
         let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let mut event = DriftEvent {
             seq: 0,
+            id: None,
+            replica: None,
             model: model.to_owned(),
             version,
             detector: "ddm".into(),
@@ -250,7 +267,7 @@ impl DriftMonitor {
             time: now,
             sample_files: Vec::new(),
         };
-        let seq = append_event(registry.as_ref(), &mut event, next_seq);
+        let seq = append_event(registry.as_ref(), replica.as_deref(), &mut event, next_seq);
         self.seqs.insert(model.to_owned(), seq);
         if let Some(url) = &self.settings.webhook {
             super::webhook::post(url, &event);
@@ -382,6 +399,8 @@ fn make_event(
     let start = state.window_start.unwrap_or(served.time);
     DriftEvent {
         seq: 0,
+        id: None,
+        replica: None,
         model: served.model.clone(),
         version: served.version,
         detector: detector.to_owned(),
@@ -404,10 +423,29 @@ fn count_events(registry: Option<&Registry>, model: &str) -> u64 {
     registry.and_then(|r| std::fs::read_to_string(events_path(r, model)).ok()).map_or(0, |t| t.lines().count() as u64)
 }
 
-/// Appends `event` with sequence number `seq`; returns the next sequence number.
-fn append_event(registry: Option<&Registry>, event: &mut DriftEvent, seq: u64) -> u64 {
+/// Appends `event` with sequence number `seq`; returns the next sequence number. In a fleet
+/// (a registry in object storage and a replica name) the event also gets a fleet-wide id and is
+/// put to `<model>/drift-events/<id>.json` there, off this thread (events are rare; a slow
+/// store must not hold the tap).
+fn append_event(registry: Option<&Registry>, replica: Option<&str>, event: &mut DriftEvent, seq: u64) -> u64 {
     event.seq = seq;
     let Some(registry) = registry else { return seq + 1 };
+    if let (Some(remote), Some(replica)) = (registry.remote().cloned(), replica) {
+        let ms = flywheel_registry::now_ms();
+        let id = format!("{ms:013}-{replica}-{seq:06}");
+        event.id = Some(id.clone());
+        event.replica = Some(replica.to_owned());
+        let (model, bytes) = (event.model.clone(), serde_json::to_vec(event).unwrap_or_default());
+        let put = move || {
+            let name = format!("{id}.json");
+            if let Err(e) = remote.put_object(&[&model, flywheel_registry::DRIFT_EVENTS_DIR, &name], bytes) {
+                tracing::error!(model, error = %e, "drift event not shared with the fleet");
+            }
+        };
+        if let Err(e) = std::thread::Builder::new().name("drift-event-put".into()).spawn(put) {
+            tracing::error!(error = %e, "drift event not shared with the fleet");
+        }
+    }
     let path = events_path(registry, &event.model);
     let line = serde_json::to_string(event).unwrap_or_default();
     let written = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {

@@ -93,6 +93,8 @@ mod tests {
         });
         let event = DriftEvent {
             seq: 3,
+            id: None,
+            replica: None,
             model: "m".into(),
             version: 1,
             detector: "psi".into(),

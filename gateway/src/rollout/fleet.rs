@@ -15,14 +15,13 @@ use flywheel_registry::{Claim, Remote, now_ms};
 use serde::{Deserialize, Serialize};
 
 use crate::config::FleetSettings;
+use crate::metrics::CONTROLLER_LEADER as LEADER;
 use crate::model::table::{ArmsExport, RouteEvidence};
 
 /// The lease object's name in a model's folder.
 pub const LEASE_FILE: &str = "controller-lease.json";
 /// The folder of per-replica evidence files in a model's folder.
 pub const EVIDENCE_DIR: &str = "evidence";
-/// Gauge: 1 while this replica holds the model's controller lease.
-pub const LEADER: &str = "flywheel_controller_leader";
 
 /// One replica's route evidence as written to the store.
 #[derive(Debug, Deserialize, Serialize)]

@@ -9,6 +9,7 @@ pub mod columns;
 pub mod files;
 pub mod journal;
 pub mod labels;
+pub mod upload;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -52,6 +53,12 @@ pub struct SamplingSettings {
     pub row_group_rows: usize,
     /// How long a tapped prediction waits for its label to score live quality.
     pub label_window_ms: u64,
+    /// Object store URL finalized part files are copied to (see [`upload`]); default
+    /// `<registry URL>/.data` when the registry is in object storage, none otherwise;
+    /// `"none"` turns it off.
+    pub store_url: Option<String>,
+    /// How often the sample folder is scanned for part files to upload.
+    pub upload_interval_ms: u64,
 }
 
 impl Default for SamplingSettings {
@@ -68,6 +75,8 @@ impl Default for SamplingSettings {
             max_file_age_ms: 60_000,
             row_group_rows: 65_536,
             label_window_ms: 3_600_000,
+            store_url: None,
+            upload_interval_ms: 2_000,
         }
     }
 }
@@ -86,6 +95,10 @@ impl SamplingSettings {
         range("max_file_age_ms", self.max_file_age_ms, 100, 86_400_000)?;
         range("row_group_rows", self.row_group_rows as u64, 1, 10_000_000)?;
         range("label_window_ms", self.label_window_ms, 1_000, 7 * 86_400_000)?;
+        range("upload_interval_ms", self.upload_interval_ms, 100, 3_600_000)?;
+        if let Some(url) = self.store_url.as_deref().filter(|u| *u != "none") {
+            flywheel_registry::Remote::shared(url).map_err(|e| format!("sampling.store_url: {e}"))?;
+        }
         if !(0.0..=0.5).contains(&self.keep_uncertain_within) {
             return Err(format!(
                 "sampling.keep_uncertain_within must be in 0..=0.5 (distance from 0.5), given {}",
@@ -166,6 +179,7 @@ impl Tap {
         drift: DriftSettings,
         dir: PathBuf,
         registry: Option<Registry>,
+        replica: Option<String>,
     ) -> std::io::Result<Self> {
         let removed = clean_leftovers(&dir);
         if removed > 0 {
@@ -184,7 +198,7 @@ impl Tap {
         let (served_tx, served_rx) = bounded(sampling.channel_capacity);
         let (labels_tx, labels_rx) = bounded(1024);
         let (stop_tx, stop_rx) = bounded(1);
-        let mut worker = Worker::new(&sampling, dir, DriftMonitor::new(drift.clone(), registry));
+        let mut worker = Worker::new(&sampling, dir, DriftMonitor::new(drift.clone(), registry).with_replica(replica));
         let thread = std::thread::Builder::new().name("tap".into()).spawn(move || {
             // Items are guarded one by one; should the loop itself panic, it is counted and
             // entered again with the same state (files, buffers, detectors), never left dead.

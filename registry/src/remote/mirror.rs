@@ -227,3 +227,74 @@ pub(crate) fn write_local_aliases(
     std::fs::create_dir_all(&dir).map_err(io)?;
     write_atomic(&path, &serde_json::to_vec_pretty(aliases).unwrap_or_default()).map_err(io)
 }
+
+/// Copies every object below `parts` of `remote` that `local` does not have yet into `local`
+/// (same relative paths; each written under a hidden name and renamed, so a reader sees whole
+/// files only). Returns the relative paths copied. Objects are never deleted locally.
+pub fn copy_down(remote: &Remote, parts: &[&str], local: &Path) -> Result<Vec<String>, RegistryError> {
+    let mut copied = Vec::new();
+    for (name, _) in remote.objects(parts)? {
+        let target = local.join(&name);
+        if target.exists() || name.split('/').any(|p| p.starts_with('.') || p == "..") {
+            continue;
+        }
+        let mut full: Vec<&str> = parts.to_vec();
+        full.extend(name.split('/'));
+        let Some(fetched) = remote.get(&full)? else { continue };
+        let io = |source| RegistryError::Io { path: target.display().to_string(), source };
+        let dir = target.parent().unwrap_or(local);
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let file = target.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+        let tmp = dir.join(format!(".{file}.download"));
+        std::fs::write(&tmp, &fetched.bytes).and_then(|()| std::fs::rename(&tmp, &target)).map_err(io)?;
+        copied.push(name);
+    }
+    Ok(copied)
+}
+
+impl Mirror {
+    /// Appends the fleet's drift events of `model` (objects under `<model>/drift-events/`) that
+    /// the local log does not hold yet to `<copy>/<model>/drift-events.jsonl`, in id (time)
+    /// order, numbering them on from the log's last `seq`: the local log is then what a single
+    /// gateway would have written, and a reader of it (the trainer's watch) works unchanged.
+    /// Returns how many were appended.
+    pub fn sync_events(&self, model: &str) -> Result<usize, RegistryError> {
+        use std::io::Write;
+        let path = self.root.join(model).join(crate::events::DRIFT_EVENTS_FILE);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let held: BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<crate::events::DriftEvent>(l).ok())
+            .filter_map(|e| e.id)
+            .collect();
+        let mut next_seq = text.lines().count() as u64;
+        let mut names: Vec<String> = self
+            .remote
+            .objects(&[model, crate::events::DRIFT_EVENTS_DIR])?
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|n| n.ends_with(".json") && !held.contains(n.trim_end_matches(".json")))
+            .collect();
+        names.sort();
+        let (mut lines, mut appended) = (String::new(), 0);
+        for name in &names {
+            let Some(fetched) = self.remote.get(&[model, crate::events::DRIFT_EVENTS_DIR, name])? else { continue };
+            let Ok(mut event) = serde_json::from_slice::<crate::events::DriftEvent>(&fetched.bytes) else {
+                continue;
+            };
+            event.seq = next_seq;
+            next_seq += 1;
+            appended += 1;
+            lines.push_str(&serde_json::to_string(&event).unwrap_or_default());
+            lines.push('\n');
+        }
+        if lines.is_empty() {
+            return Ok(0);
+        }
+        let io = |source| RegistryError::Io { path: path.display().to_string(), source };
+        std::fs::create_dir_all(self.root.join(model)).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+        file.write_all(lines.as_bytes()).and_then(|()| file.sync_data()).map_err(io)?;
+        Ok(appended)
+    }
+}

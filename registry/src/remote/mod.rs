@@ -28,7 +28,7 @@ use object_store::path::Path as Key;
 use object_store::{GetOptions, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 pub use lease::{Claim, Lease, now_ms};
-pub use mirror::{Mirror, SyncReport};
+pub use mirror::{Mirror, SyncReport, copy_down};
 pub(crate) use mirror::{copy_lock, write_local_aliases};
 
 use crate::store::RegistryError;

@@ -116,3 +116,50 @@ fn locations_tell_stores_from_folders_and_bad_urls_name_themselves() {
     let err = Remote::shared("s3:///x").unwrap_err().to_string();
     assert!(err.contains("no bucket"), "{err}");
 }
+
+#[test]
+fn the_fleets_drift_events_join_the_local_log_once_in_id_order_numbered_on() {
+    let remote = remote("events");
+    let (_b, reader) = mirror(&remote);
+    let event = |id: &str, replica: &str| crate::DriftEvent {
+        seq: 99,
+        id: Some(id.to_owned()),
+        replica: Some(replica.to_owned()),
+        model: "m".into(),
+        version: 1,
+        detector: "psi".into(),
+        feature: "in_x_0".into(),
+        statistic: 0.3,
+        threshold: 0.2,
+        window_rows: 10,
+        window_start: "a".into(),
+        window_end: "b".into(),
+        time: "c".into(),
+        sample_files: vec![],
+    };
+    for (id, replica) in [("0000000000002-r1-000000", "r1"), ("0000000000001-r0-000000", "r0")] {
+        let bytes = serde_json::to_vec(&event(id, replica)).unwrap();
+        remote.write(&["m", "drift-events", &format!("{id}.json")], bytes, PutMode::Create).unwrap();
+    }
+    assert_eq!(reader.sync_events("m").unwrap(), 2);
+    assert_eq!(reader.sync_events("m").unwrap(), 0, "held events are not appended again");
+    let bytes = serde_json::to_vec(&event("0000000000003-r0-000001", "r0")).unwrap();
+    remote.write(&["m", "drift-events", "0000000000003-r0-000001.json"], bytes, PutMode::Create).unwrap();
+    assert_eq!(reader.sync_events("m").unwrap(), 1);
+    let events = crate::read_drift_events(&reader.registry(), "m", 0);
+    let seen: Vec<(u64, &str)> = events.iter().map(|e| (e.seq, e.replica.as_deref().unwrap())).collect();
+    assert_eq!(seen, [(0, "r0"), (1, "r1"), (2, "r0")]);
+}
+
+#[test]
+fn copy_down_brings_new_objects_whole_and_leaves_what_is_there() {
+    let remote = remote("copy-down");
+    remote.write(&["samples", "model=m", "date=d", "r0-part-1.parquet"], b"a".to_vec(), PutMode::Create).unwrap();
+    remote.write(&["samples", "model=m", "date=d", "r1-part-1.parquet"], b"b".to_vec(), PutMode::Create).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("samples/model=m");
+    let copied = copy_down(&remote, &["samples", "model=m"], &local).unwrap();
+    assert_eq!(copied, ["date=d/r0-part-1.parquet", "date=d/r1-part-1.parquet"]);
+    assert_eq!(std::fs::read(local.join("date=d/r1-part-1.parquet")).unwrap(), b"b");
+    assert!(copy_down(&remote, &["samples", "model=m"], &local).unwrap().is_empty());
+}
