@@ -9,16 +9,16 @@ Needs numpy, pyarrow, scikit-learn, skl2onnx and onnx (scripts/setup-test-tools.
 
 import json
 import os
+import sys
 
 import numpy as np
-import onnx
 import pyarrow.parquet as pq
-from onnx import TensorProto, helper
-from skl2onnx import to_onnx
-from skl2onnx.common.data_types import FloatTensorType
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from skl_export import export_probability  # noqa: E402
 
 
 def main() -> None:
@@ -30,25 +30,8 @@ def main() -> None:
     model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
     model.fit(x, y)
 
-    input_name, output_name = os.environ["FLYWHEEL_INPUT_NAME"], os.environ["FLYWHEEL_OUTPUT_NAME"]
-    classifier = model.steps[-1][1]
-    graph_model = to_onnx(
-        model,
-        initial_types=[(input_name, FloatTensorType([None, len(columns)]))],
-        options={id(classifier): {"zipmap": False}},
-        target_opset={"": 17, "ai.onnx.ml": 3},
-    )
-    # The gateway's clients read one FP32 [N, 1] probability under the champion's output name:
-    # keep column 1 of skl2onnx's [N, 2] probabilities and drop its label output.
-    graph = graph_model.graph
-    probabilities = next(o.name for o in graph.output if o.name != "label")
-    for name, values in (("fw_start", [1]), ("fw_end", [2]), ("fw_axis", [1])):
-        graph.initializer.append(helper.make_tensor(name, TensorProto.INT64, [1], values))
-    graph.node.append(helper.make_node("Slice", [probabilities, "fw_start", "fw_end", "fw_axis"], [output_name]))
-    del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [None, 1]))
-    onnx.checker.check_model(graph_model)
-    onnx.save(graph_model, os.environ["FLYWHEEL_MODEL_OUT"])
+    export_probability(model, len(columns), os.environ["FLYWHEEL_INPUT_NAME"], os.environ["FLYWHEEL_OUTPUT_NAME"],
+                       os.environ["FLYWHEEL_MODEL_OUT"])
 
     params_out = os.environ.get("FLYWHEEL_PARAMS_OUT")
     if params_out:

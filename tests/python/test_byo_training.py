@@ -2,7 +2,9 @@
 with skl2onnx; its model goes through the same export checks, gate and registration."""
 
 import json
+import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -36,7 +38,9 @@ def write_served(samples: pathlib.Path, rows: pa.Table) -> None:
     pq.write_table(pa.table(labels), label_dir / "part-0.parquet")
 
 
-def test_a_scikit_learn_script_is_checked_gated_and_registered_with_lineage(tmp_path):
+def run_byo(tmp_path, command, env=None):
+    """A bootstrapped champion, drifted served rows, then `trainer run --command`; returns the
+    run record and the registry folder."""
     trainer = binary("trainer")
     config = tmp_path / "trainer.toml"
     config.write_text('model = "fraud"\nmin_rows = 500\n[train]\nhidden = [8]\nepochs = 100\ndevice = "cpu"\n')
@@ -50,11 +54,16 @@ def test_a_scikit_learn_script_is_checked_gated_and_registered_with_lineage(tmp_
         capture_output=True,
     )
     write_served(samples, pq.read_table(drifted))
-
-    command = f"{sys.executable} {ROOT / 'scripts/byo/train_sklearn.py'}"
-    run = subprocess.run([trainer, "run", *common, "--command", command], capture_output=True, text=True, cwd=ROOT)
+    run = subprocess.run(
+        [trainer, "run", *common, "--command", command], capture_output=True, text=True, cwd=ROOT, env=env
+    )
     assert run.returncode == 0, run.stderr
-    record = json.loads(run.stdout)
+    return json.loads(run.stdout), registry
+
+
+def test_a_scikit_learn_script_is_checked_gated_and_registered_with_lineage(tmp_path):
+    command = f"{sys.executable} {ROOT / 'scripts/byo/train_sklearn.py'}"
+    record, registry = run_byo(tmp_path, command)
     assert record["outcome"] == "registered", record
     assert record["training"]["device"] == "command"
     version = record["version"]
@@ -75,6 +84,33 @@ def test_a_scikit_learn_script_is_checked_gated_and_registered_with_lineage(tmp_
     assert [i.name for i in session.get_inputs()] == ["input"]
     (out,) = session.run(["output"], {"input": np.zeros((3, FEATURES), dtype=np.float32)})
     assert out.shape == (3, 1) and np.all((0 <= out) & (out <= 1))
+
+
+def test_a_ray_job_on_a_running_head_node_is_checked_gated_and_registered(tmp_path):
+    """Retraining on an existing engine: a Ray head node (started here, as an operator would
+    run one) fits a grid of candidates in parallel; the trainer checks, gates and registers the
+    best like any other command's model."""
+    ray = str(ROOT / ".venv" / "bin" / "ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run(
+        [ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
+         "--include-dashboard", "false", "--disable-usage-stats"],
+        check=True, capture_output=True, env=env,
+    )
+    try:
+        command = f"{sys.executable} {ROOT / 'scripts/byo/train_ray.py'}"
+        record, registry = run_byo(tmp_path, command, env)
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
+    assert record["outcome"] == "registered", record
+    manifest = json.loads((registry / "fraud" / str(record["version"]) / "manifest.json").read_text())
+    params = manifest["hyperparameters"]
+    assert params["model"].endswith("fitted on Ray"), params
+    assert len(params["grid"]) == 4 and params["ray_cpus"] == 2, params
+    assert manifest["gate"]["verdict"]["passed"] is True
 
 
 def test_a_run_without_labelled_rows_fails_with_the_reason_and_exit_code_1(tmp_path):
