@@ -59,6 +59,8 @@ pub struct Gateway {
     pub registry_sync: Option<crate::rollout::background::Background>,
     /// Copies finalized sample and label files to object storage, if configured.
     pub sample_upload: Option<crate::rollout::background::Background>,
+    /// Holds the local copy of a registry in object storage for this process alone.
+    pub copy_lock: Option<std::fs::File>,
 }
 
 impl Gateway {
@@ -69,9 +71,14 @@ impl Gateway {
         let env = runtime::init(config.ort_library.as_deref())?;
         let metrics = crate::metrics::install();
         let mirror = registry_sync::mirror_for(&config).map_err(StartError::Registry)?;
-        if let Some(mirror) = &mirror {
-            first_sync(mirror, &root).await?;
-        }
+        let copy_lock = match &mirror {
+            Some(mirror) => {
+                let lock = lock_copy(&root)?;
+                first_sync(mirror, &root).await?;
+                Some(lock)
+            }
+            None => None,
+        };
         let table = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
         let reloader = Arc::new(Reloader::new(env, config_path, overrides, config.clone(), Arc::clone(&table)));
         let baseline = watcher::fingerprint(&reloader);
@@ -141,7 +148,7 @@ impl Gateway {
             admission: (config.max_in_flight > 0).then(|| crate::model::table::Budget::new(config.max_in_flight)),
         });
         let grace = Duration::from_millis(config.shutdown_grace_ms);
-        Ok(Self { listener, state, reloader, baseline, grace, registry_sync, sample_upload })
+        Ok(Self { listener, state, reloader, baseline, grace, registry_sync, sample_upload, copy_lock })
     }
 
     /// Serves until `shutdown` resolves, then drains; returns whether the drain finished in time.
@@ -182,6 +189,26 @@ impl Gateway {
             let _ = tokio::task::spawn_blocking(move || drop(upload)).await;
         }
         drained
+    }
+}
+
+/// Takes the local copy of a registry store for this process: two gateways syncing one copy
+/// (and sharing its sample folder, audit and drift logs) would undo each other's writes.
+fn lock_copy(root: &std::path::Path) -> Result<std::fs::File, StartError> {
+    let fail = |e: String| StartError::Registry(format!("local copy {}: {e}", root.display()));
+    std::fs::create_dir_all(root).map_err(|e| fail(e.to_string()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join(".flywheel-copy.lock"))
+        .map_err(|e| fail(e.to_string()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(fail("in use by another gateway: give each replica its own [registry] cache_dir".into()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(fail(e.to_string())),
     }
 }
 

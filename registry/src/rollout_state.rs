@@ -26,6 +26,14 @@ pub struct RolloutState {
     pub rejected: BTreeSet<u64>,
     #[serde(default)]
     pub paused: bool,
+    /// In a fleet: the controller lease term of the last holder that wrote this state. A holder
+    /// with a lower term may no longer write it (fencing); 0 for a single gateway.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub term: u64,
+}
+
+fn is_zero(term: &u64) -> bool {
+    *term == 0
 }
 
 /// One candidate's progress.
@@ -57,6 +65,34 @@ impl Registry {
     }
 
     /// Replaces the model's rollout state, atomically and durably.
+    /// For a copy of a registry in object storage: [`crate::Remote::update_rollout_state`] on
+    /// the store, then the stored state written to the copy. `Ok(None)`: fenced off.
+    pub fn update_rollout_state(
+        &self,
+        model: &str,
+        fence: Option<u64>,
+        change: impl FnMut(&mut RolloutState),
+    ) -> Result<Option<RolloutState>, RegistryError> {
+        let Some(remote) = self.remote() else {
+            return Err(RegistryError::Store {
+                url: self.root().display().to_string(),
+                reason: "compare-and-set of the rollout state needs a registry in object storage".into(),
+            });
+        };
+        let lock = crate::remote::copy_lock(self.root());
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let stored = remote.update_rollout_state(model, fence, change)?;
+        if let Some(state) = &stored {
+            let path = self.model_dir(model)?.join(ROLLOUT_STATE_FILE);
+            let io = |e| RegistryError::Io { path: path.display().to_string(), source: e };
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            write_atomic(&path, &serde_json::to_vec_pretty(state).unwrap_or_default()).map_err(io)?;
+        }
+        Ok(stored)
+    }
+
     pub fn write_rollout_state(&self, model: &str, state: &RolloutState) -> Result<(), RegistryError> {
         let path = self.model_dir(model)?.join(ROLLOUT_STATE_FILE);
         let lock = self.remote().map(|_| crate::remote::copy_lock(self.root()));
@@ -87,6 +123,7 @@ mod tests {
             step: Some(StepState { candidate: 3, step: 1, weight: 25, started_ms: 1_700_000_000_000, passed: vec![] }),
             rejected: [2].into(),
             paused: false,
+            term: 0,
         };
         registry.write_rollout_state("m", &state).unwrap();
         assert_eq!(registry.rollout_state("m").unwrap(), state);

@@ -96,6 +96,7 @@ async fn a_version_published_to_the_store_reaches_every_replica_under_load_and_a
     for task in load {
         let (versions, failures) = task.await.unwrap();
         assert!(failures.is_empty(), "{} failed requests, first: {}", failures.len(), failures[0]);
+        // No alias names 2: the check that the half upload never reached a copy is below.
         assert!(!versions.contains(&2), "the half-uploaded version was served");
         assert!(versions.contains(&next), "{versions:?}");
     }
@@ -214,6 +215,12 @@ async fn killing_the_controllers_replica_mid_rollout_moves_the_lease_and_the_nex
 
     let old_log = audit_of(&replicas[index]);
     let new_index: usize = next.strip_prefix('r').unwrap().parse().unwrap();
+    // The audit line follows the alias move.
+    let audited = wait_until(Duration::from_secs(5), || async {
+        audit_of(&replicas[new_index]).iter().any(|e| e["action"] == "promote")
+    })
+    .await;
+    assert!(audited, "no promote in {next}'s audit log");
     let new_log = audit_of(&replicas[new_index]);
     let of = |log: &[serde_json::Value], action: &str| {
         log.iter().filter(|e| e["actor"] == "controller" && e["action"] == action).cloned().collect::<Vec<_>>()
@@ -222,6 +229,8 @@ async fn killing_the_controllers_replica_mid_rollout_moves_the_lease_and_the_nex
     assert!(!first_advance.is_empty() && first_advance.iter().all(|e| e["replica"] == leader), "{old_log:?}");
     let promote = of(&new_log, "promote");
     assert!(promote.len() == 1 && promote[0]["replica"] == next, "{new_log:?}");
+    let third = 3 - index - new_index;
+    assert!(of(&audit_of(&replicas[third]), "promote").is_empty(), "only the holder decides");
     // The new holder resumed from the persisted step: it never judged the 10% step again.
     for advance in of(&new_log, "advance") {
         let reason = advance["reason"].as_str().unwrap();
@@ -232,4 +241,24 @@ async fn killing_the_controllers_replica_mid_rollout_moves_the_lease_and_the_nex
     let files: BTreeSet<String> =
         remote.read_objects(&["tiny", "evidence"]).unwrap().into_iter().map(|(name, _)| name).collect();
     assert_eq!(files, ["r0.json", "r1.json", "r2.json"].map(String::from).into(), "{files:?}");
+}
+
+#[test]
+fn a_second_gateway_on_the_same_local_copy_refuses_to_start() {
+    let s3 = S3::start();
+    let publisher_copy = tempfile::tempdir().unwrap();
+    let registry = Registry::mirrored(publisher_copy.path(), s3.remote("shared-copy"));
+    registry.publish("tiny", &tiny(1).to_onnx(1), ManifestDraft::default()).unwrap();
+    let first = replica(&s3, "shared-copy", "");
+    let config = first.config_path.to_str().unwrap().to_owned();
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--config", &config, "--listen", "127.0.0.1:0"])
+        .args(["--model-repository", &format!("s3://{BUCKET}/shared-copy")])
+        .envs(s3.env())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("in use by another gateway") && stderr.contains("cache_dir"), "{stderr}");
 }

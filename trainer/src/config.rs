@@ -167,15 +167,13 @@ impl TrainerConfig {
     /// new versions, aliases, rollout state and the fleet's drift events of `model`; new
     /// sample and label files. Nothing to do for folders.
     pub fn refresh(&self) -> Result<(), String> {
-        if let Some(url) = &self.registry_url {
-            let remote = flywheel_registry::Remote::shared(url).map_err(|e| e.to_string())?;
-            let mirror = flywheel_registry::Mirror::new(remote, &self.registry, u64::MAX);
-            let report = mirror.sync().map_err(|e| e.to_string())?;
-            if let Some(failed) = report.failed.first().or(report.refused.first()) {
-                return Err(format!("registry copy incomplete: {failed}"));
-            }
-            mirror.sync_events(&self.model).map_err(|e| e.to_string())?;
-        }
+        self.refresh_registry()?;
+        self.refresh_samples()
+    }
+
+    /// Brings the local copy of the sample store up to date (new sample and label files of
+    /// `model`; a listing of them each time).
+    pub fn refresh_samples(&self) -> Result<(), String> {
         if let Some(url) = &self.samples_url {
             let remote = flywheel_registry::Remote::shared(url).map_err(|e| e.to_string())?;
             let model = format!("{}={}", flywheel_registry::samples::MODEL, self.model);
@@ -185,6 +183,21 @@ impl TrainerConfig {
             }
         }
         Ok(())
+    }
+
+    /// Brings the local copy of the registry (and the fleet's drift events) up to date, not the
+    /// samples: what `trainer watch` does every poll.
+    pub fn refresh_registry(&self) -> Result<(), String> {
+        let Some(url) = &self.registry_url else { return Ok(()) };
+        let mirror = shared_mirror(url, &self.registry)?;
+        let report = mirror.sync_one(&self.model).map_err(|e| e.to_string())?;
+        for refused in &report.refused {
+            tracing::error!(%refused, "registry object refused; not copied");
+        }
+        if let Some(failed) = report.failed.first() {
+            return Err(format!("registry copy incomplete: {failed}"));
+        }
+        mirror.sync_events(&self.model).map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Reads and checks `path`; errors name the file, the key and the value.
@@ -216,4 +229,21 @@ impl TrainerConfig {
         }
         self.train.validate().map_err(|e| format!("[train] {e}"))
     }
+}
+
+/// One mirror per (store, copy) for the process's life: it remembers ETags and refused
+/// versions between refreshes, so an unchanged store costs no download.
+fn shared_mirror(url: &str, root: &Path) -> Result<std::sync::Arc<flywheel_registry::Mirror>, String> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    type Mirrors = HashMap<(String, PathBuf), Arc<flywheel_registry::Mirror>>;
+    static MIRRORS: OnceLock<Mutex<Mirrors>> = OnceLock::new();
+    let mut mirrors = MIRRORS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(mirror) = mirrors.get(&(url.to_owned(), root.to_path_buf())) {
+        return Ok(Arc::clone(mirror));
+    }
+    let remote = flywheel_registry::Remote::shared(url).map_err(|e| e.to_string())?;
+    let mirror = Arc::new(flywheel_registry::Mirror::new(remote, root, u64::MAX));
+    mirrors.insert((url.to_owned(), root.to_path_buf()), Arc::clone(&mirror));
+    Ok(mirror)
 }

@@ -81,6 +81,9 @@ pub enum Note {
     GaveUp(String),
 }
 
+/// How often `watch` copies new sample and label files from a sample store.
+const SAMPLES_EVERY: Duration = Duration::from_secs(10);
+
 /// Follows `config.model`'s drift events until `stop` is set; `notify` hears every step.
 pub fn watch(config: &TrainerConfig, stop: &AtomicBool, mut notify: impl FnMut(Note)) {
     if let Err(e) = config.refresh() {
@@ -103,8 +106,16 @@ pub fn watch(config: &TrainerConfig, stop: &AtomicBool, mut notify: impl FnMut(N
         save_cursor(&cursor_path, cursor);
     };
     let mut last_wait = String::new();
+    // With a sample store, its files are listed every SAMPLES_EVERY, the registry every poll.
+    let mut samples_refreshed = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        if let Err(e) = config.refresh() {
+        let refreshed = if samples_refreshed.elapsed() >= SAMPLES_EVERY {
+            samples_refreshed = Instant::now();
+            config.refresh()
+        } else {
+            config.refresh_registry()
+        };
+        if let Err(e) = refreshed {
             tracing::warn!(error = %e, "store not reachable; watching the local copy");
         }
         for event in read_drift_events(&registry, &config.model, cursor.next_seq) {

@@ -22,6 +22,8 @@ use crate::model::table::RouteEvidence;
 /// Where one model's rollout stands.
 #[derive(Clone, Debug)]
 struct Progress {
+    /// The controller lease term this progress was made under (0 without a fleet).
+    term: u64,
     candidate: u64,
     step: usize,
     step_started: Instant,
@@ -60,18 +62,24 @@ fn tick(reloader: &Reloader, progress: &mut HashMap<String, Progress>) {
         let pooled = match reloader.fleet.as_deref() {
             Some(fleet) => {
                 fleet.publish_evidence(name, route_evidence);
-                if !fleet.leads(name) {
+                let Some(term) = fleet.leads(name) else {
                     progress.remove(name);
+                    reloader.controls.fence(name, None);
                     continue;
-                }
-                if !progress.contains_key(name) {
+                };
+                if progress.get(name).is_none_or(|p| p.term != term) {
+                    // A new term (or the first look): take over from the store's state and
+                    // write the term into it, so a previous holder can no longer write.
                     reloader.controls.reread_from_source(name);
+                    reloader.controls.fence(name, Some(term));
+                    progress.remove(name);
                 }
-                Some(fleet.pooled(name, route_evidence))
+                Some((term, fleet.pooled(name, route_evidence)))
             }
             None => None,
         };
-        let judged: &RouteEvidence = pooled.as_deref().unwrap_or(route_evidence);
+        let term = pooled.as_ref().map_or(0, |(term, _)| *term);
+        let judged: &RouteEvidence = pooled.as_ref().map_or(route_evidence, |(_, e)| e);
         if reloader.controls.is_paused(name) {
             continue;
         }
@@ -87,6 +95,7 @@ fn tick(reloader: &Reloader, progress: &mut HashMap<String, Progress>) {
             }
             let age = SystemTime::now().duration_since(started).unwrap_or_default();
             Progress {
+                term,
                 candidate,
                 step: step.min(policy.steps.len() - 1),
                 step_started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),

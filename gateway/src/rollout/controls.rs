@@ -17,21 +17,51 @@ pub struct Controls {
     /// Each model's state, and whether its file may be written (not when it could not be
     /// read: replacing it would lose the rejected versions it holds).
     states: Mutex<HashMap<String, (RolloutState, bool)>>,
+    /// In a fleet: the controller lease term this process writes each model's state under
+    /// (absent: an operator's write, compare-and-set only).
+    fences: Mutex<HashMap<String, u64>>,
 }
 
 impl Controls {
     /// Decisions kept in `registry` (read on first use of each model); in memory only without.
     pub fn new(registry: Option<Registry>) -> Self {
-        Self { registry, states: Mutex::new(HashMap::new()) }
+        Self { registry, states: Mutex::new(HashMap::new()), fences: Mutex::new(HashMap::new()) }
     }
 
     /// Reads (once) and applies `change` to `model`'s state, writing it back when it changed.
-    fn with<T>(&self, model: &str, change: impl FnOnce(&mut RolloutState) -> T) -> T {
+    /// With a registry in object storage the store's state is authoritative: a change is
+    /// applied to it by compare-and-set (re-applied after a lost race, so an operator's and the
+    /// controller's changes never overwrite each other), fenced by the lease term this process
+    /// holds, without holding the lock over the store request.
+    fn with<T>(&self, model: &str, mut change: impl FnMut(&mut RolloutState) -> T) -> T {
         // Plain data behind the lock: a panic elsewhere cannot leave it half-updated.
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         let (state, writable) = states.entry(model.to_owned()).or_insert_with(|| self.load(model));
         let before = state.clone();
         let out = change(state);
+        if *state != before
+            && let Some(registry) = self.registry.as_ref().filter(|r| r.remote().is_some())
+        {
+            *state = before;
+            drop(states);
+            let fence = self.fence_of(model);
+            let mut last = None;
+            return match registry.update_rollout_state(model, fence, |s| last = Some(change(s))) {
+                Ok(Some(stored)) => {
+                    self.lock().insert(model.to_owned(), (stored, true));
+                    last.unwrap_or(out)
+                }
+                Ok(None) => {
+                    tracing::warn!(model, term = ?fence, "rollout state not written: a newer controller holds the lease");
+                    self.reread_from_source(model);
+                    out
+                }
+                Err(e) => {
+                    tracing::error!(model, error = %e, "rollout state not saved in the store; the change is not applied");
+                    out
+                }
+            };
+        }
         if *state != before
             && let Some(registry) = &self.registry
         {
@@ -42,6 +72,35 @@ impl Controls {
             }
         }
         out
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (RolloutState, bool)>> {
+        self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fence_of(&self, model: &str) -> Option<u64> {
+        self.fences.lock().unwrap_or_else(|p| p.into_inner()).get(model).copied()
+    }
+
+    /// In a fleet: this process holds `model`'s controller lease at `term` (`None`: it no longer
+    /// does). Taking a new term re-reads the state from the store and writes the term into it,
+    /// so a previous holder's later writes are refused.
+    pub fn fence(&self, model: &str, term: Option<u64>) {
+        let mut fences = self.fences.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = match term {
+            Some(term) => fences.insert(model.to_owned(), term),
+            None => fences.remove(model),
+        };
+        drop(fences);
+        let Some(term) = term.filter(|t| previous != Some(*t)) else { return };
+        let Some(registry) = self.registry.as_ref().filter(|r| r.remote().is_some()) else { return };
+        match registry.update_rollout_state(model, Some(term), |_| {}) {
+            Ok(Some(stored)) => {
+                self.lock().insert(model.to_owned(), (stored, true));
+            }
+            Ok(None) => tracing::warn!(model, term, "a newer controller term is in the store"),
+            Err(e) => tracing::error!(model, error = %e, "rollout state not re-read at the new lease term"),
+        }
     }
 
     fn load(&self, model: &str) -> (RolloutState, bool) {
@@ -65,7 +124,7 @@ impl Controls {
         };
         match fresh {
             Ok(state) => {
-                self.states.lock().unwrap_or_else(|p| p.into_inner()).insert(model.to_owned(), (state, true));
+                self.lock().insert(model.to_owned(), (state, true));
             }
             Err(e) => tracing::warn!(model, error = %e, "rollout state not re-read; using the copy"),
         }
@@ -106,7 +165,7 @@ impl Controls {
                 Some(p) if p.candidate == version => p.passed,
                 _ => Vec::new(),
             };
-            history.push(passed);
+            history.push(passed.clone());
             s.step = Some(StepState { passed: history, ..new_step(version, step, weight.min(100)) });
         });
     }

@@ -51,7 +51,12 @@ pub struct Fleet {
     ttl: Duration,
     stale: Duration,
     standing: Mutex<HashMap<String, Standing>>,
+    /// When each model's evidence was last written.
+    published: Mutex<HashMap<String, Instant>>,
 }
+
+/// How often a replica writes its evidence (the holder reads the fleet's every tick).
+const EVIDENCE_EVERY: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,19 +72,21 @@ impl Fleet {
             ttl: Duration::from_millis(settings.lease_ttl_ms),
             stale: Duration::from_millis(settings.evidence_stale_ms),
             standing: Mutex::default(),
+            published: Mutex::default(),
         }
     }
 
-    /// Whether this replica runs `model`'s controller now. Renews the lease once a third of its
-    /// time has passed; a follower asks again when the holder's lease would expire.
-    pub fn leads(&self, model: &str) -> bool {
+    /// The lease term under which this replica runs `model`'s controller now, `None` when
+    /// another replica does. Renews the lease once a third of its time has passed; a follower
+    /// asks again when the holder's lease would expire.
+    pub fn leads(&self, model: &str) -> Option<u64> {
         let now = Instant::now();
         let standing = self.lock().get(model).cloned();
         match standing {
-            Some(Standing::Leader { claimed, until, .. }) if now < until && now < claimed + self.ttl / 3 => {
-                return true;
+            Some(Standing::Leader { claimed, until, term }) if now < until && now < claimed + self.ttl / 3 => {
+                return Some(term);
             }
-            Some(Standing::Follower { recheck }) if now < recheck => return false,
+            Some(Standing::Follower { recheck }) if now < recheck => return None,
             _ => {}
         }
         let margin = self.ttl / 5;
@@ -92,7 +99,7 @@ impl Fleet {
                 }
                 let standing = Standing::Leader { term: lease.term, until: now + self.ttl - margin, claimed: now };
                 self.lock().insert(model.to_owned(), standing);
-                true
+                Some(lease.term)
             }
             Ok(Claim::Other(lease)) => {
                 if matches!(standing, Some(Standing::Leader { .. })) {
@@ -101,17 +108,17 @@ impl Fleet {
                 metrics::gauge!(LEADER, "model" => model.to_owned()).set(0.0);
                 let recheck = now + lease.valid_for().clamp(Duration::from_millis(100), self.ttl);
                 self.lock().insert(model.to_owned(), Standing::Follower { recheck });
-                false
+                None
             }
             Err(e) => {
                 tracing::warn!(model, error = %e, "controller lease not renewed");
                 match standing {
                     // Still inside the lease it holds: nobody else can have it yet.
-                    Some(Standing::Leader { until, .. }) if now < until => true,
+                    Some(Standing::Leader { until, term, .. }) if now < until => Some(term),
                     _ => {
                         metrics::gauge!(LEADER, "model" => model.to_owned()).set(0.0);
                         self.lock().remove(model);
-                        false
+                        None
                     }
                 }
             }
@@ -145,8 +152,16 @@ impl Fleet {
         }
     }
 
-    /// Writes this replica's evidence for `model` to the store.
+    /// Writes this replica's evidence for `model` to the store, at most once a second.
     pub fn publish_evidence(&self, model: &str, route: &RouteEvidence) {
+        {
+            let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if published.get(model).is_some_and(|at| now.duration_since(*at) < EVIDENCE_EVERY) {
+                return;
+            }
+            published.insert(model.to_owned(), now);
+        }
         let file = EvidenceFile {
             replica: self.replica.clone(),
             written_ms: now_ms(),
@@ -215,9 +230,9 @@ mod tests {
     fn one_replica_leads_and_a_release_hands_the_lease_over() {
         let remote = Remote::shared("memory://fleet-lease/registry").unwrap();
         let (a, b) = (fleet(&remote, "a"), fleet(&remote, "b"));
-        assert!(a.leads("m"));
-        assert!(!b.leads("m"));
-        assert!(a.leads("m"), "the holder keeps it");
+        assert_eq!(a.leads("m"), Some(1));
+        assert_eq!(b.leads("m"), None);
+        assert_eq!(a.leads("m"), Some(1), "the holder keeps it");
         assert_eq!(a.term("m"), Some(1));
         a.release_all();
         assert_eq!(a.term("m"), None);
@@ -225,11 +240,11 @@ mod tests {
         // b asks again once the lease it saw would have expired (at most the ttl).
         let took = (0..20).any(|_| {
             std::thread::sleep(Duration::from_millis(50));
-            b.leads("m")
+            b.leads("m").is_some()
         });
         assert!(took, "b takes the released lease");
         assert_eq!(b.term("m"), Some(2));
-        assert!(!a.leads("m"));
+        assert_eq!(a.leads("m"), None);
     }
 
     #[test]

@@ -243,11 +243,13 @@ async fn model_action(
                 body.get("weight").and_then(Value::as_u64).filter(|w| *w <= 100).ok_or_else(|| {
                     ApiError::BadRequest(format!("body must be {{\"weight\": 0..=100}}, given {body}"))
                 })? as u32;
-            reloader.controls.set_weight(model, candidate, weight);
             let mut entry = crate::rollout::audit::AuditEntry::now(model, "admin", "set_weight");
             entry.to = Some(candidate);
             entry.reason = format!("{reason}: canary weight {current}% -> {weight}%");
+            // The state is written through to the registry (a store request in a fleet): off
+            // the async threads.
             blocking(move || {
+                r.controls.set_weight(&model_owned, candidate, weight);
                 r.audit.append(&entry);
                 r.reload();
             })
@@ -255,11 +257,14 @@ async fn model_action(
         }
         "pause" | "resume" => {
             let paused = action == "pause";
-            reloader.controls.set_paused(model, paused);
             let mut entry =
                 crate::rollout::audit::AuditEntry::now(model, "admin", if paused { "pause" } else { "resume" });
             entry.reason = reason;
-            blocking(move || r.audit.append(&entry)).await?;
+            blocking(move || {
+                r.controls.set_paused(&model_owned, paused);
+                r.audit.append(&entry);
+            })
+            .await?;
         }
         other => {
             return Err(ApiError::NotFound { method: "POST".into(), path: format!("/admin/models/{model}/{other}") });

@@ -126,14 +126,13 @@ fn remote_main(remote: &Remote, command: Cmd) -> anyhow::Result<()> {
         Cmd::List { model: Some(model) } => {
             let listing = remote.listing(&model)?;
             let aliases = remote.aliases(&model)?;
-            for &version in listing.committed.keys() {
+            for &version in &listing.committed {
                 let names: Vec<&str> =
                     aliases.iter().filter(|(_, v)| **v == version).map(|(a, _)| a.as_str()).collect();
                 let created = remote.manifest(&model, version).map_or_else(|e| e.to_string(), |m| m.created_at);
                 println!("{version}\t{created}\t{}", names.join(","));
             }
-            let uncommitted =
-                listing.highest_claimed.saturating_sub(listing.committed.keys().next_back().copied().unwrap_or(0));
+            let uncommitted = listing.highest_claimed.saturating_sub(listing.committed.last().copied().unwrap_or(0));
             if uncommitted > 0 {
                 eprintln!("{uncommitted} version number(s) above the newest have no manifest (uploading or abandoned)");
             }

@@ -44,6 +44,11 @@ struct Seen {
     etags: HashMap<String, String>,
     /// Versions refused for good: committed versions are immutable, so a corrupt one stays so.
     refused: BTreeSet<(String, u64)>,
+    /// Folders without a manifest (uploading or abandoned): when to look again, and the wait
+    /// after that (doubling to a minute, so abandoned uploads cost little).
+    uncommitted: HashMap<(String, u64), (std::time::Instant, std::time::Duration)>,
+    /// The newest event id copied into each model's local log.
+    last_event: HashMap<String, String>,
 }
 
 /// Keeps a local folder a copy of a remote registry.
@@ -84,6 +89,13 @@ impl Mirror {
         Ok(report)
     }
 
+    /// Like [`Mirror::sync`] for one model only (the trainer's).
+    pub fn sync_one(&self, model: &str) -> Result<SyncReport, RegistryError> {
+        let mut report = SyncReport::default();
+        self.sync_model(model, &mut report)?;
+        Ok(report)
+    }
+
     fn sync_model(&self, model: &str, report: &mut SyncReport) -> Result<(), RegistryError> {
         // The small files are read before the listing: an alias can only name a committed
         // version, so every version it names is in the listing that follows.
@@ -92,15 +104,25 @@ impl Mirror {
         let local = Registry::open(&self.root);
         let have: BTreeSet<u64> =
             local.versions(model).map(|(v, _)| v.iter().map(|e| e.version).collect()).unwrap_or_default();
-        let listing = self.remote.listing(model)?;
-        for (&version, &size) in &listing.committed {
+        let now = std::time::Instant::now();
+        for version in self.remote.version_folders(model)? {
             let key = (model.to_owned(), version);
-            if have.contains(&version) || self.lock().refused.contains(&key) {
+            let waiting = self.lock().uncommitted.get(&key).is_some_and(|(next, _)| now < *next);
+            if have.contains(&version) || waiting || self.lock().refused.contains(&key) {
                 continue;
             }
-            match self.install(&local, model, version, size) {
-                Ok(true) => report.installed.push(key),
-                Ok(false) => {}
+            match self.install(&local, model, version) {
+                Ok(Some(true)) => {
+                    self.lock().uncommitted.remove(&key);
+                    report.installed.push(key);
+                }
+                Ok(Some(false)) => {}
+                Ok(None) => {
+                    let mut seen = self.lock();
+                    let wait = seen.uncommitted.get(&key).map_or(std::time::Duration::from_secs(1), |(_, w)| *w);
+                    let wait = (wait * 2).min(std::time::Duration::from_secs(60));
+                    seen.uncommitted.insert(key, (now + wait, wait));
+                }
                 Err(e @ (RegistryError::Store { .. } | RegistryError::Io { .. })) => report.failed.push(e.to_string()),
                 Err(e) => {
                     report.refused.push(e.to_string());
@@ -117,8 +139,21 @@ impl Mirror {
         // so the copy never goes back to what the store no longer says.
         let lock = copy_lock(&self.root);
         let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let aliases = self.confirm(model, ALIASES_FILE, aliases)?;
+        let mut aliases = self.confirm(model, ALIASES_FILE, aliases)?;
         let state = self.confirm(model, ROLLOUT_STATE_FILE, state)?;
+        // An alias map naming a version the copy does not hold (not downloaded yet, or refused)
+        // is not applied: the copy keeps a map whose versions it can serve. Its ETag is not
+        // kept either, so the next sync reads it again.
+        if let Read::Fetched(fetched) = &aliases
+            && let Ok(map) = parse_aliases(&fetched.bytes)
+            && let Some(missing) = map.values().find(|v| !self.root.join(model).join(v.to_string()).is_dir())
+        {
+            report.failed.push(format!(
+                "{}: names version {missing}, which the copy does not hold yet; the copy keeps its alias map",
+                self.remote.display(&[model, ALIASES_FILE])
+            ));
+            aliases = Read::Unchanged;
+        }
         self.apply_small(model, ALIASES_FILE, aliases, report)?;
         self.apply_small(model, ROLLOUT_STATE_FILE, state, report)
     }
@@ -135,15 +170,24 @@ impl Mirror {
         }
     }
 
-    fn install(&self, local: &Registry, model: &str, version: u64, size: u64) -> Result<bool, RegistryError> {
+    /// Installs a committed version; `None` when the folder has no manifest (yet).
+    fn install(&self, local: &Registry, model: &str, version: u64) -> Result<Option<bool>, RegistryError> {
         let folder = version.to_string();
+        let manifest = match self.remote.manifest(model, version) {
+            Ok(manifest) => manifest,
+            Err(RegistryError::NoVersion { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let size = self.remote.size(&[model, &folder, MODEL_FILE])?.ok_or_else(|| RegistryError::Corrupt {
+            path: self.remote.display(&[model, &folder]),
+            reason: format!("a manifest but no {MODEL_FILE}"),
+        })?;
         if size > self.max_model_bytes {
             return Err(RegistryError::Corrupt {
                 path: self.remote.display(&[model, &folder, MODEL_FILE]),
                 reason: format!("{size} bytes, over the cap of {} bytes; not downloaded", self.max_model_bytes),
             });
         }
-        let manifest = self.remote.manifest(model, version)?;
         let bytes = self.remote.model_bytes(model, version, &manifest)?;
         let profile = self.remote.profile(model, version)?.map(|p| serde_json::to_vec(&p).unwrap_or_default());
         let manifest = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
@@ -151,7 +195,7 @@ impl Mirror {
         if let Some(profile) = &profile {
             files.push((PROFILE_FILE, profile));
         }
-        local.install_version(model, version, &files)
+        local.install_version(model, version, &files).map(Some)
     }
 
     /// Reads a small file unless its ETag is the one last copied.
@@ -268,14 +312,23 @@ impl Mirror {
             .filter_map(|e| e.id)
             .collect();
         let mut next_seq = text.lines().count() as u64;
+        // From two minutes before the newest event copied: ids start with their time, and an
+        // event put late (a slow replica) is still within the window; older ones are history.
+        let last = self.lock().last_event.get(model).cloned().or_else(|| held.iter().next_back().cloned());
+        let after = last
+            .and_then(|id| id.get(..13)?.parse::<u64>().ok())
+            .map(|ms| format!("{:013}", ms.saturating_sub(120_000)));
         let mut names: Vec<String> = self
             .remote
-            .objects(&[model, crate::events::DRIFT_EVENTS_DIR])?
+            .objects_after(&[model, crate::events::DRIFT_EVENTS_DIR], after.as_deref())?
             .into_iter()
             .map(|(name, _)| name)
             .filter(|n| n.ends_with(".json") && !held.contains(n.trim_end_matches(".json")))
             .collect();
         names.sort();
+        if let Some(newest) = names.last().or(held.iter().next_back()) {
+            self.lock().last_event.insert(model.to_owned(), newest.trim_end_matches(".json").to_owned());
+        }
         let (mut lines, mut appended) = (String::new(), 0);
         for name in &names {
             let Some(fetched) = self.remote.get(&[model, crate::events::DRIFT_EVENTS_DIR, name])? else { continue };

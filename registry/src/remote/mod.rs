@@ -244,9 +244,25 @@ impl Remote {
 
     /// Every object below `parts`: its path relative to `parts` and its size.
     pub(crate) fn objects(&self, parts: &[&str]) -> Result<Vec<(String, u64)>, RegistryError> {
+        self.objects_after(parts, None)
+    }
+
+    /// Like [`Remote::objects`], only those whose relative path sorts after `after` (the
+    /// store lists from there: a cursor, not a scan).
+    pub(crate) fn objects_after(
+        &self,
+        parts: &[&str],
+        after: Option<&str>,
+    ) -> Result<Vec<(String, u64)>, RegistryError> {
         let (store, key) = (Arc::clone(&self.store), self.key(parts));
         let base = key.clone();
-        let listed = self.run(parts, async move { store.list(Some(&key)).try_collect::<Vec<_>>().await })?;
+        let offset = after.map(|a| a.split('/').fold(key.clone(), |k, p| k.join(p)));
+        let listed = self.run(parts, async move {
+            match offset {
+                Some(offset) => store.list_with_offset(Some(&key), &offset).try_collect::<Vec<_>>().await,
+                None => store.list(Some(&key)).try_collect::<Vec<_>>().await,
+            }
+        })?;
         let listed = listed.map_err(|e| self.error(parts, e))?;
         Ok(listed
             .into_iter()

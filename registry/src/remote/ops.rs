@@ -19,8 +19,8 @@ const CAS_ATTEMPTS: usize = 16;
 /// One model's versions as listed: committed (manifest present) and every number in use.
 #[derive(Debug, Default)]
 pub struct Listing {
-    /// Committed versions and their model file's size.
-    pub committed: BTreeMap<u64, u64>,
+    /// Committed versions.
+    pub committed: BTreeSet<u64>,
     /// The highest version number any object uses, committed or not.
     pub highest_claimed: u64,
 }
@@ -33,28 +33,35 @@ impl Remote {
         Ok(names)
     }
 
-    /// A model's versions: one listing request per thousand objects.
-    pub fn listing(&self, model: &str) -> Result<Listing, RegistryError> {
+    /// The version folders of a model, committed or not: one listing of the model's folder
+    /// (with a delimiter, so the objects inside, events and evidence, are not listed).
+    pub fn version_folders(&self, model: &str) -> Result<BTreeSet<u64>, RegistryError> {
         check_model(model)?;
-        let mut listing = Listing::default();
-        let mut sizes: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut manifests: BTreeSet<u64> = BTreeSet::new();
-        for (path, size) in self.objects(&[model])? {
-            let Some((folder, file)) = path.split_once('/') else { continue };
-            let Ok(version) = folder.parse::<u64>() else { continue };
-            listing.highest_claimed = listing.highest_claimed.max(version);
-            match file {
-                MODEL_FILE => {
-                    sizes.insert(version, size);
-                }
-                MANIFEST_FILE => {
-                    manifests.insert(version);
-                }
-                _ => {}
+        Ok(self.children(&[model])?.iter().filter_map(|name| name.parse::<u64>().ok()).collect())
+    }
+
+    /// A model's committed versions: the folders, then one manifest read per folder (for the
+    /// CLI; the mirror reads manifests of new folders only).
+    pub fn listing(&self, model: &str) -> Result<Listing, RegistryError> {
+        let folders = self.version_folders(model)?;
+        let mut listing = Listing { highest_claimed: folders.last().copied().unwrap_or(0), committed: BTreeSet::new() };
+        for version in folders {
+            if self.has_version(model, version)? {
+                listing.committed.insert(version);
             }
         }
-        listing.committed = sizes.into_iter().filter(|(v, _)| manifests.contains(v)).collect();
         Ok(listing)
+    }
+
+    /// The size of an object, `None` when absent (a HEAD request).
+    pub fn size(&self, parts: &[&str]) -> Result<Option<u64>, RegistryError> {
+        let (store, key) = (std::sync::Arc::clone(&self.store), self.key(parts));
+        let options = object_store::GetOptions { head: true, ..Default::default() };
+        match self.run(parts, async move { store.get_opts(&key, options).await.map(|r| r.meta.size) })? {
+            Ok(size) => Ok(Some(size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(parts, e)),
+        }
     }
 
     /// A committed version's manifest, checked against its place.
@@ -105,7 +112,7 @@ impl Remote {
     ) -> Result<Manifest, RegistryError> {
         check_model(model)?;
         let sha = sha256_hex(model_bytes);
-        let first = self.listing(model)?.highest_claimed + 1;
+        let first = self.version_folders(model)?.last().copied().unwrap_or(0) + 1;
         for version in first..first + 64 {
             let folder = version.to_string();
             // Claiming the number: whoever creates model.onnx first owns the folder.
@@ -141,7 +148,7 @@ impl Remote {
         let version = if let Ok(version) = reference.parse::<u64>() {
             version
         } else if reference == "latest" {
-            *self.listing(model)?.committed.keys().next_back().ok_or_else(unknown)?
+            *self.listing(model)?.committed.last().ok_or_else(unknown)?
         } else {
             *self.aliases(model)?.get(reference).ok_or_else(unknown)?
         };
@@ -214,6 +221,50 @@ impl Remote {
             Some(f) => serde_json::from_slice(&f.bytes)
                 .map_err(|e| RegistryError::Corrupt { path: self.display(&parts), reason: e.to_string() }),
         }
+    }
+
+    /// Reads, changes and writes the rollout state by compare-and-set on its ETag (re-applying
+    /// `change` after a lost race, so concurrent writers, a controller and an operator, lose
+    /// nothing). With `fence = Some(term)` (a controller lease term), the write is refused when
+    /// the stored state was written under a higher term: `Ok(None)`, nothing written. Returns
+    /// the state as stored.
+    pub fn update_rollout_state(
+        &self,
+        model: &str,
+        fence: Option<u64>,
+        mut change: impl FnMut(&mut RolloutState),
+    ) -> Result<Option<RolloutState>, RegistryError> {
+        check_model(model)?;
+        let parts = [model, ROLLOUT_STATE_FILE];
+        for _ in 0..CAS_ATTEMPTS {
+            let (current, mode) = match self.get(&parts)? {
+                None => (RolloutState::default(), PutMode::Create),
+                Some(f) => {
+                    let state: RolloutState = serde_json::from_slice(&f.bytes)
+                        .map_err(|e| RegistryError::Corrupt { path: self.display(&parts), reason: e.to_string() })?;
+                    (state, PutMode::Update(f.version))
+                }
+            };
+            if fence.is_some_and(|term| current.term > term) {
+                return Ok(None);
+            }
+            let mut next = current.clone();
+            change(&mut next);
+            if let Some(term) = fence {
+                next.term = term;
+            }
+            if next == current {
+                return Ok(Some(current));
+            }
+            let bytes = serde_json::to_vec_pretty(&next).unwrap_or_default();
+            if let Written::Done = self.write(&parts, bytes, mode)? {
+                return Ok(Some(next));
+            }
+        }
+        Err(RegistryError::Store {
+            url: self.display(&parts),
+            reason: format!("lost the compare-and-set {CAS_ATTEMPTS} times in a row; nothing was changed"),
+        })
     }
 
     /// Replaces the rollout state whole.

@@ -163,3 +163,72 @@ fn copy_down_brings_new_objects_whole_and_leaves_what_is_there() {
     assert_eq!(std::fs::read(local.join("date=d/r1-part-1.parquet")).unwrap(), b"b");
     assert!(copy_down(&remote, &["samples", "model=m"], &local).unwrap().is_empty());
 }
+
+#[test]
+fn concurrent_alias_writers_through_the_store_lose_no_change() {
+    let remote = remote("concurrent");
+    let (_a, writer) = mirror(&remote);
+    for _ in 0..3 {
+        writer.registry().publish("m", b"x", ManifestDraft::default()).unwrap();
+    }
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let remote = Arc::clone(&remote);
+            std::thread::spawn(move || {
+                for round in 0..10u64 {
+                    let alias = format!("a{t}");
+                    remote
+                        .update_aliases("m", |aliases| {
+                            aliases.insert(alias.clone(), 1 + (round % 3));
+                            Ok(())
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let aliases = remote.aliases("m").unwrap();
+    assert_eq!(aliases.len(), 4, "every writer's alias is there: {aliases:?}");
+    // Round 9 writes version 1 + 9 % 3 = 1.
+    assert!(aliases.values().all(|v| *v == 1), "each holds its last write: {aliases:?}");
+}
+
+#[test]
+fn an_alias_map_naming_a_version_the_copy_cannot_hold_is_not_applied() {
+    let remote = remote("alias-ahead");
+    let (_a, writer) = mirror(&remote);
+    let registry = writer.registry();
+    registry.publish("m", b"one", ManifestDraft::default()).unwrap();
+    registry.set_alias("m", "champion", 1).unwrap();
+    let (_b, reader) = mirror(&remote);
+    reader.sync().unwrap();
+    registry.publish("m", b"two", ManifestDraft::default()).unwrap();
+    remote.write(&["m", "2", "model.onnx"], b"tampered".to_vec(), PutMode::Overwrite).unwrap();
+    registry.set_alias("m", "champion", 2).unwrap();
+    let report = reader.sync().unwrap();
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert!(report.failed.iter().any(|f| f.contains("names version 2")), "{report:?}");
+    assert_eq!(reader.registry().resolve("m", "champion").unwrap(), 1, "the copy keeps a map it can serve");
+}
+
+#[test]
+fn rollout_state_changes_by_compare_and_set_and_an_older_term_is_fenced_off() {
+    let remote = remote("fenced");
+    remote.write(&["m", "1", "model.onnx"], b"x".to_vec(), PutMode::Create).unwrap();
+    let stored = remote.update_rollout_state("m", Some(2), |s| s.paused = true).unwrap().unwrap();
+    assert_eq!((stored.paused, stored.term), (true, 2));
+    // An operator (no term) changes it on top: nothing of the controller's is lost.
+    let stored = remote
+        .update_rollout_state("m", None, |s| {
+            s.rejected.insert(7);
+        })
+        .unwrap()
+        .unwrap();
+    assert!(stored.paused && stored.rejected.contains(&7) && stored.term == 2);
+    // A holder of an older term may no longer write.
+    assert_eq!(remote.update_rollout_state("m", Some(1), |s| s.paused = false).unwrap(), None);
+    assert!(remote.rollout_state("m").unwrap().paused);
+}
