@@ -62,6 +62,8 @@ for i in 0 1 2; do start_gateway $i $((19601 + i)) ""; done
 echo "== publish to all 3 replicas (poll_interval_ms = $poll_ms), 20 publishes"
 times=()
 for n in $(seq 1 20); do
+  # A random moment within the poll interval: publishes are not in step with the polls.
+  sleep "$(awk -v p="$poll_ms" -v r="$RANDOM" 'BEGIN {printf "%.3f", p * r / 32768 / 1000}')"
   v=$("$bin/registry" --root $url publish tiny "$work/local/tiny/1/model.onnx" | awk '{print $4}')
   t0=$(now_ms)
   "$bin/registry" --root $url alias set tiny champion "$v" >/dev/null
@@ -89,17 +91,20 @@ done
 
 echo "== lease failover (lease_ttl_ms = $ttl_ms)"
 for i in 0 1 2; do kill "$(eval echo \$gw_pid_$i)"; done
-sleep 2
+# Each copy is locked by its gateway until it exits (after its drain).
+for i in 0 1 2; do wait "$(eval echo \$gw_pid_$i)" 2>/dev/null || true; done
 "$bin/registry" --root $url publish tiny "$work/local/tiny/1/model.onnx" --alias challenger >/dev/null
 canary='canary = { version = "challenger", weight = 10 }
 [models.tiny.rollout.policy]
 steps = [10, 50, 100]
 min_dwell_ms = 600000'
 for i in 0 1 2; do start_gateway $i $((19601 + i)) "$canary"; done
-lease() { python3 - "$AWS_ENDPOINT_URL" <<'PY'
-import sys, json, urllib.request
+lease() { "$root/.venv/bin/python" - "$AWS_ENDPOINT_URL" <<'PY'
+import json, sys
+import boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[1])
 try:
-    print(json.load(urllib.request.urlopen(sys.argv[1] + "/flywheel/figures/tiny/controller-lease.json"))["holder"])
+    print(json.load(s3.get_object(Bucket="flywheel", Key="figures/tiny/controller-lease.json")["Body"])["holder"])
 except Exception:
     print("")
 PY
