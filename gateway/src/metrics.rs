@@ -69,6 +69,8 @@ pub const LOAD_FAILURES: &str = "flywheel_model_load_failures_total";
 pub const REGISTRY_SYNCS: &str = "flywheel_registry_syncs_total";
 /// Sample and label part files put to the sample store, by result.
 pub const SAMPLE_UPLOADS: &str = "flywheel_sample_uploads_total";
+/// Audit lines and drift events put to the fleet's store, by kind and result.
+pub const STORE_RECORDS: &str = "flywheel_store_records_total";
 /// 1 while this replica holds the model's controller lease (a fleet).
 pub const CONTROLLER_LEADER: &str = "flywheel_controller_leader";
 /// Requests sent to the registry's object store.
@@ -138,6 +140,7 @@ fn describe() {
     describe_counter!(REGISTRY_SYNCS, "Syncs of the local registry copy from object storage, by result");
     describe_counter!(REGISTRY_REQUESTS, "Requests sent to the registry's object store");
     describe_counter!(SAMPLE_UPLOADS, "Sample and label part files put to the sample store, by result");
+    describe_counter!(STORE_RECORDS, "Audit lines and drift events put to the fleet's store, by kind and result");
     describe_gauge!(CONTROLLER_LEADER, "1 while this replica holds the model's controller lease");
     describe_counter!(CONNECTIONS_CLOSED, "Connections closed by the server on a deadline, by reason");
     describe_counter!(REQUESTS_CUT, "Requests cut off on a deadline or the body-bytes budget, by reason");

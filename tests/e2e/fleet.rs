@@ -237,6 +237,19 @@ async fn killing_the_controllers_replica_mid_rollout_moves_the_lease_and_the_nex
         assert!(!reason.contains("10% -> 50%"), "step 0 judged again: {reason}");
     }
     assert!(promote[0]["evidence"]["candidate"]["requests"].as_u64().unwrap() >= 30, "{}", promote[0]);
+    // The fleet's audit in the store holds both holders' decisions.
+    let both = wait_until(Duration::from_secs(5), || async {
+        let lines: Vec<serde_json::Value> = remote
+            .read_objects(&[".audit"])
+            .unwrap()
+            .into_iter()
+            .map(|(_, bytes)| serde_json::from_slice(&bytes).unwrap())
+            .collect();
+        let by = |replica: &str, action: &str| lines.iter().any(|e| e["replica"] == replica && e["action"] == action);
+        by(&leader, "advance") && by(&next, "promote")
+    })
+    .await;
+    assert!(both, "the store's audit does not show both holders' decisions");
     // Every replica shared its evidence with the fleet.
     let files: BTreeSet<String> =
         remote.read_objects(&["tiny", "evidence"]).unwrap().into_iter().map(|(name, _)| name).collect();
@@ -261,4 +274,47 @@ fn a_second_gateway_on_the_same_local_copy_refuses_to_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("in use by another gateway") && stderr.contains("cache_dir"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_label_posted_to_another_replica_joins_the_evidence_of_the_replica_that_answered() {
+    let s3 = S3::start();
+    let publisher_copy = tempfile::tempdir().unwrap();
+    let registry = Registry::mirrored(publisher_copy.path(), s3.remote("relay"));
+    let champion = registry.publish("tiny", &tiny(1).to_onnx(1), ManifestDraft::default()).unwrap().version;
+    let candidate = registry.publish("tiny", &tiny(2).to_onnx(2), ManifestDraft::default()).unwrap().version;
+    registry.set_alias("tiny", "champion", champion).unwrap();
+    registry.set_alias("tiny", "challenger", candidate).unwrap();
+    // A rollout that never decides here: only its evidence is looked at.
+    let config = "[models.tiny.rollout]\nchampion = \"champion\"\ncanary = { version = \"challenger\", weight = 50 }\n\
+                  [models.tiny.rollout.policy]\nsteps = [50, 100]\nmin_dwell_ms = 600000\n";
+    let (a, b) = (
+        replica(&s3, "relay", &format!("{config}[fleet]\nreplica = \"a\"\n")),
+        replica(&s3, "relay", &format!("{config}[fleet]\nreplica = \"b\"\n")),
+    );
+    let http = Http::new(false);
+    let mut ids = Vec::new();
+    for i in 0..40u64 {
+        let body = serde_json::to_vec(&tiny_request(&tiny_rows(1, i))).unwrap();
+        let headers = [("content-type", "application/json".to_owned())];
+        let reply = http.send(hyper::Method::POST, &format!("{}/v2/models/tiny/infer", a.base), &headers, body).await;
+        assert_eq!(reply.status, 200);
+        ids.push(reply.header("x-flywheel-request-id").unwrap().to_owned());
+    }
+    let labels: Vec<serde_json::Value> =
+        ids.iter().enumerate().map(|(i, id)| serde_json::json!({"id": id, "label": (i % 2) as f64})).collect();
+    let posted =
+        http.post_json(&format!("{}/v2/models/tiny/feedback", b.base), &serde_json::json!({"labels": labels})).await;
+    assert_eq!(posted.status, 200, "{}", String::from_utf8_lossy(&posted.body));
+    let labelled = |route: serde_json::Value| {
+        let l = &route["evidence"]["labelled"];
+        l["champion"].as_u64().unwrap_or(0) + l["canary"].as_u64().unwrap_or(0)
+    };
+    let joined = wait_until(Duration::from_secs(15), || async {
+        labelled(crate::support::route_of(&http, &a.base, "tiny").await) == 40
+    })
+    .await;
+    let on_a = labelled(crate::support::route_of(&http, &a.base, "tiny").await);
+    assert!(joined, "the replica that answered joined {on_a} of the 40 labels posted to the other");
+    assert_eq!(labelled(crate::support::route_of(&http, &b.base, "tiny").await), 0, "b answered none of them");
 }

@@ -425,8 +425,8 @@ fn count_events(registry: Option<&Registry>, model: &str) -> u64 {
 
 /// Appends `event` with sequence number `seq`; returns the next sequence number. In a fleet
 /// (a registry in object storage and a replica name) the event also gets a fleet-wide id and is
-/// put to `<model>/drift-events/<id>.json` there, off this thread (events are rare; a slow
-/// store must not hold the tap).
+/// put to `<model>/drift-events/<id>.json` there by the store's writer thread (a slow store
+/// must not hold the tap).
 fn append_event(registry: Option<&Registry>, replica: Option<&str>, event: &mut DriftEvent, seq: u64) -> u64 {
     event.seq = seq;
     let Some(registry) = registry else { return seq + 1 };
@@ -435,15 +435,9 @@ fn append_event(registry: Option<&Registry>, replica: Option<&str>, event: &mut 
         let id = format!("{ms:013}-{replica}-{seq:06}");
         event.id = Some(id.clone());
         event.replica = Some(replica.to_owned());
-        let (model, bytes) = (event.model.clone(), serde_json::to_vec(event).unwrap_or_default());
-        let put = move || {
-            let name = format!("{id}.json");
-            if let Err(e) = remote.put_object(&[&model, flywheel_registry::DRIFT_EVENTS_DIR, &name], bytes) {
-                tracing::error!(model, error = %e, "drift event not shared with the fleet");
-            }
-        };
-        if let Err(e) = std::thread::Builder::new().name("drift-event-put".into()).spawn(put) {
-            tracing::error!(error = %e, "drift event not shared with the fleet");
+        if let Some(writer) = crate::rollout::store_writer::StoreWriter::for_remote(&remote) {
+            let parts = vec![event.model.clone(), flywheel_registry::DRIFT_EVENTS_DIR.to_owned(), format!("{id}.json")];
+            writer.put("drift_event", parts, serde_json::to_vec(event).unwrap_or_default());
         }
     }
     let path = events_path(registry, &event.model);

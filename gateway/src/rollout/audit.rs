@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -45,22 +45,30 @@ impl AuditEntry {
     }
 }
 
+/// The fleet's audit folder at the registry's root in object storage (not a model name: those
+/// cannot start with '.').
+pub const AUDIT_DIR: &str = ".audit";
+
 /// Appends entries to a JSON-lines file (or only logs them without a path).
 #[derive(Debug)]
 pub struct AuditLog {
     path: Option<PathBuf>,
     lock: Mutex<()>,
     replica: Option<String>,
+    /// In a fleet: every line also goes to `<registry>/.audit/<id>.json` in the store, so the
+    /// fleet's decisions (the lease holders', the operators') are in one place.
+    store: Option<Arc<super::store_writer::StoreWriter>>,
+    lines: std::sync::atomic::AtomicU64,
 }
 
 impl AuditLog {
     pub fn new(path: Option<PathBuf>) -> Self {
-        Self { path, lock: Mutex::new(()), replica: None }
+        Self { path, lock: Mutex::new(()), replica: None, store: None, lines: Default::default() }
     }
 
-    /// Stamps every entry with the replica's name.
-    pub fn with_replica(self, replica: Option<String>) -> Self {
-        Self { replica, ..self }
+    /// Stamps every entry with the replica's name and puts it to `store` too.
+    pub fn with_replica(self, replica: Option<String>, store: Option<Arc<super::store_writer::StoreWriter>>) -> Self {
+        Self { replica, store, ..self }
     }
 
     /// Appends `entry` (and logs it); a write failure is logged, never fatal. It fsyncs: call it
@@ -70,6 +78,13 @@ impl AuditLog {
         let Some(path) = &self.path else { return };
         let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         rotate_if_full(path);
+        if let (Some(store), Some(replica)) = (&self.store, &self.replica) {
+            let n = self.lines.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = super::store_writer::record_id(replica, n);
+            let stamped = AuditEntry { replica: Some(replica.clone()), ..entry.clone() };
+            let bytes = serde_json::to_vec(&stamped).unwrap_or_default();
+            store.put("audit", vec![AUDIT_DIR.to_owned(), format!("{id}.json")], bytes);
+        }
         let line = match (&self.replica, &entry.replica) {
             (Some(replica), None) => {
                 serde_json::to_string(&AuditEntry { replica: Some(replica.clone()), ..entry.clone() })

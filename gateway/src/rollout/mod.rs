@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod registry_sync;
 pub mod reload;
 pub mod restart_keys;
+pub mod store_writer;
 pub mod watcher;
 
 pub use build::{BuildReport, Rejection};

@@ -66,7 +66,9 @@ impl Reloader {
             .as_ref()
             .and_then(|r| r.remote().cloned())
             .map(|remote| Arc::new(super::fleet::Fleet::new(remote, &config.fleet)));
-        let audit = AuditLog::new(config.audit_log_path()).with_replica(fleet.as_ref().map(|f| f.replica.clone()));
+        let store = registry.as_ref().and_then(|r| r.remote()).and_then(super::store_writer::StoreWriter::for_remote);
+        let audit =
+            AuditLog::new(config.audit_log_path()).with_replica(fleet.as_ref().map(|f| f.replica.clone()), store);
         let controls = Controls::new(registry);
         Self {
             env,

@@ -10,14 +10,14 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use flywheel_registry::samples;
 use flywheel_shadow::quality::row_log_loss;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::{LABELS, QUALITY};
 use crate::model::Arm;
 use crate::model::table::RouteEvidence;
 
 /// One label: the true outcome for row `row` of request `id`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Label {
     pub id: String,
@@ -225,6 +225,26 @@ impl LabelIndex {
             self.seen.insert(key.clone(), label.label);
             self.seen_order.push_back((Instant::now(), key));
         }
+        let (outcome, scored) = self.join(label);
+        metrics::counter!(LABELS, "model" => model.to_owned(), "outcome" => outcome).increment(1);
+        Accepted { stored: true, scored }
+    }
+
+    /// Joins a label another replica stored (relayed through the fleet's store) to this
+    /// replica's prediction, if it answered the request and the prediction is recent; never
+    /// stores it. Returns whether it joined.
+    pub fn join_relayed(&mut self, model: &str, label: &Label) -> Option<(String, u64, bool)> {
+        self.expire();
+        let (_, scored) = self.join(label);
+        if scored.is_some() {
+            metrics::counter!(LABELS, "model" => model.to_owned(), "outcome" => "relayed").increment(1);
+        }
+        scored
+    }
+
+    /// Scores `label` against its recent prediction: the route's labelled evidence (once per
+    /// row) and the live quality gauges. Returns the outcome and (model, version, mistake).
+    fn join(&mut self, label: &Label) -> (&'static str, Option<(String, u64, bool)>) {
         let matched =
             self.recent.get_mut(&label.id).and_then(|r| r.scores.get(label.row as usize).copied().map(|p| (r, p)));
         let scored =
@@ -263,8 +283,7 @@ impl LabelIndex {
             }
             None => "unmatched",
         };
-        metrics::counter!(LABELS, "model" => model.to_owned(), "outcome" => outcome).increment(1);
-        Accepted { stored: true, scored }
+        (outcome, scored)
     }
 
     /// Whether `label` repeats one already stored (same id, row and value).

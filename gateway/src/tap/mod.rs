@@ -9,11 +9,12 @@ pub mod columns;
 pub mod files;
 pub mod journal;
 pub mod labels;
+pub mod relay;
 pub mod upload;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select};
@@ -162,12 +163,20 @@ pub fn id_fraction(request_id: &str) -> f64 {
 /// Labels and their answer channel.
 type LabelMsg = (String, Vec<Label>, oneshot::Sender<Result<usize, String>>);
 
+/// The tap thread's other inputs: the stop signal, and labels relayed by other replicas.
+struct Channels {
+    stop: Receiver<()>,
+    relayed: Receiver<(String, Vec<Label>)>,
+}
+
 /// The handle the server holds: cheap sends, never blocking.
 pub struct Tap {
     served: Sender<Box<Served>>,
     labels: Sender<LabelMsg>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     stop: Sender<()>,
+    /// In a fleet: the thread fetching other replicas' relayed labels.
+    relay_in: Mutex<Option<crate::rollout::background::Background>>,
     pub sampling: SamplingSettings,
     pub drift: DriftSettings,
 }
@@ -198,11 +207,23 @@ impl Tap {
         let (served_tx, served_rx) = bounded(sampling.channel_capacity);
         let (labels_tx, labels_rx) = bounded(1024);
         let (stop_tx, stop_rx) = bounded(1);
-        let mut worker = Worker::new(&sampling, dir, DriftMonitor::new(drift.clone(), registry).with_replica(replica));
+        let fleet = registry.as_ref().and_then(|r| Some((Arc::clone(r.remote()?), r.root().to_path_buf())));
+        let drift_monitor = DriftMonitor::new(drift.clone(), registry).with_replica(replica.clone());
+        let mut worker = Worker::new(&sampling, dir, drift_monitor);
+        let mut channels = Channels { stop: stop_rx, relayed: crossbeam_channel::never() };
+        let mut relay_in = None;
+        if let (Some((remote, root)), Some(replica)) = (fleet, replica)
+            && let Some(writer) = crate::rollout::store_writer::StoreWriter::for_remote(&remote)
+        {
+            let (relayed_tx, relayed_rx) = bounded(1024);
+            worker.relay = Some(relay::RelayOut::new(writer, replica.clone()));
+            relay_in = Some(relay::spawn_receiver(remote, root, replica, relayed_tx)?);
+            channels.relayed = relayed_rx;
+        }
         let thread = std::thread::Builder::new().name("tap".into()).spawn(move || {
             // Items are guarded one by one; should the loop itself panic, it is counted and
             // entered again with the same state (files, buffers, detectors), never left dead.
-            while health::guard("tap", || worker.run(&served_rx, &labels_rx, &stop_rx)).is_none() {
+            while health::guard("tap", || worker.run(&served_rx, &labels_rx, &channels)).is_none() {
                 std::thread::sleep(Duration::from_millis(100));
             }
         })?;
@@ -211,6 +232,7 @@ impl Tap {
             labels: labels_tx,
             thread: Mutex::new(Some(thread)),
             stop: stop_tx,
+            relay_in: Mutex::new(relay_in),
             sampling,
             drift,
         })
@@ -234,6 +256,7 @@ impl Tap {
 
     /// Stops the thread after it has written and finalized everything it holds.
     pub fn shutdown(&self, grace: Duration) {
+        drop(self.relay_in.lock().unwrap_or_else(|p| p.into_inner()).take());
         let _ = self.stop.send_timeout((), grace);
         let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = handle {
@@ -259,6 +282,8 @@ struct Worker {
     drift: DriftMonitor,
     /// Finished sample files per model with their finish time, for drift events.
     finished: HashMap<String, Vec<(SystemTime, String)>>,
+    /// In a fleet: where labels this replica stored but could not join are relayed.
+    relay: Option<relay::RelayOut>,
 }
 
 /// Rows buffered before they are handed to the Parquet writer.
@@ -280,13 +305,22 @@ impl Worker {
             index: LabelIndex::new(Duration::from_millis(sampling.label_window_ms), 200_000),
             drift,
             finished: HashMap::new(),
+            relay: None,
         }
     }
 
-    fn run(&mut self, served: &Receiver<Box<Served>>, labels: &Receiver<LabelMsg>, stop: &Receiver<()>) {
+    fn run(&mut self, served: &Receiver<Box<Served>>, labels: &Receiver<LabelMsg>, channels: &Channels) {
+        let (stop, relayed) = (&channels.stop, &channels.relayed);
         let mut last_check = Instant::now();
         loop {
             select! {
+                recv(relayed) -> msg => if let Ok((model, batch)) = msg {
+                    health::guard("tap", || for label in &batch {
+                        if let Some((model, version, mistake)) = self.index.join_relayed(&model, label) {
+                            self.drift.observe_outcome(&model, version, mistake);
+                        }
+                    });
+                },
                 // Each item under a guard: a panic (a bad profile, a bug) skips that item, is
                 // counted, and the thread goes on sampling, labelling and detecting.
                 recv(served) -> msg => match msg {
@@ -396,19 +430,29 @@ impl Worker {
             }
             // Scoring may do I/O (drift events, a webhook): after the labels are safe, before
             // the answer, so a caller that reads the quality metrics next sees its labels.
+            let mut unjoined = Vec::new();
             for label in &new {
-                self.accept_label(&model, label);
+                if !self.accept_label(&model, label) {
+                    unjoined.push(label.clone());
+                }
+            }
+            // Another replica may have answered these: the fleet's store takes them there.
+            if let Some(relay) = &self.relay {
+                relay.send(&model, unjoined);
             }
             let _ = reply.send(Ok(new.len()));
         }
     }
 
-    /// Records a stored label as seen and scores it against its prediction, if recent.
-    fn accept_label(&mut self, model: &str, label: &Label) {
+    /// Records a stored label as seen and scores it against its prediction, if recent;
+    /// returns whether it joined one.
+    fn accept_label(&mut self, model: &str, label: &Label) -> bool {
         let accepted = self.index.accept(model, label);
+        let joined = accepted.scored.is_some();
         if let Some((model, version, mistake)) = accepted.scored {
             self.drift.observe_outcome(&model, version, mistake);
         }
+        joined
     }
 
     /// Writes buffered sample rows of `model`; with `close`, finalizes its file too.

@@ -102,6 +102,12 @@ impl Remote {
         self.write(parts, bytes, PutMode::Overwrite).map(|_| ())
     }
 
+    /// The names (relative paths) of the objects below `parts` that sort after `after`,
+    /// listed from there.
+    pub fn list_after(&self, parts: &[&str], after: &str) -> Result<Vec<String>, RegistryError> {
+        Ok(self.objects_after(parts, Some(after))?.into_iter().map(|(name, _)| name).collect())
+    }
+
     /// Every object directly or deeper below `parts`, read whole: (relative path, bytes).
     pub fn read_objects(&self, parts: &[&str]) -> Result<Vec<(String, Vec<u8>)>, RegistryError> {
         let mut out = Vec::new();
