@@ -12,6 +12,10 @@ pub const DRIFT_EVENTS_FILE: &str = "drift-events.jsonl";
 /// event named by its id.
 pub const DRIFT_EVENTS_DIR: &str = "drift-events";
 
+/// Folder of a fleet's trainer runs in a model's folder in object storage, one object per run
+/// named by its id.
+pub const TRAINER_RUNS_DIR: &str = "trainer-runs";
+
 /// File name of a model's trainer run log (one JSON object per retraining cycle: outcome,
 /// version, trigger, data, stages, gate verdict), written by the trainer, served by the gateway's
 /// admin API.

@@ -26,7 +26,8 @@ pub mod tail;
 
 pub use alias_cas::AliasChange;
 pub use events::{
-    DRIFT_EVENTS_DIR, DRIFT_EVENTS_FILE, DriftEvent, TRAINER_CURSOR_FILE, TRAINER_RUNS_FILE, read_drift_events,
+    DRIFT_EVENTS_DIR, DRIFT_EVENTS_FILE, DriftEvent, TRAINER_CURSOR_FILE, TRAINER_RUNS_DIR, TRAINER_RUNS_FILE,
+    read_drift_events,
 };
 pub use manifest::{DataLineage, MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
 pub use profile::{FeatureProfile, PROFILE_FILE, ReferenceProfile};

@@ -30,6 +30,10 @@ pub struct RolloutState {
     /// with a lower term may no longer write it (fencing); 0 for a single gateway.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub term: u64,
+    /// In a fleet: incremented by every write to the store, so a reader can tell the later of
+    /// two states it read; 0 for a single gateway.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u64,
 }
 
 fn is_zero(term: &u64) -> bool {
@@ -71,7 +75,7 @@ impl Registry {
         &self,
         model: &str,
         fence: Option<u64>,
-        change: impl FnMut(&mut RolloutState),
+        mut change: impl FnMut(&mut RolloutState),
     ) -> Result<Option<RolloutState>, RegistryError> {
         let Some(remote) = self.remote() else {
             return Err(RegistryError::Store {
@@ -81,7 +85,7 @@ impl Registry {
         };
         let lock = crate::remote::copy_lock(self.root());
         let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let stored = remote.update_rollout_state(model, fence, change)?;
+        let stored = remote.update_rollout_state(model, fence, &mut change)?;
         if let Some(state) = &stored {
             let path = self.model_dir(model)?.join(ROLLOUT_STATE_FILE);
             let io = |e| RegistryError::Io { path: path.display().to_string(), source: e };
@@ -124,6 +128,7 @@ mod tests {
             rejected: [2].into(),
             paused: false,
             term: 0,
+            revision: 0,
         };
         registry.write_rollout_state("m", &state).unwrap();
         assert_eq!(registry.rollout_state("m").unwrap(), state);

@@ -318,3 +318,24 @@ async fn a_label_posted_to_another_replica_joins_the_evidence_of_the_replica_tha
     assert!(joined, "the replica that answered joined {on_a} of the 40 labels posted to the other");
     assert_eq!(labelled(crate::support::route_of(&http, &b.base, "tiny").await), 0, "b answered none of them");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_trainers_runs_in_the_store_show_on_every_replica() {
+    let s3 = S3::start();
+    let remote = s3.remote("runs");
+    let publisher_copy = tempfile::tempdir().unwrap();
+    let registry = Registry::mirrored(publisher_copy.path(), std::sync::Arc::clone(&remote));
+    registry.publish("tiny", &tiny(1).to_onnx(1), ManifestDraft::default()).unwrap();
+    let gw = replica(&s3, "runs", "");
+    // What `trainer run --registry s3://...` puts (tests/python/test_fleet_store.py checks that).
+    let record = serde_json::json!({"model": "tiny", "outcome": "rejected", "time": "t"});
+    let name = format!("{:013}-trainer-000000.json", flywheel_registry::now_ms());
+    remote.put_object(&["tiny", "trainer-runs", &name], serde_json::to_vec(&record).unwrap()).unwrap();
+    let http = Http::new(false);
+    let shown = wait_until(Duration::from_secs(10), || async {
+        let runs = http.get(&format!("{}/admin/runs/tiny", gw.base)).await.json();
+        runs["runs"].as_array().is_some_and(|r| r.len() == 1 && r[0]["outcome"] == "rejected")
+    })
+    .await;
+    assert!(shown, "{}", http.get(&format!("{}/admin/runs/tiny", gw.base)).await.json());
+}

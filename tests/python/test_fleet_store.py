@@ -147,3 +147,20 @@ def test_the_trainer_assembles_one_dataset_from_every_replica(fleet):
     summary = json.loads(out.stdout)
     assert summary["train_rows"] + summary["holdout_rows"] == N, summary
     assert summary["positives"] == N // 2, summary
+
+
+def test_a_trainer_run_is_recorded_in_the_store_for_the_fleet(fleet):
+    # 60 rows are fewer than the trainer's min_rows: the run fails, and says so in its record.
+    out = subprocess.run(
+        [binary("trainer"), "run", "--registry", f"s3://{BUCKET}/reg", "--model", "tiny"],
+        capture_output=True, text=True, env={**fleet["env"], "TMPDIR": str(fleet["tmp"])},
+    )
+    assert out.returncode == 1, out.stderr
+    record = json.loads(out.stdout)
+    assert record["outcome"] == "failed", record
+    s3 = boto3.client("s3", endpoint_url=fleet["endpoint"], aws_access_key_id="test",
+                      aws_secret_access_key="test", region_name="us-east-1")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="reg/tiny/trainer-runs/")["Contents"]]
+    assert len(keys) == 1 and "-trainer-" in keys[0], keys
+    stored = json.load(s3.get_object(Bucket=BUCKET, Key=keys[0])["Body"])
+    assert stored["outcome"] == "failed" and stored["reasons"] == record["reasons"], stored

@@ -22,6 +22,10 @@ pub const RUNS_FILE: &str = flywheel_registry::TRAINER_RUNS_FILE;
 /// What happened in one cycle (one line of the run log).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 pub struct RunRecord {
+    /// With a registry in object storage: `<unix ms>-trainer-<n>`, the record's object name
+    /// under `<model>/trainer-runs/` there (gateways copy those into their run logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// RFC 3339 time the cycle ended.
     pub time: String,
     pub model: String,
@@ -368,7 +372,19 @@ pub fn now_us() -> i64 {
 pub fn append_record(registry: &Registry, record: &RunRecord) {
     use std::io::Write;
     let path = registry.root().join(&record.model).join(RUNS_FILE);
-    let mut line = serde_json::to_vec(record).unwrap_or_default();
+    let mut record = record.clone();
+    if let Some(remote) = registry.remote() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static RUNS: AtomicU64 = AtomicU64::new(0);
+        let n = RUNS.fetch_add(1, Ordering::Relaxed) % 1_000_000;
+        let id = format!("{:013}-trainer-{n:06}", flywheel_registry::now_ms());
+        record.id = Some(id.clone());
+        let parts = [record.model.as_str(), flywheel_registry::TRAINER_RUNS_DIR, &format!("{id}.json")];
+        if let Err(e) = remote.put_object(&parts, serde_json::to_vec(&record).unwrap_or_default()) {
+            tracing::warn!(error = %e, "trainer run not put to the store; the fleet's gateways will not show it");
+        }
+    }
+    let mut line = serde_json::to_vec(&record).unwrap_or_default();
     line.push(b'\n');
     let written =
         std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| f.write_all(&line));

@@ -64,15 +64,18 @@ fn tick(reloader: &Reloader, progress: &mut HashMap<String, Progress>) {
                 fleet.publish_evidence(name, route_evidence);
                 let Some(term) = fleet.leads(name) else {
                     progress.remove(name);
-                    reloader.controls.fence(name, None);
+                    let _ = reloader.controls.fence(name, None);
                     continue;
                 };
                 if progress.get(name).is_none_or(|p| p.term != term) {
                     // A new term (or the first look): take over from the store's state and
-                    // write the term into it, so a previous holder can no longer write.
-                    reloader.controls.reread_from_source(name);
-                    reloader.controls.fence(name, Some(term));
+                    // write the term into it, so a previous holder can no longer write. Not
+                    // acting until that is done (the next look tries again).
                     progress.remove(name);
+                    reloader.controls.reread_from_source(name);
+                    if !reloader.controls.fence(name, Some(term)) {
+                        continue;
+                    }
                 }
                 Some((term, fleet.pooled(name, route_evidence)))
             }

@@ -28,50 +28,68 @@ impl Controls {
         Self { registry, states: Mutex::new(HashMap::new()), fences: Mutex::new(HashMap::new()) }
     }
 
-    /// Reads (once) and applies `change` to `model`'s state, writing it back when it changed.
-    /// With a registry in object storage the store's state is authoritative: a change is
-    /// applied to it by compare-and-set (re-applied after a lost race, so an operator's and the
-    /// controller's changes never overwrite each other), fenced by the lease term this process
-    /// holds, without holding the lock over the store request.
-    fn with<T>(&self, model: &str, mut change: impl FnMut(&mut RolloutState) -> T) -> T {
+    /// Reads (once) the cached state of `model` and answers from it.
+    fn read<T>(&self, model: &str, answer: impl FnOnce(&RolloutState) -> T) -> T {
         // Plain data behind the lock: a panic elsewhere cannot leave it half-updated.
-        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        let (state, writable) = states.entry(model.to_owned()).or_insert_with(|| self.load(model));
-        let before = state.clone();
-        let out = change(state);
-        if *state != before
-            && let Some(registry) = self.registry.as_ref().filter(|r| r.remote().is_some())
-        {
-            *state = before;
-            drop(states);
-            let fence = self.fence_of(model);
-            let mut last = None;
-            return match registry.update_rollout_state(model, fence, |s| last = Some(change(s))) {
-                Ok(Some(stored)) => {
-                    self.lock().insert(model.to_owned(), (stored, true));
-                    last.unwrap_or(out)
+        let mut states = self.lock();
+        let (state, _) = states.entry(model.to_owned()).or_insert_with(|| self.load(model));
+        answer(state)
+    }
+
+    /// Applies `change` to `model`'s state and writes it. With a folder: to the cached state,
+    /// then the file (when it changed). With a registry in object storage the store's state is
+    /// authoritative: `change` is applied to it by compare-and-set (re-applied after a lost race,
+    /// so an operator's and the controller's changes never overwrite each other), `fenced` by
+    /// the lease term this process holds for the controller's own step changes, and without
+    /// holding the lock over the store request. A store that fails leaves the change in this
+    /// process (a rollback still takes the version out of routing) and says so.
+    fn write(&self, model: &str, fenced: bool, mut change: impl FnMut(&mut RolloutState)) -> Result<(), String> {
+        let Some(registry) = self.registry.as_ref().filter(|r| r.remote().is_some()) else {
+            let mut states = self.lock();
+            let (state, writable) = states.entry(model.to_owned()).or_insert_with(|| self.load(model));
+            let before = state.clone();
+            change(state);
+            if *state != before
+                && let Some(registry) = &self.registry
+            {
+                if !*writable {
+                    tracing::error!(model, "rollout state file unreadable: this decision holds in this process only");
+                } else if let Err(e) = registry.write_rollout_state(model, state) {
+                    tracing::error!(model, error = %e, "rollout state not saved: a restart would not resume it");
                 }
-                Ok(None) => {
-                    tracing::warn!(model, term = ?fence, "rollout state not written: a newer controller holds the lease");
-                    self.reread_from_source(model);
-                    out
-                }
-                Err(e) => {
-                    tracing::error!(model, error = %e, "rollout state not saved in the store; the change is not applied");
-                    out
-                }
-            };
-        }
-        if *state != before
-            && let Some(registry) = &self.registry
-        {
-            if !*writable {
-                tracing::error!(model, "rollout state file unreadable: this decision holds in this process only");
-            } else if let Err(e) = registry.write_rollout_state(model, state) {
-                tracing::error!(model, error = %e, "rollout state not saved: a restart would not resume it");
+            }
+            return Ok(());
+        };
+        let fence = if fenced { self.fence_of(model) } else { None };
+        match registry.update_rollout_state(model, fence, &mut change) {
+            Ok(Some(stored)) => {
+                self.cache(model, stored);
+                Ok(())
+            }
+            Ok(None) => {
+                self.reread_from_source(model);
+                Err(format!("a newer controller than term {} holds the lease of '{model}'", fence.unwrap_or(0)))
+            }
+            Err(e) => {
+                tracing::error!(model, error = %e, "rollout state not saved in the store; the change holds in this process only");
+                let mut states = self.lock();
+                let (state, _) = states.entry(model.to_owned()).or_insert_with(|| self.load(model));
+                change(state);
+                Err(e.to_string())
             }
         }
-        out
+    }
+
+    /// Caches `state` unless the cache holds a later revision already (reads and writes of the
+    /// store finish in any order).
+    fn cache(&self, model: &str, state: RolloutState) {
+        let mut states = self.lock();
+        match states.get(model) {
+            Some((cached, _)) if cached.revision > state.revision => {}
+            _ => {
+                states.insert(model.to_owned(), (state, true));
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (RolloutState, bool)>> {
@@ -84,22 +102,32 @@ impl Controls {
 
     /// In a fleet: this process holds `model`'s controller lease at `term` (`None`: it no longer
     /// does). Taking a new term re-reads the state from the store and writes the term into it,
-    /// so a previous holder's later writes are refused.
-    pub fn fence(&self, model: &str, term: Option<u64>) {
-        let mut fences = self.fences.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = match term {
-            Some(term) => fences.insert(model.to_owned(), term),
-            None => fences.remove(model),
+    /// so a previous holder's later writes are refused. Returns whether this process may act
+    /// under `term` now: false when the store could not be written or holds a newer term (the
+    /// caller tries again at its next look).
+    pub fn fence(&self, model: &str, term: Option<u64>) -> bool {
+        let Some(term) = term else {
+            self.fences.lock().unwrap_or_else(|p| p.into_inner()).remove(model);
+            return false;
         };
-        drop(fences);
-        let Some(term) = term.filter(|t| previous != Some(*t)) else { return };
-        let Some(registry) = self.registry.as_ref().filter(|r| r.remote().is_some()) else { return };
+        if self.fence_of(model) == Some(term) {
+            return true;
+        }
+        let Some(registry) = self.registry.as_ref().filter(|r| r.remote().is_some()) else { return true };
         match registry.update_rollout_state(model, Some(term), |_| {}) {
             Ok(Some(stored)) => {
-                self.lock().insert(model.to_owned(), (stored, true));
+                self.cache(model, stored);
+                self.fences.lock().unwrap_or_else(|p| p.into_inner()).insert(model.to_owned(), term);
+                true
             }
-            Ok(None) => tracing::warn!(model, term, "a newer controller term is in the store"),
-            Err(e) => tracing::error!(model, error = %e, "rollout state not re-read at the new lease term"),
+            Ok(None) => {
+                tracing::warn!(model, term, "a newer controller term is in the store");
+                false
+            }
+            Err(e) => {
+                tracing::error!(model, error = %e, "rollout state not claimed at the new lease term");
+                false
+            }
         }
     }
 
@@ -123,6 +151,7 @@ impl Controls {
             None => registry.rollout_state(model),
         };
         match fresh {
+            Ok(state) if registry.remote().is_some() => self.cache(model, state),
             Ok(state) => {
                 self.lock().insert(model.to_owned(), (state, true));
             }
@@ -132,22 +161,22 @@ impl Controls {
 
     /// The weight decided for `model`'s canary `version`, if any.
     pub fn weight(&self, model: &str, version: u64) -> Option<u32> {
-        self.with(model, |s| s.step.as_ref().filter(|p| p.candidate == version).map(|p| p.weight))
+        self.read(model, |s| s.step.as_ref().filter(|p| p.candidate == version).map(|p| p.weight))
     }
 
     /// Sets the canary weight of `model`'s `version` (keeping its step when it is the same
     /// candidate; a new candidate starts at step 0).
-    pub fn set_weight(&self, model: &str, version: u64, weight: u32) {
-        self.with(model, |s| match &mut s.step {
+    pub fn set_weight(&self, model: &str, version: u64, weight: u32) -> Result<(), String> {
+        self.write(model, false, |s| match &mut s.step {
             Some(p) if p.candidate == version => p.weight = weight.min(100),
             _ => s.step = Some(new_step(version, 0, weight.min(100))),
-        });
+        })
     }
 
     /// Puts `model`'s candidate `version` on `step` at `weight` (the step's start is now when
     /// the step changes; passed steps are kept).
     pub fn set_step(&self, model: &str, version: u64, step: usize, weight: u32) {
-        self.with(model, |s| match &mut s.step {
+        self.logged(model, true, |s| match &mut s.step {
             Some(p) if p.candidate == version && p.step == step => p.weight = weight.min(100),
             Some(p) if p.candidate == version => {
                 let passed = std::mem::take(&mut p.passed);
@@ -160,7 +189,12 @@ impl Controls {
     /// `model`'s candidate `version` moved to `step` at `weight`; `passed` is what the step
     /// before it was judged on.
     pub fn advance(&self, model: &str, version: u64, (step, weight): (usize, u32), passed: serde_json::Value) {
-        self.with(model, |s| {
+        self.logged(model, true, |s| {
+            // Applied again after a lost race: a state already on this step (or past it) was
+            // written by the attempt that landed.
+            if s.step.as_ref().is_some_and(|p| p.candidate == version && p.step >= step) {
+                return;
+            }
             let mut history = match s.step.take() {
                 Some(p) if p.candidate == version => p.passed,
                 _ => Vec::new(),
@@ -172,7 +206,7 @@ impl Controls {
 
     /// The step `model`'s candidate `version` is on and when it began, if it is on its way.
     pub fn step(&self, model: &str, version: u64) -> Option<(usize, SystemTime)> {
-        self.with(model, |s| {
+        self.read(model, |s| {
             s.step
                 .as_ref()
                 .filter(|p| p.candidate == version)
@@ -182,7 +216,7 @@ impl Controls {
 
     /// Marks `version` of `model` rolled back.
     pub fn reject(&self, model: &str, version: u64) {
-        self.with(model, |s| {
+        self.logged(model, false, |s| {
             s.rejected.insert(version);
             if s.step.as_ref().is_some_and(|p| p.candidate == version) {
                 s.step = None;
@@ -192,12 +226,12 @@ impl Controls {
 
     /// Whether `version` of `model` was rolled back.
     pub fn is_rejected(&self, model: &str, version: u64) -> bool {
-        self.with(model, |s| s.rejected.contains(&version))
+        self.read(model, |s| s.rejected.contains(&version))
     }
 
     /// Forgets the progress of a finished rollout.
     pub fn clear_weight(&self, model: &str, version: u64) {
-        self.with(model, |s| {
+        self.logged(model, false, |s| {
             if s.step.as_ref().is_some_and(|p| p.candidate == version) {
                 s.step = None;
             }
@@ -205,13 +239,20 @@ impl Controls {
     }
 
     /// Pauses or resumes automatic decisions for `model`.
-    pub fn set_paused(&self, model: &str, paused: bool) {
-        self.with(model, |s| s.paused = paused);
+    pub fn set_paused(&self, model: &str, paused: bool) -> Result<(), String> {
+        self.write(model, false, |s| s.paused = paused)
+    }
+
+    /// [`Controls::write`] whose failure is logged (the caller goes on: the next look decides).
+    fn logged(&self, model: &str, fenced: bool, change: impl FnMut(&mut RolloutState)) {
+        if let Err(e) = self.write(model, fenced, change) {
+            tracing::warn!(model, error = %e, "rollout state change not written");
+        }
     }
 
     /// Whether automatic decisions for `model` are paused.
     pub fn is_paused(&self, model: &str) -> bool {
-        self.with(model, |s| s.paused)
+        self.read(model, |s| s.paused)
     }
 }
 
@@ -223,16 +264,17 @@ fn new_step(candidate: u64, step: usize, weight: u32) -> StepState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn decisions_survive_a_new_process_reading_the_same_registry() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("m")).unwrap();
         let controls = Controls::new(Some(Registry::open(dir.path())));
-        controls.set_weight("m", 2, 10);
+        controls.set_weight("m", 2, 10).unwrap();
         controls.advance("m", 2, (1, 50), serde_json::json!({"reason": "step passed"}));
         controls.reject("m", 3);
-        controls.set_paused("m", true);
+        controls.set_paused("m", true).unwrap();
         let restarted = Controls::new(Some(Registry::open(dir.path())));
         assert_eq!(restarted.weight("m", 2), Some(50));
         assert_eq!(restarted.step("m", 2).map(|(step, _)| step), Some(1));
@@ -241,10 +283,34 @@ mod tests {
         let state = Registry::open(dir.path()).rollout_state("m").unwrap();
         assert_eq!(state.step.unwrap().passed, [serde_json::json!({"reason": "step passed"})]);
         // An operator's weight keeps the step; a rollback ends it.
-        restarted.set_weight("m", 2, 30);
+        restarted.set_weight("m", 2, 30).unwrap();
         assert_eq!(restarted.step("m", 2).map(|(step, _)| step), Some(1));
         restarted.reject("m", 2);
         assert_eq!((restarted.step("m", 2), restarted.weight("m", 2)), (None, None));
+    }
+
+    #[test]
+    fn in_a_fleet_an_operators_change_and_the_controllers_both_hold_and_an_old_term_is_refused() {
+        let remote = flywheel_registry::Remote::shared("memory://controls/registry").unwrap();
+        let copies: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let controls = |i: usize| Controls::new(Some(Registry::mirrored(copies[i].path(), Arc::clone(&remote))));
+        let (leader, operator, stale, old) = (controls(0), controls(1), controls(2), controls(3));
+        assert!(!stale.is_paused("m"), "cached before the operator's pause");
+        assert!(old.fence("m", Some(1)), "the first holder");
+        assert!(leader.fence("m", Some(2)), "the next holder");
+        leader.set_step("m", 5, 1, 50);
+        operator.set_paused("m", true).unwrap();
+        leader.advance("m", 5, (2, 100), serde_json::json!({"step": 1}));
+        let state = remote.rollout_state("m").unwrap();
+        assert!(state.paused, "the operator's pause survived the controller's write");
+        assert_eq!((state.step.as_ref().map(|p| (p.step, p.weight)), state.term), (Some((2, 100)), 2));
+        // A resume from a process whose cache never saw the pause is still written.
+        stale.set_paused("m", false).unwrap();
+        assert!(!remote.rollout_state("m").unwrap().paused);
+        // The first holder, unaware it lost the lease: its step change is refused.
+        old.set_step("m", 5, 0, 10);
+        assert_eq!(remote.rollout_state("m").unwrap().step.map(|p| p.step), Some(2));
+        assert_eq!(old.step("m", 5).map(|(step, _)| step), Some(2), "and it re-read the store");
     }
 
     #[test]

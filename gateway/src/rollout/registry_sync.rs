@@ -59,6 +59,7 @@ pub fn spawn(mirror: Arc<Mirror>, reloader: Arc<Reloader>) -> std::io::Result<Ba
     Background::spawn("registry-sync", move |running| {
         let Some(remote) = mirror.registry().remote().cloned() else { return };
         let mut next = Instant::now();
+        let mut polls: u64 = 0;
         while running.keep_going() {
             let interval = Duration::from_millis(reloader.config.load().registry.poll_interval_ms);
             next += interval;
@@ -84,6 +85,16 @@ pub fn spawn(mirror: Arc<Mirror>, reloader: Arc<Reloader>) -> std::io::Result<Ba
                 }
                 if !moved.is_empty() {
                     reloader.reload();
+                }
+                // The trainer's runs, for the admin API: rare, so every fifth poll.
+                polls += 1;
+                if polls % 5 == 1 {
+                    for model in mirror.registry().models().unwrap_or_default() {
+                        let runs = (flywheel_registry::TRAINER_RUNS_DIR, flywheel_registry::TRAINER_RUNS_FILE);
+                        if let Err(e) = mirror.sync_log(&model, runs.0, runs.1) {
+                            tracing::warn!(model, error = %e, "trainer runs not copied from the store");
+                        }
+                    }
                 }
             });
             // A sync slower than the interval does not queue up a burst of catch-up syncs.

@@ -30,6 +30,14 @@ impl StoreWriter {
         if let Some(writer) = writers.get(remote.url()) {
             return Some(Arc::clone(writer));
         }
+        let writer = Arc::new(Self::start(remote)?);
+        writers.insert(remote.url().to_owned(), Arc::clone(&writer));
+        Some(writer)
+    }
+
+    /// A writer thread of its own for `remote` (a heavy stream, e.g. relayed labels, that must
+    /// not hold up audit lines and drift events).
+    pub fn start(remote: &Arc<Remote>) -> Option<StoreWriter> {
         let (tx, rx) = bounded::<Record>(QUEUE);
         let store = Arc::clone(remote);
         let spawned = std::thread::Builder::new().name("store-writer".into()).spawn(move || {
@@ -49,9 +57,7 @@ impl StoreWriter {
             tracing::error!(error = %e, "store writer not started; records stay in the local logs");
             return None;
         }
-        let writer = Arc::new(StoreWriter { tx });
-        writers.insert(remote.url().to_owned(), Arc::clone(&writer));
-        Some(writer)
+        Some(StoreWriter { tx })
     }
 
     /// Queues `bytes` for the object at `parts`; never blocks.

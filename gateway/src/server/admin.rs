@@ -249,11 +249,13 @@ async fn model_action(
             // The state is written through to the registry (a store request in a fleet): off
             // the async threads.
             blocking(move || {
-                r.controls.set_weight(&model_owned, candidate, weight);
+                r.controls.set_weight(&model_owned, candidate, weight)?;
                 r.audit.append(&entry);
                 r.reload();
+                Ok(())
             })
-            .await?;
+            .await?
+            .map_err(|e: String| ApiError::NotReady(format!("canary weight not set: {e}")))?;
         }
         "pause" | "resume" => {
             let paused = action == "pause";
@@ -261,10 +263,12 @@ async fn model_action(
                 crate::rollout::audit::AuditEntry::now(model, "admin", if paused { "pause" } else { "resume" });
             entry.reason = reason;
             blocking(move || {
-                r.controls.set_paused(&model_owned, paused);
+                r.controls.set_paused(&model_owned, paused)?;
                 r.audit.append(&entry);
+                Ok(())
             })
-            .await?;
+            .await?
+            .map_err(|e: String| ApiError::NotReady(format!("{action} not applied: {e}")))?;
         }
         other => {
             return Err(ApiError::NotFound { method: "POST".into(), path: format!("/admin/models/{model}/{other}") });

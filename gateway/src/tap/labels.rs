@@ -235,6 +235,15 @@ impl LabelIndex {
     /// stores it. Returns whether it joined.
     pub fn join_relayed(&mut self, model: &str, label: &Label) -> Option<(String, u64, bool)> {
         self.expire();
+        // The same label relayed twice (a client retry to another replica) scores once.
+        let key = (label.id.clone(), label.row);
+        if self.seen.get(&key) == Some(&label.label) {
+            return None;
+        }
+        if self.seen.len() < self.capacity {
+            self.seen.insert(key.clone(), label.label);
+            self.seen_order.push_back((Instant::now(), key));
+        }
         let (_, scored) = self.join(label);
         if scored.is_some() {
             metrics::counter!(LABELS, "model" => model.to_owned(), "outcome" => "relayed").increment(1);

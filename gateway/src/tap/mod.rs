@@ -213,7 +213,7 @@ impl Tap {
         let mut channels = Channels { stop: stop_rx, relayed: crossbeam_channel::never() };
         let mut relay_in = None;
         if let (Some((remote, root)), Some(replica)) = (fleet, replica)
-            && let Some(writer) = crate::rollout::store_writer::StoreWriter::for_remote(&remote)
+            && let Some(writer) = crate::rollout::store_writer::StoreWriter::start(&remote)
         {
             let (relayed_tx, relayed_rx) = bounded(1024);
             worker.relay = Some(relay::RelayOut::new(writer, replica.clone()));
@@ -256,12 +256,13 @@ impl Tap {
 
     /// Stops the thread after it has written and finalized everything it holds.
     pub fn shutdown(&self, grace: Duration) {
-        drop(self.relay_in.lock().unwrap_or_else(|p| p.into_inner()).take());
         let _ = self.stop.send_timeout((), grace);
         let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = handle {
             let _ = handle.join();
         }
+        // The tap is done with relayed labels: stop fetching them.
+        drop(self.relay_in.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 }
 
@@ -338,6 +339,9 @@ impl Worker {
             }
             if last_check.elapsed() >= Duration::from_millis(200) {
                 health::guard("tap", || self.rotate_due());
+                if let Some(relay) = &mut self.relay {
+                    relay.flush();
+                }
                 last_check = Instant::now();
             }
         }
@@ -350,6 +354,9 @@ impl Worker {
             health::guard("tap", || self.commit_labels(waiting));
         }
         health::guard("tap", || self.finish_all());
+        if let Some(relay) = &mut self.relay {
+            relay.flush();
+        }
     }
 
     fn take_served(&mut self, served: Served) {
@@ -437,7 +444,7 @@ impl Worker {
                 }
             }
             // Another replica may have answered these: the fleet's store takes them there.
-            if let Some(relay) = &self.relay {
+            if let Some(relay) = &mut self.relay {
                 relay.send(&model, unjoined);
             }
             let _ = reply.send(Ok(new.len()));

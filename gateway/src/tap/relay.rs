@@ -20,6 +20,14 @@ use super::labels::Label;
 use crate::rollout::background::Background;
 use crate::rollout::store_writer::{StoreWriter, record_id};
 
+#[cfg(test)]
+#[test]
+fn the_writer_of_a_batch_is_read_from_its_name_exactly() {
+    assert_eq!(writer_of("1764600000000-a-000001.json"), Some("a"));
+    assert_eq!(writer_of("1764600000000-b-a-000001.json"), Some("b-a"));
+    assert_eq!(writer_of("junk.json"), None);
+}
+
 /// The folder of relayed label batches in a model's folder in the store.
 pub const RELAY_DIR: &str = "label-relay";
 /// How far back a poll lists (batches are put by other replicas' writer threads, late by up to
@@ -34,28 +42,44 @@ pub struct Batch {
     pub labels: Vec<Label>,
 }
 
-/// The sending side, owned by the tap thread.
+/// The sending side, owned by the tap thread: labels gathered per model and put as one batch
+/// per model at most every [`RelayOut::flush`] (the tap calls it every 200 ms), by a writer
+/// thread of its own.
 pub struct RelayOut {
-    writer: Arc<StoreWriter>,
+    writer: StoreWriter,
     replica: String,
     sent: AtomicU64,
+    pending: HashMap<String, Vec<Label>>,
 }
 
 impl RelayOut {
-    pub fn new(writer: Arc<StoreWriter>, replica: String) -> Self {
-        Self { writer, replica, sent: AtomicU64::new(0) }
+    pub fn new(writer: StoreWriter, replica: String) -> Self {
+        Self { writer, replica, sent: AtomicU64::new(0), pending: HashMap::new() }
     }
 
-    /// Relays labels this replica stored but could not join.
-    pub fn send(&self, model: &str, labels: Vec<Label>) {
-        if labels.is_empty() {
-            return;
+    /// Queues labels this replica stored but could not join.
+    pub fn send(&mut self, model: &str, labels: Vec<Label>) {
+        if !labels.is_empty() {
+            self.pending.entry(model.to_owned()).or_default().extend(labels);
         }
-        let id = record_id(&self.replica, self.sent.fetch_add(1, Ordering::Relaxed));
-        let batch = Batch { replica: self.replica.clone(), labels };
-        let parts = vec![model.to_owned(), RELAY_DIR.to_owned(), format!("{id}.json")];
-        self.writer.put("label_relay", parts, serde_json::to_vec(&batch).unwrap_or_default());
     }
+
+    /// Puts what was queued, one batch per model.
+    pub fn flush(&mut self) {
+        for (model, labels) in self.pending.drain() {
+            let id = record_id(&self.replica, self.sent.fetch_add(1, Ordering::Relaxed));
+            let batch = Batch { replica: self.replica.clone(), labels };
+            let parts = vec![model, RELAY_DIR.to_owned(), format!("{id}.json")];
+            self.writer.put("label_relay", parts, serde_json::to_vec(&batch).unwrap_or_default());
+        }
+    }
+}
+
+/// The replica that wrote the batch `name` (`<13 digits>-<replica>-<6 digits>.json`).
+fn writer_of(name: &str) -> Option<&str> {
+    let stem = name.strip_suffix(".json")?;
+    let rest = stem.get(14..)?;
+    rest.get(..rest.len().checked_sub(7)?)
 }
 
 /// Polls the other replicas' relayed batches of every model in the local copy at `root` and
@@ -71,9 +95,15 @@ pub fn spawn_receiver(
         while running.keep_going() {
             crate::health::guard("label-relay", || {
                 for model in Registry::open(&root).models().unwrap_or_default() {
+                    if !running.keep_going() {
+                        break;
+                    }
                     let cursor = cursors.entry(model.clone()).or_default();
                     for labels in cursor.poll(&remote, &model, &replica) {
-                        let _ = tx.try_send((model.clone(), labels));
+                        if tx.try_send((model.clone(), labels)).is_err() {
+                            metrics::counter!(crate::metrics::LABELS, "model" => model.clone(), "outcome" => "relay_dropped")
+                                .increment(1);
+                        }
                     }
                 }
             });
@@ -109,7 +139,7 @@ impl Cursor {
                 continue;
             }
             self.taken.insert(name.clone());
-            if name.contains(&format!("-{replica}-")) {
+            if writer_of(&name) == Some(replica) {
                 continue;
             }
             match remote.get_object(&[model, RELAY_DIR, &name]) {

@@ -303,42 +303,53 @@ impl Mirror {
     /// gateway would have written, and a reader of it (the trainer's watch) works unchanged.
     /// Returns how many were appended.
     pub fn sync_events(&self, model: &str) -> Result<usize, RegistryError> {
+        self.sync_log(model, crate::events::DRIFT_EVENTS_DIR, crate::events::DRIFT_EVENTS_FILE)
+    }
+
+    /// Like [`Mirror::sync_events`] for any log of JSON records with an `id` (the object's
+    /// name) kept one object per record under `<model>/<folder>/` in the store: records the
+    /// local `<copy>/<model>/<file>` lacks are appended in id order (a `seq` field, when the
+    /// records have one, is renumbered on from the local log's).
+    pub fn sync_log(&self, model: &str, folder: &str, file: &str) -> Result<usize, RegistryError> {
         use std::io::Write;
-        let path = self.root.join(model).join(crate::events::DRIFT_EVENTS_FILE);
+        let path = self.root.join(model).join(file);
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let held: BTreeSet<String> = text
             .lines()
-            .filter_map(|l| serde_json::from_str::<crate::events::DriftEvent>(l).ok())
-            .filter_map(|e| e.id)
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|e| e.get("id").and_then(|id| id.as_str()).map(str::to_owned))
             .collect();
         let mut next_seq = text.lines().count() as u64;
-        // From two minutes before the newest event copied: ids start with their time, and an
-        // event put late (a slow replica) is still within the window; older ones are history.
-        let last = self.lock().last_event.get(model).cloned().or_else(|| held.iter().next_back().cloned());
+        // From two minutes before the newest record copied: ids start with their time, and a
+        // record put late (a slow writer) is still within the window; older ones are history.
+        let cursor = format!("{model}/{folder}");
+        let last = self.lock().last_event.get(&cursor).cloned().or_else(|| held.iter().next_back().cloned());
         let after = last
             .and_then(|id| id.get(..13)?.parse::<u64>().ok())
             .map(|ms| format!("{:013}", ms.saturating_sub(120_000)));
         let mut names: Vec<String> = self
             .remote
-            .objects_after(&[model, crate::events::DRIFT_EVENTS_DIR], after.as_deref())?
+            .objects_after(&[model, folder], after.as_deref())?
             .into_iter()
             .map(|(name, _)| name)
             .filter(|n| n.ends_with(".json") && !held.contains(n.trim_end_matches(".json")))
             .collect();
         names.sort();
         if let Some(newest) = names.last().or(held.iter().next_back()) {
-            self.lock().last_event.insert(model.to_owned(), newest.trim_end_matches(".json").to_owned());
+            self.lock().last_event.insert(cursor, newest.trim_end_matches(".json").to_owned());
         }
         let (mut lines, mut appended) = (String::new(), 0);
         for name in &names {
-            let Some(fetched) = self.remote.get(&[model, crate::events::DRIFT_EVENTS_DIR, name])? else { continue };
-            let Ok(mut event) = serde_json::from_slice::<crate::events::DriftEvent>(&fetched.bytes) else {
-                continue;
-            };
-            event.seq = next_seq;
-            next_seq += 1;
+            let Some(fetched) = self.remote.get(&[model, folder, name])? else { continue };
+            let Ok(mut record) = serde_json::from_slice::<serde_json::Value>(&fetched.bytes) else { continue };
+            let Some(fields) = record.as_object_mut() else { continue };
+            fields.insert("id".into(), serde_json::Value::from(name.trim_end_matches(".json")));
+            if fields.contains_key("seq") {
+                fields.insert("seq".into(), serde_json::Value::from(next_seq));
+                next_seq += 1;
+            }
             appended += 1;
-            lines.push_str(&serde_json::to_string(&event).unwrap_or_default());
+            lines.push_str(&serde_json::to_string(&record).unwrap_or_default());
             lines.push('\n');
         }
         if lines.is_empty() {
@@ -346,8 +357,8 @@ impl Mirror {
         }
         let io = |source| RegistryError::Io { path: path.display().to_string(), source };
         std::fs::create_dir_all(self.root.join(model)).map_err(io)?;
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
-        file.write_all(lines.as_bytes()).and_then(|()| file.sync_data()).map_err(io)?;
+        let mut out = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+        out.write_all(lines.as_bytes()).and_then(|()| out.sync_data()).map_err(io)?;
         Ok(appended)
     }
 }

@@ -232,7 +232,7 @@ impl Remote {
         &self,
         model: &str,
         fence: Option<u64>,
-        mut change: impl FnMut(&mut RolloutState),
+        change: &mut dyn FnMut(&mut RolloutState),
     ) -> Result<Option<RolloutState>, RegistryError> {
         check_model(model)?;
         let parts = [model, ROLLOUT_STATE_FILE];
@@ -256,6 +256,7 @@ impl Remote {
             if next == current {
                 return Ok(Some(current));
             }
+            next.revision = current.revision + 1;
             let bytes = serde_json::to_vec_pretty(&next).unwrap_or_default();
             if let Written::Done = self.write(&parts, bytes, mode)? {
                 return Ok(Some(next));

@@ -218,17 +218,37 @@ fn an_alias_map_naming_a_version_the_copy_cannot_hold_is_not_applied() {
 fn rollout_state_changes_by_compare_and_set_and_an_older_term_is_fenced_off() {
     let remote = remote("fenced");
     remote.write(&["m", "1", "model.onnx"], b"x".to_vec(), PutMode::Create).unwrap();
-    let stored = remote.update_rollout_state("m", Some(2), |s| s.paused = true).unwrap().unwrap();
+    let stored = remote.update_rollout_state("m", Some(2), &mut |s| s.paused = true).unwrap().unwrap();
     assert_eq!((stored.paused, stored.term), (true, 2));
     // An operator (no term) changes it on top: nothing of the controller's is lost.
     let stored = remote
-        .update_rollout_state("m", None, |s| {
+        .update_rollout_state("m", None, &mut |s| {
             s.rejected.insert(7);
         })
         .unwrap()
         .unwrap();
     assert!(stored.paused && stored.rejected.contains(&7) && stored.term == 2);
     // A holder of an older term may no longer write.
-    assert_eq!(remote.update_rollout_state("m", Some(1), |s| s.paused = false).unwrap(), None);
+    assert_eq!(remote.update_rollout_state("m", Some(1), &mut |s| s.paused = false).unwrap(), None);
     assert!(remote.rollout_state("m").unwrap().paused);
+}
+
+#[test]
+fn a_log_of_records_without_seq_joins_the_local_log_once_with_its_ids() {
+    let remote = remote("runs");
+    let (_b, reader) = mirror(&remote);
+    for (id, outcome) in [("0000000000005-trainer-000001", "rejected"), ("0000000000004-trainer-000000", "registered")]
+    {
+        let record = serde_json::json!({"model": "m", "outcome": outcome});
+        remote
+            .write(&["m", "trainer-runs", &format!("{id}.json")], serde_json::to_vec(&record).unwrap(), PutMode::Create)
+            .unwrap();
+    }
+    assert_eq!(reader.sync_log("m", "trainer-runs", "trainer-runs.jsonl").unwrap(), 2);
+    assert_eq!(reader.sync_log("m", "trainer-runs", "trainer-runs.jsonl").unwrap(), 0);
+    let text = std::fs::read_to_string(reader.root().join("m/trainer-runs.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["outcome"], "registered", "in id (time) order");
+    assert_eq!(lines[1]["id"], "0000000000005-trainer-000001");
+    assert!(lines[0].get("seq").is_none(), "records without a seq get none");
 }
