@@ -78,13 +78,6 @@ impl AuditLog {
         let Some(path) = &self.path else { return };
         let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         rotate_if_full(path);
-        if let (Some(store), Some(replica)) = (&self.store, &self.replica) {
-            let n = self.lines.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let id = super::store_writer::record_id(replica, n);
-            let stamped = AuditEntry { replica: Some(replica.clone()), ..entry.clone() };
-            let bytes = serde_json::to_vec(&stamped).unwrap_or_default();
-            store.put("audit", vec![AUDIT_DIR.to_owned(), format!("{id}.json")], bytes);
-        }
         let line = match (&self.replica, &entry.replica) {
             (Some(replica), None) => {
                 serde_json::to_string(&AuditEntry { replica: Some(replica.clone()), ..entry.clone() })
@@ -99,6 +92,14 @@ impl AuditLog {
         });
         if let Err(e) = written {
             tracing::error!(path = %path.display(), error = %e, "audit log not written");
+        }
+        // Then the fleet's copy, off this thread.
+        if let (Some(store), Some(replica)) = (&self.store, &self.replica) {
+            let n = self.lines.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = super::store_writer::record_id(replica, n);
+            let stamped = AuditEntry { replica: Some(replica.clone()), ..entry.clone() };
+            let bytes = serde_json::to_vec(&stamped).unwrap_or_default();
+            store.put("audit", vec![AUDIT_DIR.to_owned(), format!("{id}.json")], bytes);
         }
     }
 

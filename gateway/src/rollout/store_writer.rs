@@ -42,15 +42,18 @@ impl StoreWriter {
         let store = Arc::clone(remote);
         let spawned = std::thread::Builder::new().name("store-writer".into()).spawn(move || {
             for (kind, parts, bytes) in rx {
-                let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-                let result = match store.put_object(&parts, bytes) {
-                    Ok(()) => "ok",
-                    Err(e) => {
-                        tracing::error!(kind, error = %e, "record not put to the store; it is in the local log");
-                        "failed"
-                    }
-                };
-                metrics::counter!(STORE_RECORDS, "kind" => kind, "result" => result).increment(1);
+                // Guarded: a panic loses this record (counted), never the thread.
+                crate::health::guard("store-writer", || {
+                    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+                    let result = match store.put_object(&parts, bytes) {
+                        Ok(()) => "ok",
+                        Err(e) => {
+                            tracing::error!(kind, error = %e, "record not put to the store; it is in the local log");
+                            "failed"
+                        }
+                    };
+                    metrics::counter!(STORE_RECORDS, "kind" => kind, "result" => result).increment(1);
+                });
             }
         });
         if let Err(e) = spawned {

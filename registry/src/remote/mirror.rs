@@ -105,9 +105,15 @@ impl Mirror {
         let have: BTreeSet<u64> =
             local.versions(model).map(|(v, _)| v.iter().map(|e| e.version).collect()).unwrap_or_default();
         let now = std::time::Instant::now();
+        // Versions a new alias map names are looked at now, whatever their back-off.
+        let named: BTreeSet<u64> = match &aliases {
+            Read::Fetched(f) => parse_aliases(&f.bytes).map(|m| m.into_values().collect()).unwrap_or_default(),
+            _ => BTreeSet::new(),
+        };
         for version in self.remote.version_folders(model)? {
             let key = (model.to_owned(), version);
-            let waiting = self.lock().uncommitted.get(&key).is_some_and(|(next, _)| now < *next);
+            let waiting =
+                !named.contains(&version) && self.lock().uncommitted.get(&key).is_some_and(|(next, _)| now < *next);
             if have.contains(&version) || waiting || self.lock().refused.contains(&key) {
                 continue;
             }
@@ -141,17 +147,33 @@ impl Mirror {
         let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut aliases = self.confirm(model, ALIASES_FILE, aliases)?;
         let state = self.confirm(model, ROLLOUT_STATE_FILE, state)?;
-        // An alias map naming a version the copy does not hold (not downloaded yet, or refused)
-        // is not applied: the copy keeps a map whose versions it can serve. Its ETag is not
-        // kept either, so the next sync reads it again.
+        // An alias naming a version the copy does not hold (not downloaded yet, or refused)
+        // keeps its old value in the copy (or stays out of it); the other aliases move. The
+        // ETag is not kept, so the next sync reads the map again.
         if let Read::Fetched(fetched) = &aliases
             && let Ok(map) = parse_aliases(&fetched.bytes)
-            && let Some(missing) = map.values().find(|v| !self.root.join(model).join(v.to_string()).is_dir())
+            && map.values().any(|v| !self.root.join(model).join(v.to_string()).is_dir())
         {
-            report.failed.push(format!(
-                "{}: names version {missing}, which the copy does not hold yet; the copy keeps its alias map",
-                self.remote.display(&[model, ALIASES_FILE])
-            ));
+            let held = Registry::open(&self.root).aliases(model).unwrap_or_default();
+            let mut merged = BTreeMap::new();
+            for (alias, version) in &map {
+                if self.root.join(model).join(version.to_string()).is_dir() {
+                    merged.insert(alias.clone(), *version);
+                } else {
+                    report.failed.push(format!(
+                        "{}: alias '{alias}' names version {version}, which the copy does not hold; it keeps {}",
+                        self.remote.display(&[model, ALIASES_FILE]),
+                        held.get(alias).map_or_else(|| "no value".to_owned(), |v| format!("version {v}"))
+                    ));
+                    if let Some(old) = held.get(alias) {
+                        merged.insert(alias.clone(), *old);
+                    }
+                }
+            }
+            if merged != held {
+                write_local_aliases(&self.root, model, &merged)?;
+                report.replaced.push((model.to_owned(), ALIASES_FILE.to_owned()));
+            }
             aliases = Read::Unchanged;
         }
         self.apply_small(model, ALIASES_FILE, aliases, report)?;

@@ -212,6 +212,11 @@ fn an_alias_map_naming_a_version_the_copy_cannot_hold_is_not_applied() {
     assert_eq!(report.refused.len(), 1, "{report:?}");
     assert!(report.failed.iter().any(|f| f.contains("names version 2")), "{report:?}");
     assert_eq!(reader.registry().resolve("m", "champion").unwrap(), 1, "the copy keeps a map it can serve");
+    // The other aliases still move.
+    registry.set_alias("m", "stable", 1).unwrap();
+    reader.sync().unwrap();
+    assert_eq!(reader.registry().resolve("m", "stable").unwrap(), 1);
+    assert_eq!(reader.registry().resolve("m", "champion").unwrap(), 1);
 }
 
 #[test]
