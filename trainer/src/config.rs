@@ -159,7 +159,12 @@ impl TrainerConfig {
     pub fn registry_handle(&self) -> flywheel_registry::Registry {
         match self.registry_url.as_deref().map(flywheel_registry::Remote::shared) {
             Some(Ok(remote)) => flywheel_registry::Registry::mirrored(&self.registry, remote),
-            _ => flywheel_registry::Registry::open(&self.registry),
+            Some(Err(e)) => {
+                // localize() opened this URL already, so this does not happen.
+                tracing::error!(error = %e, "registry store unusable; reads and writes go to its local copy only");
+                flywheel_registry::Registry::open(&self.registry)
+            }
+            None => flywheel_registry::Registry::open(&self.registry),
         }
     }
 

@@ -21,6 +21,10 @@ pub fn restart_only_changes(started: &Config, new: &Config) -> Vec<&'static str>
         started.model_repository != new.model_repository || started.registry_url != new.registry_url,
     );
     check("registry.cache_dir", started.registry.cache_dir != new.registry.cache_dir);
+    // The fleet's identity and timing are taken at start (lease holder name, evidence files).
+    check("fleet.replica", started.fleet.replica != new.fleet.replica);
+    check("fleet.lease_ttl_ms", started.fleet.lease_ttl_ms != new.fleet.lease_ttl_ms);
+    check("fleet.evidence_stale_ms", started.fleet.evidence_stale_ms != new.fleet.evidence_stale_ms);
     check("ort_library", started.ort_library != new.ort_library);
     check("http_threads", started.http_threads != new.http_threads);
     check("max_body_bytes", started.max_body_bytes != new.max_body_bytes);
@@ -63,9 +67,17 @@ mod tests {
         new.server.body_timeout_ms = 1234;
         new.sampling.max_file_age_ms = 500;
         new.drift.window_rows = 77;
+        new.fleet.lease_ttl_ms = 2000;
+        new.registry.poll_interval_ms = 500;
         assert_eq!(
             restart_only_changes(&started, &new),
-            vec!["max_in_flight", "server.body_timeout_ms", "sampling (every key but rate)", "drift"]
+            vec![
+                "fleet.lease_ttl_ms",
+                "max_in_flight",
+                "server.body_timeout_ms",
+                "sampling (every key but rate)",
+                "drift"
+            ]
         );
     }
 }
