@@ -295,9 +295,7 @@ async fn a_label_posted_to_another_replica_joins_the_evidence_of_the_replica_tha
     let http = Http::new(false);
     let mut ids = Vec::new();
     for i in 0..40u64 {
-        let body = serde_json::to_vec(&tiny_request(&tiny_rows(1, i))).unwrap();
-        let headers = [("content-type", "application/json".to_owned())];
-        let reply = http.send(hyper::Method::POST, &format!("{}/v2/models/tiny/infer", a.base), &headers, body).await;
+        let reply = http.post_json(&format!("{}/v2/models/tiny/infer", a.base), &tiny_request(&tiny_rows(1, i))).await;
         assert_eq!(reply.status, 200);
         ids.push(reply.header("x-flywheel-request-id").unwrap().to_owned());
     }

@@ -33,6 +33,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+def s3_client(endpoint):
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+                        region_name="us-east-1")
+
+
+def trainer(fleet, *args):
+    """`trainer <args> --registry s3://.../reg --model tiny`, its copy under the test's folder."""
+    return subprocess.run(
+        [binary("trainer"), *args, "--registry", f"s3://{BUCKET}/reg", "--model", "tiny"],
+        capture_output=True, text=True, env={**fleet["env"], "TMPDIR": str(fleet["tmp"])},
+    )
+
+
 def post(url, body):
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
     with urllib.request.urlopen(req) as r:
@@ -52,8 +65,7 @@ def fleet():
         "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "FLYWHEEL_LOG": "warn",
     }
-    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
-                      region_name="us-east-1")
+    s3 = s3_client(endpoint)
     deadline = time.time() + 30
     while True:
         try:
@@ -139,10 +151,7 @@ def test_every_replicas_samples_and_labels_reach_the_store_and_join_there(fleet)
 
 
 def test_the_trainer_assembles_one_dataset_from_every_replica(fleet):
-    out = subprocess.run(
-        [binary("trainer"), "dataset", "--registry", f"s3://{BUCKET}/reg", "--model", "tiny"],
-        capture_output=True, text=True, env={**fleet["env"], "TMPDIR": str(fleet["tmp"])},
-    )
+    out = trainer(fleet, "dataset")
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     assert summary["train_rows"] + summary["holdout_rows"] == N, summary
@@ -151,15 +160,11 @@ def test_the_trainer_assembles_one_dataset_from_every_replica(fleet):
 
 def test_a_trainer_run_is_recorded_in_the_store_for_the_fleet(fleet):
     # 60 rows are fewer than the trainer's min_rows: the run fails, and says so in its record.
-    out = subprocess.run(
-        [binary("trainer"), "run", "--registry", f"s3://{BUCKET}/reg", "--model", "tiny"],
-        capture_output=True, text=True, env={**fleet["env"], "TMPDIR": str(fleet["tmp"])},
-    )
+    out = trainer(fleet, "run")
     assert out.returncode == 1, out.stderr
     record = json.loads(out.stdout)
     assert record["outcome"] == "failed", record
-    s3 = boto3.client("s3", endpoint_url=fleet["endpoint"], aws_access_key_id="test",
-                      aws_secret_access_key="test", region_name="us-east-1")
+    s3 = s3_client(fleet["endpoint"])
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="reg/tiny/trainer-runs/")["Contents"]]
     assert len(keys) == 1 and "-trainer-" in keys[0], keys
     stored = json.load(s3.get_object(Bucket=BUCKET, Key=keys[0])["Body"])
