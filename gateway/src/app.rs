@@ -133,7 +133,7 @@ impl Gateway {
             .await
             .map_err(|e| StartError::Listen { addr: config.listen.to_string(), reason: e.to_string() })?;
         let replica = self_replica(&reloader);
-        let tap = start_tap(&config, reloader.fleet.as_ref().map(|_| replica.clone()));
+        let tap = start_tap(&config, reloader.fleet.as_ref().map(|_| replica.clone()), &replica);
         let sample_upload = start_upload(&config, tap.is_some(), replica);
         let state = Arc::new(AppState {
             table,
@@ -233,10 +233,18 @@ async fn first_sync(mirror: &Arc<flywheel_registry::Mirror>, root: &std::path::P
 }
 
 /// Starts the tap (sampling, labels, drift); without one the gateway serves all the same.
-fn start_tap(config: &Config, replica: Option<String>) -> Option<Arc<Tap>> {
+/// `fleet` is the replica's fleet name, `name` this process's (for the sample store's records).
+fn start_tap(config: &Config, fleet: Option<String>, name: &str) -> Option<Arc<Tap>> {
     let dir = config.sample_dir()?;
     let registry = config.registry_handle();
-    match Tap::start(config.sampling.clone(), config.drift.clone(), dir.clone(), registry, replica) {
+    let label_store = config.sample_store_url().and_then(|url| match flywheel_registry::Remote::shared(&url) {
+        Ok(remote) => Some((remote, name.to_owned())),
+        Err(e) => {
+            tracing::error!(error = %e, "sample store unusable; labels are acknowledged from the local disk");
+            None
+        }
+    });
+    match Tap::start(config.sampling.clone(), config.drift.clone(), dir.clone(), registry, fleet, label_store) {
         Ok(tap) => {
             tracing::info!(dir = %dir.display(), rate = config.sampling.rate, "tap started");
             Some(Arc::new(tap))

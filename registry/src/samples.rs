@@ -11,6 +11,23 @@
 //! (`out_<output>_<i>` / `out_<output>`). A file is written under a hidden `.tmp` name and
 //! renamed when complete, so any `*.parquet` is whole.
 
+/// Folder, in a fleet's sample store, of labels acknowledged but not yet in a label Parquet
+/// file there: `label-journal/model=<m>/<id>.jsonl`, one [`JournaledLabel`] per line, put by
+/// the replica that took them before it answered. An object is deleted once the Parquet file
+/// holding its labels is in the store; what is left (a replica lost before its file was up) is
+/// read by the trainer with the Parquet labels.
+pub const LABEL_JOURNAL: &str = "label-journal";
+
+/// One acknowledged label as journaled (the gateway's local journal and [`LABEL_JOURNAL`]).
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct JournaledLabel {
+    pub id: String,
+    pub row: u32,
+    pub label: f64,
+    /// When it was acknowledged (µs since the epoch): its `time` in the label files.
+    pub time_us: i64,
+}
+
 /// Folder of sample files under the sample directory.
 pub const SAMPLES: &str = "samples";
 /// Folder of label files under the sample directory.

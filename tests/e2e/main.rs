@@ -8,6 +8,7 @@ mod durable_labels;
 mod endpoints;
 mod errors;
 mod fleet;
+mod fleet_labels;
 mod fleet_lb;
 mod hostile;
 mod infer;

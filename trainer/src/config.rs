@@ -182,7 +182,10 @@ impl TrainerConfig {
         if let Some(url) = &self.samples_url {
             let remote = flywheel_registry::Remote::shared(url).map_err(|e| e.to_string())?;
             let model = format!("{}={}", flywheel_registry::samples::MODEL, self.model);
-            for kind in [flywheel_registry::samples::SAMPLES, flywheel_registry::samples::LABELS] {
+            // The label journal first: an object deleted once its label file is up is then
+            // found in that file.
+            use flywheel_registry::samples::{LABEL_JOURNAL, LABELS, SAMPLES};
+            for kind in [LABEL_JOURNAL, SAMPLES, LABELS] {
                 let local = self.samples.join(kind).join(&model);
                 flywheel_registry::copy_down(&remote, &[kind, &model], &local).map_err(|e| e.to_string())?;
             }

@@ -145,8 +145,10 @@ fn keys(batch: &RecordBatch) -> Option<(StringArray, UInt32Array, TimestampMicro
 }
 
 /// The labels of `model`: (request id, row) → (label, time); a later label replaces an earlier one.
+/// Read from the label files and from the fleet's label journal (labels acknowledged by a
+/// replica whose label file is not in the store yet, or never will be: a replica lost).
 fn labels(spec: &AssembleSpec) -> Result<Labels, DatasetError> {
-    let mut map: Labels = HashMap::new();
+    let mut map: Labels = journaled_labels(spec);
     let dir = spec.sample_dir.join(samples::LABELS).join(format!("model={}", spec.model));
     for path in parquet_files(&dir, spec.since_us) {
         for batch in read_batches(&path)? {
@@ -166,6 +168,36 @@ fn labels(spec: &AssembleSpec) -> Result<Labels, DatasetError> {
         }
     }
     Ok(map)
+}
+
+/// The labels of `model` in `<sample_dir>/label-journal/model=<m>/*.jsonl` (the store's
+/// [`samples::LABEL_JOURNAL`] objects, copied down). An unreadable line is skipped with a warning.
+fn journaled_labels(spec: &AssembleSpec) -> Labels {
+    let mut map: Labels = HashMap::new();
+    let dir = spec.sample_dir.join(samples::LABEL_JOURNAL).join(format!("{}={}", samples::MODEL, spec.model));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            match serde_json::from_str::<samples::JournaledLabel>(line) {
+                Ok(l) => {
+                    let key = (l.id, l.row);
+                    if map.get(&key).is_none_or(|(_, t)| *t <= l.time_us) {
+                        map.insert(key, (l.label, l.time_us));
+                    }
+                }
+                Err(e) => tracing::warn!(path = %path.display(), line = n + 1, error = %e, "journaled label skipped"),
+            }
+        }
+    }
+    map
 }
 
 /// Assembles the dataset `spec` describes.

@@ -157,3 +157,29 @@ fn date_partitions_before_the_window_are_not_read() {
     let d = assemble(&AssembleSpec { since_us: Some(t0), ..spec(dir.path()) }).unwrap();
     assert_eq!(d.train.y.len() + d.holdout.y.len(), 4);
 }
+
+#[test]
+fn labels_left_in_the_fleets_label_journal_join_like_label_files_and_the_later_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path());
+    // A replica lost before its label file was up: its acknowledged labels are journal objects.
+    let journal = dir.path().join("label-journal/model=m");
+    std::fs::create_dir_all(&journal).unwrap();
+    std::fs::write(
+        journal.join("1764600000000-r1-000000.jsonl"),
+        concat!(
+            "{\"id\":\"a\",\"row\":0,\"label\":1.0,\"time_us\":300}\n",
+            "{\"id\":\"d\",\"row\":1,\"label\":0.0,\"time_us\":50}\n",
+            "not json\n",
+        ),
+    )
+    .unwrap();
+    let d = assemble(&spec(dir.path())).unwrap();
+    let mut y = d.train.y.clone();
+    y.extend(d.holdout.y.clone());
+    // a: the journal's later label (1) replaces the file's (0); d row 1: the file's later (1) stays.
+    assert_eq!(y, [1.0, 1.0, 1.0, 0.0, 1.0]);
+    std::fs::remove_dir_all(dir.path().join("label-journal")).unwrap();
+    let without = assemble(&spec(dir.path())).unwrap();
+    assert_eq!(without.train.y[0], 0.0, "the journal is what changed a");
+}

@@ -15,8 +15,7 @@ use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use flywheel_registry::samples;
-use serde::{Deserialize, Serialize};
+use flywheel_registry::samples::{self, JournaledLabel};
 
 use super::files::{PartFile, Rotation, date_of};
 use super::labels::{self, Label, LabelRows};
@@ -24,13 +23,16 @@ use super::labels::{self, Label, LabelRows};
 /// Folder of journals under the sample directory (hidden: readers of `*.parquet` skip it).
 pub const JOURNAL_DIR: &str = ".journal";
 
-/// One journaled label.
-#[derive(Debug, Deserialize, Serialize, PartialEq)]
-struct Entry {
-    id: String,
-    row: u32,
-    label: f64,
-    time_us: i64,
+/// Journaled labels as JSON lines (the local journal's and the store's format), stamped `at`.
+pub fn encode(batch: &[&Label], at: SystemTime) -> std::io::Result<Vec<u8>> {
+    let time_us = at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+    let mut text = Vec::with_capacity(batch.len() * 64);
+    for l in batch {
+        let entry = JournaledLabel { id: l.id.clone(), row: l.row, label: l.label, time_us };
+        serde_json::to_writer(&mut text, &entry).map_err(std::io::Error::other)?;
+        text.push(b'\n');
+    }
+    Ok(text)
 }
 
 /// The open journals of one tap, by model.
@@ -59,13 +61,7 @@ impl Journal {
         if batch.is_empty() {
             return Ok(());
         }
-        let time_us = at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
-        let mut text = Vec::with_capacity(batch.len() * 64);
-        for l in batch {
-            let entry = Entry { id: l.id.clone(), row: l.row, label: l.label, time_us };
-            serde_json::to_writer(&mut text, &entry).map_err(std::io::Error::other)?;
-            text.push(b'\n');
-        }
+        let text = encode(batch, at)?;
         let open = self.open_for(model)?;
         let before = open.file.metadata()?.len();
         if let Err(e) = open.file.write_all(&text) {
@@ -180,7 +176,7 @@ fn replay_one(sample_dir: &Path, model: &str, path: &Path) -> std::io::Result<(u
     // By bytes, not text lines: a line torn inside a multi-byte character is one skipped line,
     // not a journal that can never be replayed.
     for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice::<Entry>(line) {
+        match serde_json::from_slice::<JournaledLabel>(line) {
             Ok(e) => {
                 let at = SystemTime::UNIX_EPOCH + Duration::from_micros(e.time_us.max(0) as u64);
                 rows.push(&Label { id: e.id, row: e.row, label: e.label }, at);

@@ -10,6 +10,7 @@ pub mod files;
 pub mod journal;
 pub mod labels;
 pub mod relay;
+pub mod store_ack;
 pub mod upload;
 
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select};
-use flywheel_registry::{Registry, samples};
+use flywheel_registry::{Registry, Remote, samples};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
@@ -60,6 +61,20 @@ pub struct SamplingSettings {
     pub store_url: Option<String>,
     /// How often the sample folder is scanned for part files to upload.
     pub upload_interval_ms: u64,
+    /// With a sample store: `"store"` (default) answers `/feedback` once the labels are in the
+    /// store as well as fsynced in the local journal ([`store_ack`]), so losing a replica's disk
+    /// loses no acknowledged label; `"disk"` answers after the local fsync only (the store gets
+    /// them with the label file, up to `max_file_age_ms` plus an upload later).
+    pub label_ack: LabelAck,
+}
+
+/// When `/feedback` answers (see [`SamplingSettings::label_ack`]).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelAck {
+    #[default]
+    Store,
+    Disk,
 }
 
 impl Default for SamplingSettings {
@@ -78,6 +93,7 @@ impl Default for SamplingSettings {
             label_window_ms: 3_600_000,
             store_url: None,
             upload_interval_ms: 2_000,
+            label_ack: LabelAck::Store,
         }
     }
 }
@@ -163,10 +179,12 @@ pub fn id_fraction(request_id: &str) -> f64 {
 /// Labels and their answer channel.
 type LabelMsg = (String, Vec<Label>, oneshot::Sender<Result<usize, String>>);
 
-/// The tap thread's other inputs: the stop signal, and labels relayed by other replicas.
+/// The tap thread's other inputs: the stop signal, labels relayed by other replicas, and label
+/// groups back from the sample store.
 struct Channels {
     stop: Receiver<()>,
     relayed: Receiver<(String, Vec<Label>)>,
+    acked: Receiver<store_ack::Acked>,
 }
 
 /// The handle the server holds: cheap sends, never blocking.
@@ -183,12 +201,15 @@ pub struct Tap {
 
 impl Tap {
     /// Starts the tap thread writing under `dir` (leftover temporary files are removed first).
+    /// `replica` is the fleet name (labels are relayed through the registry store with one);
+    /// `label_store` the sample store labels are acknowledged from (with this process's name).
     pub fn start(
         sampling: SamplingSettings,
         drift: DriftSettings,
         dir: PathBuf,
         registry: Option<Registry>,
         replica: Option<String>,
+        label_store: Option<(Arc<Remote>, String)>,
     ) -> std::io::Result<Self> {
         let removed = clean_leftovers(&dir);
         if removed > 0 {
@@ -210,7 +231,13 @@ impl Tap {
         let fleet = registry.as_ref().and_then(|r| Some((Arc::clone(r.remote()?), r.root().to_path_buf())));
         let drift_monitor = DriftMonitor::new(drift.clone(), registry).with_replica(replica.clone());
         let mut worker = Worker::new(&sampling, dir, drift_monitor);
-        let mut channels = Channels { stop: stop_rx, relayed: crossbeam_channel::never() };
+        let mut channels =
+            Channels { stop: stop_rx, relayed: crossbeam_channel::never(), acked: crossbeam_channel::never() };
+        if let Some((remote, name)) = label_store.filter(|_| sampling.label_ack == LabelAck::Store) {
+            let (ack, done) = store_ack::StoreAck::start(remote, name)?;
+            worker.store_ack = Some(ack);
+            channels.acked = done;
+        }
         let mut relay_in = None;
         if let (Some((remote, root)), Some(replica)) = (fleet, replica)
             && let Some(writer) = crate::rollout::store_writer::StoreWriter::start(&remote)
@@ -285,10 +312,17 @@ struct Worker {
     finished: HashMap<String, Vec<(SystemTime, String)>>,
     /// In a fleet: where labels this replica stored but could not join are relayed.
     relay: Option<relay::RelayOut>,
+    /// With a sample store: the thread putting labels there before they are acknowledged.
+    store_ack: Option<store_ack::StoreAck>,
+    /// Per model, the store's journal objects of labels buffered since its last label file.
+    journal_objects: HashMap<String, Vec<String>>,
 }
 
 /// Rows buffered before they are handed to the Parquet writer.
 const BATCH_ROWS: usize = 1024;
+/// How long a stopping tap waits for label groups still at the sample store (the store's own
+/// retries take up to 15 s).
+const STORE_ACK_GRACE: Duration = Duration::from_secs(20);
 
 impl Worker {
     fn new(sampling: &SamplingSettings, dir: PathBuf, drift: DriftMonitor) -> Self {
@@ -307,11 +341,13 @@ impl Worker {
             drift,
             finished: HashMap::new(),
             relay: None,
+            store_ack: None,
+            journal_objects: HashMap::new(),
         }
     }
 
     fn run(&mut self, served: &Receiver<Box<Served>>, labels: &Receiver<LabelMsg>, channels: &Channels) {
-        let (stop, relayed) = (&channels.stop, &channels.relayed);
+        let (stop, relayed, acked) = (&channels.stop, &channels.relayed, &channels.acked);
         let mut last_check = Instant::now();
         loop {
             select! {
@@ -334,6 +370,9 @@ impl Worker {
                     group.extend(labels.try_iter().take(255));
                     health::guard("tap", || self.commit_labels(group));
                 },
+                recv(acked) -> msg => if let Ok(round) = msg {
+                    health::guard("tap", || self.labels_acked(round));
+                },
                 recv(stop) -> _ => break,
                 default(Duration::from_millis(200)) => {},
             }
@@ -352,6 +391,16 @@ impl Worker {
         let waiting: Vec<LabelMsg> = labels.try_iter().collect();
         if !waiting.is_empty() {
             health::guard("tap", || self.commit_labels(waiting));
+        }
+        // Groups still at the store are answered before the files are finalized.
+        let until = Instant::now() + STORE_ACK_GRACE;
+        while self.store_ack.as_ref().is_some_and(|a| a.in_flight > 0) {
+            match acked.recv_deadline(until) {
+                Ok(round) => {
+                    health::guard("tap", || self.labels_acked(round));
+                }
+                Err(_) => break,
+            }
         }
         health::guard("tap", || self.finish_all());
         if let Some(relay) = &mut self.relay {
@@ -399,12 +448,41 @@ impl Worker {
         }
     }
 
-    /// Stores each message's new labels: journaled and fsynced once for the whole group, then
-    /// buffered for Parquet, acknowledged, and only then recorded as seen and scored. If the
-    /// journal cannot be written, nothing of the group is recorded and every sender gets the
-    /// error (a retry stores them).
+    /// Takes a group of label messages (repeats of stored labels dropped): with a sample store
+    /// they go there first ([`store_ack`]) and are stored when they come back; otherwise they
+    /// are stored now.
     fn commit_labels(&mut self, group: Vec<LabelMsg>) {
-        let now = SystemTime::now();
+        let group = self.without_repeats(group);
+        let Some(ack) = &mut self.store_ack else {
+            return self.store_labels(group, SystemTime::now(), Vec::new());
+        };
+        if let Err(refused) = ack.send(group) {
+            for (model, _, reply) in refused {
+                metrics::counter!(SAMPLE_WRITE_ERRORS, "model" => model, "kind" => "label_store").increment(1);
+                let _ = reply.send(Err("the label store writer is busy; retry".to_owned()));
+            }
+        }
+    }
+
+    /// A round back from the sample store: stored, or refused with the store's error.
+    fn labels_acked(&mut self, round: store_ack::Acked) {
+        if let Some(ack) = &mut self.store_ack {
+            ack.in_flight = ack.in_flight.saturating_sub(1);
+        }
+        match round.result {
+            Ok(objects) => self.store_labels(round.group, round.at, objects),
+            Err(e) => {
+                tracing::error!(error = %e, "labels not written to the sample store; they were refused");
+                for (model, _, reply) in round.group {
+                    metrics::counter!(SAMPLE_WRITE_ERRORS, "model" => model, "kind" => "label_store").increment(1);
+                    let _ = reply.send(Err(format!("labels could not be written to the sample store ({e}); retry")));
+                }
+            }
+        }
+    }
+
+    /// Each message's labels less those already stored (and repeats within the message).
+    fn without_repeats(&self, group: Vec<LabelMsg>) -> Vec<LabelMsg> {
         let mut accepted: Vec<LabelMsg> = Vec::new();
         for (model, batch, reply) in group {
             let mut here = std::collections::HashSet::new();
@@ -417,6 +495,16 @@ impl Worker {
             }
             accepted.push((model, new, reply));
         }
+        accepted
+    }
+
+    /// Stores each message's new labels: journaled and fsynced once for the whole group, then
+    /// buffered for Parquet, acknowledged, and only then recorded as seen and scored. If the
+    /// journal cannot be written, nothing of the group is recorded and every sender gets the
+    /// error (a retry stores them). `objects` are the store's journal objects of the group.
+    fn store_labels(&mut self, group: Vec<LabelMsg>, now: SystemTime, objects: Vec<(String, String)>) {
+        // A group back from the store may repeat labels stored while it was there.
+        let accepted = if objects.is_empty() { group } else { self.without_repeats(group) };
         let durable = accepted
             .iter()
             .try_for_each(|(model, new, _)| self.journal.append(model, &new.iter().collect::<Vec<_>>(), now))
@@ -428,6 +516,9 @@ impl Worker {
                 let _ = reply.send(Err(format!("labels could not be written to disk ({e}); retry")));
             }
             return;
+        }
+        for (model, key) in objects {
+            self.journal_objects.entry(model).or_default().push(key);
         }
         for (model, new, reply) in accepted {
             let sink =
@@ -489,11 +580,21 @@ impl Worker {
             |r| r.take(),
             |r| r.len,
         ) {
-            // Every journaled label of this model is now in a finished file.
-            Ok(Some(_)) => self.journal.finalized(model),
+            // Every journaled label of this model is now in a finished file: the store's
+            // journal objects of these labels can go once the file is up there.
+            Ok(Some(path)) => {
+                self.journal.finalized(model);
+                if let Some(objects) = self.journal_objects.remove(model) {
+                    store_ack::note_covered(&path, &objects);
+                }
+            }
             Ok(None) => {}
-            // The rows are lost from Parquet but not from the journal: keep it for replay.
-            Err(()) => self.journal.keep(model),
+            // The rows are lost from Parquet but not from the journal: keep it for replay (and
+            // the store's objects for good).
+            Err(()) => {
+                self.journal.keep(model);
+                self.journal_objects.remove(model);
+            }
         }
     }
 

@@ -41,7 +41,11 @@ pub fn upload_pending(remote: &Remote, dir: &Path, replica: &str, uploaded: &mut
         }
         let marker = marker_of(&path);
         if marker.exists() {
-            uploaded.insert(path);
+            // Up in the store: the label journal objects it covers can go (a note left by a
+            // crash between the upload and their deletion is done now).
+            if super::store_ack::clear_covered(remote, &path) {
+                uploaded.insert(path);
+            }
             continue;
         }
         let Some(key) = store_key(dir, &path, replica) else { continue };
@@ -55,7 +59,9 @@ pub fn upload_pending(remote: &Remote, dir: &Path, replica: &str, uploaded: &mut
                     tracing::warn!(path = %marker.display(), error = %e, "upload marker not written; the file is put again");
                 }
                 metrics::counter!(UPLOADS, "result" => "ok").increment(1);
-                uploaded.insert(path);
+                if super::store_ack::clear_covered(remote, &path) {
+                    uploaded.insert(path);
+                }
                 put += 1;
             }
             Err(e) => {

@@ -102,6 +102,15 @@ impl Remote {
         self.write(parts, bytes, PutMode::Overwrite).map(|_| ())
     }
 
+    /// Deletes an object; one already gone is no error.
+    pub fn delete_object(&self, parts: &[&str]) -> Result<(), RegistryError> {
+        let (store, key) = (std::sync::Arc::clone(&self.store), self.key(parts));
+        match self.run(parts, async move { object_store::ObjectStoreExt::delete(&store, &key).await })? {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(parts, e)),
+        }
+    }
+
     /// The names (relative paths) of the objects below `parts` that sort after `after`,
     /// listed from there.
     pub fn list_after(&self, parts: &[&str], after: &str) -> Result<Vec<String>, RegistryError> {
