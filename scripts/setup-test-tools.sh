@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs the real Triton clients the compatibility tests drive, from package registries only:
-# - .venv/: Python with the current tritonclient[http], numpy, pytest, onnxruntime, and pyarrow
+# - .venv/: Python with the current tritonclient[http,grpc] (grpcio), numpy, pytest, onnxruntime, and pyarrow
 #   and DuckDB to read the sample files back, moto's S3-compatible server for the fleet
 #   tests and Ray for bring-your-own training on a cluster (PyPI);
 # - haproxy (Debian) in front of a fleet of gateways;
 # - .tools/perf_analyzer/: the perf_analyzer binary shipped inside the tritonclient==2.35.0
 #   manylinux wheel (the current `perf-analyzer` PyPI package is an empty placeholder), with
 #   libcudart.so.12 from PyPI's nvidia-cuda-runtime-cu12 (no GPU is used for HTTP) and Debian's
-#   libb64-0d. Idempotent.
+#   libb64-0d (its gRPC client is in the same binary). Idempotent.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/.venv"
@@ -16,10 +16,10 @@ tools="$root/.tools/perf_analyzer"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import tritonclient.http, numpy, pytest, onnxruntime, pyarrow, duckdb, sklearn, skl2onnx, onnx, moto.server, flask, ray" 2>/dev/null \
+if ! "$venv/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy, pytest, onnxruntime, pyarrow, duckdb, sklearn, skl2onnx, onnx, moto.server, flask, ray" 2>/dev/null \
   || [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/ray" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "tritonclient[http]" numpy pytest "onnxruntime>=1.31" pyarrow duckdb scikit-learn skl2onnx onnx "moto[server]" ray
+    "tritonclient[http,grpc]" numpy pytest "onnxruntime>=1.31" pyarrow duckdb scikit-learn skl2onnx onnx "moto[server]" ray
 fi
 
 # HAProxy (Debian) for the fleet-behind-a-load-balancer test.

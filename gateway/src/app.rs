@@ -50,6 +50,8 @@ fn list(rejected: &[Rejection]) -> String {
 /// A gateway that has loaded its models and bound its socket, not yet serving.
 pub struct Gateway {
     pub listener: TcpListener,
+    /// The gRPC port and its services, with `grpc_listen`.
+    pub grpc: Option<(TcpListener, crate::grpc::Grpc)>,
     pub state: Arc<AppState>,
     pub reloader: Arc<Reloader>,
     /// Fingerprint of config and registry taken before the first table was built.
@@ -64,6 +66,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The bound gRPC address, with `grpc_listen`.
+    pub fn grpc_addr(&self) -> Option<std::net::SocketAddr> {
+        self.grpc.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Loads the runtime and every model, and binds the listen address. `config_path` is
     /// re-read on reloads (with `overrides` applied again).
     pub async fn start(config: Config, config_path: Option<PathBuf>, overrides: Overrides) -> Result<Self, StartError> {
@@ -132,6 +139,14 @@ impl Gateway {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Listen { addr: config.listen.to_string(), reason: e.to_string() })?;
+        let grpc_listener = match config.grpc_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| StartError::Listen { addr: addr.to_string(), reason: e.to_string() })?,
+            ),
+            None => None,
+        };
         let replica = self_replica(&reloader);
         let tap = start_tap(&config, reloader.fleet.as_ref().map(|_| replica.clone()), &replica);
         let sample_upload = start_upload(&config, tap.is_some(), replica);
@@ -148,7 +163,9 @@ impl Gateway {
             admission: (config.max_in_flight > 0).then(|| crate::model::table::Budget::new(config.max_in_flight)),
         });
         let grace = Duration::from_millis(config.shutdown_grace_ms);
-        Ok(Self { listener, state, reloader, baseline, grace, registry_sync, sample_upload, copy_lock })
+        let grpc =
+            grpc_listener.map(|l| (l, crate::grpc::Grpc::new(Arc::clone(&state), config.grpc_max_message_bytes)));
+        Ok(Self { listener, grpc, state, reloader, baseline, grace, registry_sync, sample_upload, copy_lock })
     }
 
     /// Serves until `shutdown` resolves, then drains; returns whether the drain finished in time.
@@ -173,7 +190,7 @@ impl Gateway {
         let tap = self.state.tap.clone();
         let _registry_sync = self.registry_sync;
         let fleet = self.reloader.fleet.clone();
-        let drained = server::serve(self.listener, self.state, shutdown, self.grace).await;
+        let drained = server::serve(self.listener, self.grpc, self.state, shutdown, self.grace).await;
         drop(_controller);
         if let Some(fleet) = fleet {
             // Hand the controller leases over now rather than after their expiry.

@@ -29,6 +29,13 @@ pub struct Config {
     /// Address to listen on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Address of the gRPC port (`inference.GRPCInferenceService` and `grpc.health.v1.Health`;
+    /// Triton's is 8001); none by default.
+    #[serde(default)]
+    pub grpc_listen: Option<SocketAddr>,
+    /// Largest gRPC message taken or sent (tonic's default of 4 MiB is too small for batches).
+    #[serde(default = "default_max_body_bytes")]
+    pub grpc_max_message_bytes: usize,
     /// Folder of `<model>/<version>/model.onnx`, or an object store URL (`s3://bucket/prefix`,
     /// `gs://`, `az://`): then this becomes the local copy (`registry.cache_dir`) and the URL
     /// moves to `registry_url`.
@@ -185,6 +192,7 @@ fn default_cache_dir(url: &str) -> PathBuf {
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
+    pub grpc_listen: Option<SocketAddr>,
     pub model_repository: Option<PathBuf>,
     pub ort_library: Option<PathBuf>,
     pub http_threads: Option<usize>,
@@ -197,6 +205,9 @@ impl Overrides {
     pub fn apply(&self, mut config: Config) -> Config {
         if let Some(listen) = self.listen {
             config.listen = listen;
+        }
+        if let Some(listen) = self.grpc_listen {
+            config.grpc_listen = Some(listen);
         }
         if let Some(dir) = &self.model_repository {
             config.model_repository = Some(dir.clone());
@@ -379,6 +390,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            grpc_listen: None,
+            grpc_max_message_bytes: default_max_body_bytes(),
             model_repository: None,
             registry_url: None,
             registry: RegistrySettings::default(),
@@ -535,6 +548,12 @@ impl Config {
         }
         if self.max_in_flight > 1_000_000 {
             return Err(format!("max_in_flight must be at most 1000000 (0 = no limit), given {}", self.max_in_flight));
+        }
+        if !(1024..=(2usize << 30) - 1).contains(&self.grpc_max_message_bytes) {
+            return Err(format!(
+                "grpc_max_message_bytes must be in 1024..=2147483647 (gRPC's 2 GiB), given {}",
+                self.grpc_max_message_bytes
+            ));
         }
         if self.max_body_bytes > self.server.max_in_flight_bytes {
             return Err(format!(

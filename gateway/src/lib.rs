@@ -26,6 +26,7 @@ pub mod batch;
 pub mod config;
 pub mod drift;
 pub mod fuzzing;
+pub mod grpc;
 pub mod health;
 pub mod metrics;
 pub mod model;

@@ -19,6 +19,9 @@ struct Args {
     /// Listen address, overriding the config (port 0 picks a free port).
     #[arg(long, env = "FLYWHEEL_LISTEN")]
     listen: Option<SocketAddr>,
+    /// gRPC listen address (Triton's port is 8001), overriding the config's `grpc_listen`.
+    #[arg(long, env = "FLYWHEEL_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
     /// Model repository folder (`<model>/<version>/model.onnx`) or object store URL
     /// (`s3://bucket/prefix`; credentials and endpoint from `AWS_*`), overriding the config.
     #[arg(long, env = "FLYWHEEL_MODEL_REPOSITORY")]
@@ -72,6 +75,9 @@ fn main() -> ExitCode {
             Ok(addr) => println!("flywheel gateway listening on http://{addr}"),
             Err(e) => tracing::warn!(error = %e, "could not read the bound address"),
         }
+        if let Some(addr) = gateway.grpc_addr() {
+            println!("flywheel gateway listening on grpc://{addr}");
+        }
         if gateway.run(shutdown_signal()).await {
             tracing::info!("shut down cleanly");
             ExitCode::SUCCESS
@@ -85,6 +91,7 @@ fn main() -> ExitCode {
 fn overrides(args: &Args) -> Overrides {
     Overrides {
         listen: args.listen,
+        grpc_listen: args.grpc_listen,
         model_repository: args.model_repository.clone(),
         ort_library: args.ort_library.clone(),
         http_threads: args.http_threads,

@@ -16,6 +16,8 @@ pub fn restart_only_changes(started: &Config, new: &Config) -> Vec<&'static str>
         }
     };
     check("listen", started.listen != new.listen);
+    check("grpc_listen", started.grpc_listen != new.grpc_listen);
+    check("grpc_max_message_bytes", started.grpc_max_message_bytes != new.grpc_max_message_bytes);
     check(
         "model_repository",
         started.model_repository != new.model_repository || started.registry_url != new.registry_url,

@@ -40,6 +40,13 @@ impl ByteBudget {
         self.held.load(Ordering::Relaxed)
     }
 
+    /// Charges `n` bytes already received another way (a gRPC message), or refuses.
+    pub fn charge(self: &Arc<Self>, n: usize) -> Result<BytesHeld, ApiError> {
+        let mut held = self.empty();
+        held.grow(n)?;
+        Ok(held)
+    }
+
     fn empty(self: &Arc<Self>) -> BytesHeld {
         BytesHeld { budget: Arc::clone(self), n: 0 }
     }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod feedback;
 pub mod infer;
 pub mod limits;
+pub mod pipeline;
 pub mod routes;
 
 use std::convert::Infallible;
@@ -25,6 +26,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -70,17 +72,21 @@ enum Phase {
 }
 
 enum Event {
-    Accepted(TcpStream, std::net::SocketAddr, OwnedSemaphorePermit),
+    /// A connection, and the gRPC services when it came to the gRPC port.
+    Accepted(TcpStream, std::net::SocketAddr, OwnedSemaphorePermit, Option<crate::grpc::Grpc>),
     Retry,
     Drain,
     Stop,
 }
 
 /// Serves connections until `shutdown` resolves, then drains for a load balancer: readiness
-/// goes false at once, the listener stays open for `drain_delay_ms`, then it closes and
-/// in-flight requests get up to `grace` to finish. Returns whether everything drained in time.
+/// goes false at once, the listeners stay open for `drain_delay_ms`, then they close and
+/// in-flight requests get up to `grace` to finish. `grpc` is the gRPC port and its services;
+/// both ports share the connection cap and the drain. Returns whether everything drained in
+/// time.
 pub async fn serve(
     listener: TcpListener,
+    grpc: Option<(TcpListener, crate::grpc::Grpc)>,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
@@ -96,12 +102,16 @@ pub async fn serve(
             biased;
             () = &mut shutdown, if drain_until.is_none() => Event::Drain,
             () = tokio::time::sleep_until(drain_until.unwrap_or_else(Instant::now)), if drain_until.is_some() => Event::Stop,
-            event = accept(&listener, &slots) => event,
+            event = accept(&listener, &slots, None) => event,
+            event = accept_grpc(grpc.as_ref(), &slots) => event,
         };
         match event {
-            Event::Accepted(stream, peer, slot) => {
+            Event::Accepted(stream, peer, slot, services) => {
                 let conn = Connection { state: Arc::clone(&state), peer, phase: phase_rx.clone(), _slot: slot };
-                tokio::spawn(conn.run(stream, builder.clone()));
+                match services {
+                    None => tokio::spawn(conn.run(stream, builder.clone())),
+                    Some(grpc) => tokio::spawn(conn.run_grpc(stream, builder.clone(), grpc)),
+                };
             }
             Event::Retry => {}
             Event::Drain => {
@@ -115,6 +125,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    drop(grpc);
     let _ = phase_tx.send(Phase::Stopping);
     let open = limits.max_connections - slots.available_permits();
     tracing::info!(connections = open, "listener closed: finishing in-flight requests");
@@ -124,15 +135,23 @@ pub async fn serve(
 
 /// Waits for a connection slot, then a connection. Out of file descriptors and the like back
 /// off instead of spinning; at the connection cap nothing is accepted (the backlog holds them).
-async fn accept(listener: &TcpListener, slots: &Arc<Semaphore>) -> Event {
+async fn accept(listener: &TcpListener, slots: &Arc<Semaphore>, grpc: Option<&crate::grpc::Grpc>) -> Event {
     let Ok(slot) = Arc::clone(slots).acquire_owned().await else { return Event::Stop };
     match listener.accept().await {
-        Ok((stream, peer)) => Event::Accepted(stream, peer, slot),
+        Ok((stream, peer)) => Event::Accepted(stream, peer, slot, grpc.cloned()),
         Err(e) => {
             tracing::warn!(error = %e, "accept failed");
             tokio::time::sleep(Duration::from_millis(50)).await;
             Event::Retry
         }
+    }
+}
+
+/// [`accept`] on the gRPC port; never resolves without one.
+async fn accept_grpc(grpc: Option<&(TcpListener, crate::grpc::Grpc)>, slots: &Arc<Semaphore>) -> Event {
+    match grpc {
+        Some((listener, services)) => accept(listener, slots, Some(services)).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -159,7 +178,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(mut self, stream: TcpStream, builder: auto::Builder<TokioExecutor>) {
+    async fn run(self, stream: TcpStream, builder: auto::Builder<TokioExecutor>) {
         let _ = stream.set_nodelay(true);
         let activity = conn::Activity::new();
         let io = TokioIo::new(conn::TrackedStream::new(stream, Arc::clone(&activity)));
@@ -171,6 +190,33 @@ impl Connection {
             async move { Ok::<_, Infallible>(answer(state, req, peer, guard).await) }
         });
         let connection = builder.serve_connection(io, service).into_owned();
+        self.drive(connection, activity).await;
+    }
+
+    /// A connection to the gRPC port: HTTP/2 only, every request to the gRPC services.
+    async fn run_grpc(self, stream: TcpStream, builder: auto::Builder<TokioExecutor>, grpc: crate::grpc::Grpc) {
+        let _ = stream.set_nodelay(true);
+        let activity = conn::Activity::new();
+        let io = TokioIo::new(conn::TrackedStream::new(stream, Arc::clone(&activity)));
+        let requests = Arc::clone(&activity);
+        let service = service_fn(move |req| {
+            // Held until the answer's body is sent: a stream is in flight for its whole life.
+            let guard = requests.request_started();
+            let grpc = grpc.clone();
+            async move { Ok::<_, Infallible>(grpc.call(req, guard).await) }
+        });
+        let builder = builder.http2_only();
+        let connection = builder.serve_connection(io, service).into_owned();
+        self.drive(connection, activity).await;
+    }
+
+    /// Runs a connection under its watchdog and the server's phases (drain, stop).
+    async fn drive<C>(mut self, connection: C, activity: Arc<conn::Activity>)
+    where
+        C: GracefulConnection,
+        C::Error: std::fmt::Display,
+    {
+        let peer = self.peer;
         tokio::pin!(connection);
         let limits = self.state.limits.clone();
         let mut tick = tokio::time::interval(conn::tick(&limits));

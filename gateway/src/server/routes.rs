@@ -15,7 +15,8 @@ use super::{ApiError, AppState, HttpResponse};
 use crate::model::{ModelVersion, TensorSpec};
 
 /// Protocol extensions advertised on `GET /v2` (perf_analyzer reads this array).
-const EXTENSIONS: [&str; 4] = ["binary_tensor_data", "statistics", "model_configuration", "model_repository"];
+pub(crate) const EXTENSIONS: [&str; 4] =
+    ["binary_tensor_data", "statistics", "model_configuration", "model_repository"];
 
 /// Entry point for every request.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: std::net::SocketAddr) -> HttpResponse {
@@ -93,7 +94,7 @@ fn server_metadata() -> Value {
     json!({"name": "flywheel", "version": env!("CARGO_PKG_VERSION"), "extensions": EXTENSIONS})
 }
 
-fn server_ready(state: &AppState) -> Result<Value, ApiError> {
+pub(crate) fn server_ready(state: &AppState) -> Result<Value, ApiError> {
     if !state.ready.load(Ordering::SeqCst) {
         return Err(ApiError::NotReady("starting up or shutting down".into()));
     }
@@ -113,7 +114,7 @@ fn tensor_metadata(specs: &[TensorSpec]) -> Value {
     specs.iter().map(|s| json!({"name": s.name, "datatype": s.datatype.as_str(), "shape": s.shape})).collect()
 }
 
-fn model_metadata(mv: &ModelVersion, one_version: bool, versions: &[&u64]) -> Value {
+pub(crate) fn model_metadata(mv: &ModelVersion, one_version: bool, versions: &[&u64]) -> Value {
     let versions: Vec<String> =
         if one_version { vec![mv.version.to_string()] } else { versions.iter().map(|v| v.to_string()).collect() };
     json!({
@@ -145,7 +146,7 @@ fn version_policy(state: &AppState, model: &str) -> Value {
     }
 }
 
-fn model_config(state: &AppState, mv: &ModelVersion) -> Value {
+pub(crate) fn model_config(state: &AppState, mv: &ModelVersion) -> Value {
     let max_batch_size = mv.effective_max_batch_size();
     let skip = usize::from(max_batch_size > 0);
     let io = |specs: &[TensorSpec]| -> Value {
@@ -173,7 +174,7 @@ fn model_config(state: &AppState, mv: &ModelVersion) -> Value {
     config
 }
 
-fn stats_of(versions: Vec<&ModelVersion>) -> Value {
+pub(crate) fn stats_of(versions: Vec<&ModelVersion>) -> Value {
     json!({"model_stats": versions.iter().map(|mv| mv.stats.to_json(&mv.model, mv.version)).collect::<Vec<_>>()})
 }
 
@@ -182,7 +183,7 @@ fn all_stats(state: &AppState) -> Value {
     stats_of(table.models.values().flat_map(|m| m.versions.values().map(Arc::as_ref)).collect())
 }
 
-fn repository_index(state: &AppState) -> Value {
+pub(crate) fn repository_index(state: &AppState) -> Value {
     let table = state.table.load();
     table
         .models

@@ -1,0 +1,298 @@
+//! `inference.GRPCInferenceService`: the same models, routing, batching, sampling, drift,
+//! evidence and statistics as HTTP, through [`crate::server::pipeline`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use hyper::header::{HeaderMap, HeaderValue};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::pb::grpc_inference_service_server::GrpcInferenceService;
+use super::{convert, pb, status_of, tensors};
+use crate::server::infer::{ARM, GATEWAY_REQUEST_ID, MODEL_VERSION};
+use crate::server::pipeline::{self, Answer, RequestIds};
+use crate::server::{ApiError, AppState, routes};
+
+/// Requests of one stream answered at once; the stream's next ones wait (answers keep the
+/// requests' order).
+const STREAM_WINDOW: usize = 64;
+
+/// The service over the gateway's shared state.
+#[derive(Clone)]
+pub struct Inference {
+    pub state: Arc<AppState>,
+}
+
+type Answered = Result<pb::ModelInferResponse, Status>;
+
+impl Inference {
+    /// One inference request and the metadata its answer carries (as HTTP's headers).
+    async fn infer_one(&self, headers: &HeaderMap, message: pb::ModelInferRequest) -> (Answered, HeaderMap) {
+        let started = Instant::now();
+        let state = &self.state;
+        let ids = RequestIds::of(headers);
+        // The message is in memory already; it counts against the bytes in flight like an
+        // HTTP body, so a burst of large messages is refused (UNAVAILABLE) before it queues.
+        let _held = match state.body_bytes.charge(prost::Message::encoded_len(&message)) {
+            Ok(held) => held,
+            Err(e) => {
+                crate::metrics::count_request_cut("body_bytes_budget");
+                return (Err(status_of(&e)), HeaderMap::new());
+            }
+        };
+        let deadline = deadline(headers, state.limits.request_timeout());
+        let (model, version) = (message.model_name.clone(), message.model_version.clone());
+        let version = (!version.is_empty()).then_some(version.as_str());
+        let lookup = |name: &str| headers.get(name).map(|v| v.as_bytes().to_vec());
+        let decode = move || tensors::decode(message).map_err(ApiError::from);
+        let answer: Answer<pb::ModelInferResponse> =
+            pipeline::answer(state, (&model, version), lookup, &ids, started, Some(deadline), decode, encode).await;
+        let mut meta = HeaderMap::new();
+        meta.insert(crate::server::infer::REQUEST_ID, ids.echoed().clone());
+        meta.insert(GATEWAY_REQUEST_ID, ids.gateway_value().clone());
+        if let Some(v) = answer.version.and_then(|v| HeaderValue::from_str(&v.to_string()).ok()) {
+            meta.insert(MODEL_VERSION, v);
+        }
+        if let Some(arm) = answer.arm {
+            meta.insert(ARM, HeaderValue::from_static(arm.as_str()));
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let timing = match answer.timing {
+            Some((queue, compute)) => format!(
+                "queue;dur={:.3}, compute;dur={:.3}, total;dur={:.3}",
+                ms(queue),
+                ms(compute),
+                ms(started.elapsed())
+            ),
+            None => format!("total;dur={:.3}", ms(started.elapsed())),
+        };
+        if let Ok(v) = HeaderValue::from_str(&timing) {
+            meta.insert("server-timing", v);
+        }
+        (answer.result.map_err(|e| status_of(&e)), meta)
+    }
+}
+
+fn encode(chosen: pipeline::Chosen<'_>) -> Result<pb::ModelInferResponse, ApiError> {
+    Ok(tensors::encode(chosen))
+}
+
+/// When the request must be answered: the server's request deadline, or the client's
+/// `grpc-timeout` when sooner.
+fn deadline(headers: &HeaderMap, limit: Duration) -> tokio::time::Instant {
+    let client = headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_timeout);
+    tokio::time::Instant::now() + client.map_or(limit, |c| c.min(limit))
+}
+
+/// A `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok().filter(|_| (1..=8).contains(&digits.len()))?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn with_metadata<T>(message: T, meta: HeaderMap) -> Response<T> {
+    let mut response = Response::new(message);
+    *response.metadata_mut() = tonic::metadata::MetadataMap::from_headers(meta);
+    response
+}
+
+fn api<T>(result: Result<T, ApiError>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(|e| status_of(&e))
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Inference {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse { ready: routes::server_ready(&self.state).is_ok() }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        let table = self.state.table.load();
+        let ready = self.state.ready.load(Ordering::SeqCst) && table.resolve(&r.name, Some(&r.version)).is_ok();
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: "flywheel".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: routes::EXTENSIONS.iter().map(|e| (*e).to_owned()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let table = self.state.table.load();
+        let version = (!r.version.is_empty()).then_some(r.version.as_str());
+        api(table.resolve(&r.name, version).map_err(ApiError::from).map(|mv| {
+            let versions: Vec<&u64> = table.models[&r.name].versions.keys().collect();
+            convert::metadata(&routes::model_metadata(mv, version.is_some(), &versions))
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        let headers = metadata.into_headers();
+        let (answered, meta) = self.infer_one(&headers, message).await;
+        match answered {
+            Ok(response) => Ok(with_metadata(response, meta)),
+            Err(status) => Err(Status::with_metadata(
+                status.code(),
+                status.message(),
+                tonic::metadata::MetadataMap::from_headers(meta),
+            )),
+        }
+    }
+
+    type ModelStreamInferStream = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let (metadata, _, mut incoming) = request.into_parts();
+        let headers = Arc::new(metadata.into_headers());
+        let (out_tx, out_rx) = mpsc::channel(STREAM_WINDOW);
+        // Requests are answered concurrently (up to the window) and their answers sent in the
+        // order the requests came.
+        let (order_tx, mut order_rx) =
+            mpsc::channel::<tokio::task::JoinHandle<pb::ModelStreamInferResponse>>(STREAM_WINDOW);
+        let service = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = match incoming.message().await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(status) => {
+                        // A message the codec refused (too large, malformed) ends the stream
+                        // with its status once the answers before it are out.
+                        let _ = order_tx.send(tokio::spawn(async move { stream_error(status) })).await;
+                        break;
+                    }
+                };
+                let (service, headers) = (service.clone(), Arc::clone(&headers));
+                let task = tokio::spawn(async move {
+                    let id = message.id.clone();
+                    match service.infer_one(&headers, message).await.0 {
+                        Ok(response) => pb::ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(response),
+                        },
+                        Err(status) => pb::ModelStreamInferResponse {
+                            error_message: status.message().to_owned(),
+                            infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
+                        },
+                    }
+                });
+                if order_tx.send(task).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(task) = order_rx.recv().await {
+                let response = task.await.unwrap_or_else(|e| pb::ModelStreamInferResponse {
+                    error_message: format!("the request failed inside the gateway: {e}"),
+                    infer_response: None,
+                });
+                if out_tx.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let r = request.into_inner();
+        let table = self.state.table.load();
+        let version = (!r.version.is_empty()).then_some(r.version.as_str());
+        api(table.resolve(&r.name, version).map_err(ApiError::from).map(|mv| pb::ModelConfigResponse {
+            config: Some(convert::config(&routes::model_config(&self.state, mv))),
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let table = self.state.table.load();
+        let versions: Result<Vec<_>, ApiError> = match (r.name.as_str(), r.version.as_str()) {
+            ("", _) => Ok(table.models.values().flat_map(|m| m.versions.values().map(Arc::as_ref)).collect()),
+            (name, "") => table
+                .models
+                .get(name)
+                .map(|m| m.versions.values().map(Arc::as_ref).collect())
+                .ok_or_else(|| crate::model::RouteError::ModelNotFound(name.to_owned()).into()),
+            (name, version) => table.resolve(name, Some(version)).map(|mv| vec![mv.as_ref()]).map_err(ApiError::from),
+        };
+        api(versions.map(|v| convert::statistics(&routes::stats_of(v))))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let _ = request.into_inner();
+        Ok(Response::new(convert::index(&routes::repository_index(&self.state))))
+    }
+}
+
+/// The answer to a stream message the codec refused.
+fn stream_error(status: Status) -> pb::ModelStreamInferResponse {
+    pb::ModelStreamInferResponse { error_message: status.message().to_owned(), infer_response: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit_and_junk_is_ignored() {
+        assert_eq!(parse_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(parse_timeout("123456789S"), None, "at most 8 digits");
+        assert_eq!(parse_timeout("5x"), None);
+        assert_eq!(parse_timeout(""), None);
+    }
+}
