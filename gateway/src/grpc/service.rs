@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use hyper::header::{HeaderMap, HeaderValue};
+use hyper::header::HeaderMap;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -14,7 +14,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::grpc_inference_service_server::GrpcInferenceService;
 use super::{convert, pb, status_of, tensors};
-use crate::server::infer::{ARM, GATEWAY_REQUEST_ID, MODEL_VERSION};
 use crate::server::pipeline::{self, Answer, RequestIds};
 use crate::server::{ApiError, AppState, routes};
 
@@ -53,27 +52,7 @@ impl Inference {
         let answer: Answer<pb::ModelInferResponse> =
             pipeline::answer(state, (&model, version), lookup, &ids, started, Some(deadline), decode, encode).await;
         let mut meta = HeaderMap::new();
-        meta.insert(crate::server::infer::REQUEST_ID, ids.echoed().clone());
-        meta.insert(GATEWAY_REQUEST_ID, ids.gateway_value().clone());
-        if let Some(v) = answer.version.and_then(|v| HeaderValue::from_str(&v.to_string()).ok()) {
-            meta.insert(MODEL_VERSION, v);
-        }
-        if let Some(arm) = answer.arm {
-            meta.insert(ARM, HeaderValue::from_static(arm.as_str()));
-        }
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let timing = match answer.timing {
-            Some((queue, compute)) => format!(
-                "queue;dur={:.3}, compute;dur={:.3}, total;dur={:.3}",
-                ms(queue),
-                ms(compute),
-                ms(started.elapsed())
-            ),
-            None => format!("total;dur={:.3}", ms(started.elapsed())),
-        };
-        if let Ok(v) = HeaderValue::from_str(&timing) {
-            meta.insert("server-timing", v);
-        }
+        pipeline::answer_headers(&mut meta, &ids, &answer.meta, started);
         (answer.result.map_err(|e| status_of(&e)), meta)
     }
 }

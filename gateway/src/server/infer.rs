@@ -1,16 +1,16 @@
 //! `POST /v2/models/{model}[/versions/{v}]/infer`: the HTTP adapter of [`super::pipeline`]
 //! (JSON and Triton's binary tensor extension, the answer's headers).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_ENCODING, HeaderMap, HeaderValue};
+use hyper::header::{CONTENT_ENCODING, HeaderMap};
 use hyper::{Request, Response};
 
 use super::body::{self, BodyLimits};
-use super::pipeline::{self, Answer, Decoded, RequestIds};
+use super::pipeline::{self, Answer, AnswerMeta, Decoded, RequestIds};
 use super::routes::error_response;
 use super::{ApiError, AppState, HttpResponse};
 use crate::batch::InferError;
@@ -18,13 +18,7 @@ use crate::protocol::{InferRequest, ResponseHeader, decode_request, encode_respo
 
 /// Header carrying the JSON header length when binary tensors follow it.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
-pub use super::pipeline::REQUEST_ID;
-/// The gateway's own unique id of the request, on every answer: what labels join on.
-pub const GATEWAY_REQUEST_ID: &str = "x-flywheel-request-id";
-/// Names the model version that answered.
-pub const MODEL_VERSION: &str = "x-model-version";
-/// Names the routing arm that answered (champion, canary, explicit).
-pub const ARM: &str = "x-flywheel-arm";
+pub use super::pipeline::{ARM, GATEWAY_REQUEST_ID, MODEL_VERSION, REQUEST_ID};
 
 /// Answers one inference request over HTTP.
 pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, version: Option<&str>) -> HttpResponse {
@@ -39,7 +33,7 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
         Err(e) => {
             tracing::debug!(model, error_type = e.error_type(), error = %e, "request body refused");
             count_cut(&e);
-            return finish(error_response(&e), &ids, None, started, None);
+            return finish(error_response(&e), &ids, &AnswerMeta::default(), started);
         }
     };
     let headers = &parts.headers;
@@ -52,15 +46,8 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
     let lookup = |name: &str| headers.get(name).map(|v| v.as_bytes().to_vec());
     let answer: Answer<HttpResponse> =
         pipeline::answer(state, (model, version), lookup, &ids, started, deadline, decode, encode).await;
-    let response = match answer.result {
-        Ok(response) => response,
-        Err(e) => error_response(&e),
-    };
-    let mut response = finish(response, &ids, answer.version, started, answer.timing);
-    if let Some(arm) = answer.arm {
-        response.headers_mut().insert(ARM, HeaderValue::from_static(arm.as_str()));
-    }
-    response
+    let Answer { result, meta } = answer;
+    finish(result.unwrap_or_else(|e| error_response(&e)), &ids, &meta, started)
 }
 
 /// The chosen outputs as the protocol's JSON or binary body.
@@ -100,30 +87,8 @@ fn count_cut(e: &ApiError) {
     }
 }
 
-/// Adds the request id, model version and `Server-Timing` headers.
-fn finish(
-    mut response: HttpResponse,
-    ids: &RequestIds,
-    version: Option<u64>,
-    started: Instant,
-    timing: Option<(Duration, Duration)>,
-) -> HttpResponse {
-    let headers = response.headers_mut();
-    headers.insert(REQUEST_ID, ids.echoed().clone());
-    headers.insert(GATEWAY_REQUEST_ID, ids.gateway_value().clone());
-    if let Some(v) = version.and_then(|v| HeaderValue::from_str(&v.to_string()).ok()) {
-        headers.insert(MODEL_VERSION, v);
-    }
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let total = ms(started.elapsed());
-    let value = match timing {
-        Some((queue, compute)) => {
-            format!("queue;dur={:.3}, compute;dur={:.3}, total;dur={total:.3}", ms(queue), ms(compute))
-        }
-        None => format!("total;dur={total:.3}"),
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("server-timing", v);
-    }
+/// Adds the request ids, model version, arm and `Server-Timing` headers.
+fn finish(mut response: HttpResponse, ids: &RequestIds, answer: &AnswerMeta, started: Instant) -> HttpResponse {
+    pipeline::answer_headers(response.headers_mut(), ids, answer, started);
     response
 }

@@ -18,6 +18,42 @@ use crate::tap::{Served, Tap, id_fraction};
 
 /// Request id header: echoed when given, the gateway's id otherwise.
 pub const REQUEST_ID: &str = "x-request-id";
+/// The gateway's own unique id of the request, on every answer: what labels join on.
+pub const GATEWAY_REQUEST_ID: &str = "x-flywheel-request-id";
+/// Names the model version that answered.
+pub const MODEL_VERSION: &str = "x-model-version";
+/// Names the routing arm that answered (champion, canary, explicit).
+pub const ARM: &str = "x-flywheel-arm";
+
+/// Writes what every answer carries, as HTTP headers or gRPC metadata: the request ids, the
+/// answering version and arm, and `Server-Timing` (queue, compute, total; milliseconds).
+pub fn answer_headers(headers: &mut HeaderMap, ids: &RequestIds, answer: &AnswerMeta, started: Instant) {
+    headers.insert(REQUEST_ID, ids.echoed().clone());
+    headers.insert(GATEWAY_REQUEST_ID, ids.gateway.clone());
+    if let Some(v) = answer.version.and_then(|v| HeaderValue::from_str(&v.to_string()).ok()) {
+        headers.insert(MODEL_VERSION, v);
+    }
+    if let Some(arm) = answer.arm {
+        headers.insert(ARM, HeaderValue::from_static(arm.as_str()));
+    }
+    let total = millis(started.elapsed());
+    let value = match answer.timing {
+        Some((queue, compute)) => {
+            format!("queue;dur={}, compute;dur={}, total;dur={total}", millis(queue), millis(compute))
+        }
+        None => format!("total;dur={total}"),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert("server-timing", v);
+    }
+}
+
+/// A duration as milliseconds with three decimals, by integer arithmetic (float formatting
+/// with a precision is a visible share of a small request's cost).
+fn millis(d: Duration) -> String {
+    let us = d.as_micros();
+    format!("{}.{:03}", us / 1000, us % 1000)
+}
 
 /// A request as its protocol decoded it, not yet checked against any model.
 pub struct Decoded {
@@ -42,6 +78,12 @@ pub struct Chosen<'a> {
 /// The outcome of one request and what the protocol reports beside it.
 pub struct Answer<R> {
     pub result: Result<R, ApiError>,
+    pub meta: AnswerMeta,
+}
+
+/// Who answered and how long it took.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AnswerMeta {
     /// The version that answered (or was routed to), when routing got that far.
     pub version: Option<u64>,
     pub arm: Option<Arm>,
@@ -51,7 +93,7 @@ pub struct Answer<R> {
 
 impl<R> Answer<R> {
     fn refused(e: ApiError) -> Self {
-        Self { result: Err(e), version: None, arm: None, timing: None }
+        Self { result: Err(e), meta: AnswerMeta::default() }
     }
 }
 
@@ -143,7 +185,7 @@ pub async fn answer<R>(
         let route = evidence.map(|e| (e, arm));
         decision.offer(tap, &mv, (ids, route), arm, (status, total), (answered, scores));
     }
-    Answer { result, version: Some(mv.version), arm: Some(arm), timing }
+    Answer { result, meta: AnswerMeta { version: Some(mv.version), arm: Some(arm), timing } }
 }
 
 /// Route-level work around a routed (not explicitly addressed) request: arm evidence and the
@@ -475,9 +517,12 @@ impl RequestIds {
     pub fn client(&self) -> Option<String> {
         self.client.as_ref().and_then(|v| v.to_str().ok()).map(str::to_owned)
     }
+}
 
-    /// The gateway's id as a header value.
-    pub fn gateway_value(&self) -> &HeaderValue {
-        &self.gateway
-    }
+#[cfg(test)]
+#[test]
+fn server_timing_milliseconds_keep_three_decimals() {
+    assert_eq!(millis(Duration::from_micros(1_234_567)), "1234.567");
+    assert_eq!(millis(Duration::from_micros(5)), "0.005");
+    assert_eq!(millis(Duration::ZERO), "0.000");
 }
