@@ -555,6 +555,12 @@ impl Config {
                 self.grpc_max_message_bytes
             ));
         }
+        if self.grpc_max_message_bytes > self.server.max_in_flight_bytes {
+            return Err(format!(
+                "grpc_max_message_bytes ({}) must not exceed server.max_in_flight_bytes ({}): no such message could be admitted",
+                self.grpc_max_message_bytes, self.server.max_in_flight_bytes
+            ));
+        }
         if self.max_body_bytes > self.server.max_in_flight_bytes {
             return Err(format!(
                 "max_body_bytes ({}) must not exceed server.max_in_flight_bytes ({}): no such request could be admitted",

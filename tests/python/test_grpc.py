@@ -227,8 +227,19 @@ def test_draining_reports_not_serving_while_still_answering_then_goes_away(rollo
         with pytest.raises(grpc.RpcError) as e:
             health(channel, "no.such.Service")
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    # A stream open when the drain begins is ended (UNAVAILABLE) after its answers, so it
+    # neither holds the drain up nor keeps sending here.
+    streamed = queue.Queue()
+    c = grpcclient.InferenceServerClient(url=url)
+    c.start_stream(callback=lambda result, error: streamed.put((result, error)))
+    c.async_stream_infer("tiny", [tiny_input(np.ones((1, 16), dtype=np.float32))], request_id="before")
+    result, error = streamed.get(timeout=10)
+    assert error is None and result.get_response().id == "before"
     process.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    result, error = streamed.get(timeout=10)
+    assert result is None and "shutting down" in error.message(), error
+    c.stop_stream()
+    time.sleep(0.3)
     # New connections during the drain delay are still answered (and each is sent GOAWAY, so
     # a client that can go elsewhere does): health says NOT_SERVING, inference still works.
     statuses, answered = [], 0

@@ -37,6 +37,7 @@ use pb::grpc_inference_service_server::GrpcInferenceServiceServer;
 /// The gRPC services on one port: inference and health.
 #[derive(Clone)]
 pub struct Grpc {
+    state: Arc<AppState>,
     inference: GrpcInferenceServiceServer<service::Inference>,
     health: HealthServer<Health>,
     max_message_bytes: usize,
@@ -48,21 +49,80 @@ impl Grpc {
         let inference = GrpcInferenceServiceServer::new(service::Inference { state: Arc::clone(&state) })
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);
-        Self { inference, health: HealthServer::new(Health { state }), max_message_bytes }
+        Self { health: HealthServer::new(Health { state: Arc::clone(&state) }), state, inference, max_message_bytes }
     }
 
     /// Answers one HTTP/2 request; `guard` marks it in flight on its connection until the
-    /// answer's body (a whole stream, for `ModelStreamInfer`) has been sent.
+    /// answer's body (a whole stream, for `ModelStreamInfer`) has been sent. A unary call runs
+    /// under `request_timeout_ms` from its first byte, and its message's bytes are charged to
+    /// `max_in_flight_bytes` as they arrive (as an HTTP body); a stream's messages are charged
+    /// one by one once decoded.
     pub async fn call(&self, req: Request<Incoming>, guard: RequestGuard) -> Response<Guarded> {
-        let is_health = req.uri().path().starts_with("/grpc.health.v1.Health/");
-        let answered =
-            if is_health { self.health.clone().call(req).await } else { self.inference.clone().call(req).await };
+        let path = req.uri().path();
+        let answered = if path.starts_with("/grpc.health.v1.Health/") {
+            self.health.clone().call(req).await
+        } else if path.ends_with("/ModelStreamInfer") {
+            self.inference.clone().call(req).await
+        } else {
+            let state = Arc::clone(&self.state);
+            // The same instant the pipeline's deadline uses, so a request that runs out of time
+            // is counted there; this one covers the message's arrival too.
+            let at = tokio::time::Instant::now() + state.limits.request_timeout();
+            let mut req = req.map(|body| Charged { body, held: state.body_bytes.charge(0).ok() });
+            req.extensions_mut().insert(crate::server::Deadline(at));
+            match tokio::time::timeout_at(at, self.inference.clone().call(req)).await {
+                Ok(answered) => answered,
+                Err(_) => {
+                    crate::metrics::count_request_cut("request_timeout");
+                    let e = ApiError::RequestTimeout { after_ms: state.limits.request_timeout_ms };
+                    Ok(status_of(&e).into_http())
+                }
+            }
+        };
         let mut response = match answered {
             Ok(response) => response,
             Err(never) => match never {},
         };
         too_large_is_resource_exhausted(&mut response, self.max_message_bytes);
         response.map(|body| Guarded { body, _guard: guard })
+    }
+}
+
+/// A unary request's body, charged to the server's byte budget frame by frame while it arrives
+/// (held until the call is done); over the budget, the call fails UNAVAILABLE.
+struct Charged {
+    body: Incoming,
+    held: Option<crate::server::body::BytesHeld>,
+}
+
+impl Body for Charged {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let Poll::Ready(Some(Ok(frame))) = polled else {
+            return polled.map_err(|e| Status::unavailable(format!("reading the request: {e}")));
+        };
+        let n = frame.data_ref().map_or(0, bytes::Bytes::len);
+        if let Some(held) = self.held.as_mut()
+            && let Err(e) = held.grow(n)
+        {
+            crate::metrics::count_request_cut("body_bytes_budget");
+            return Poll::Ready(Some(Err(status_of(&e))));
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -85,6 +145,14 @@ fn too_large_is_resource_exhausted<B>(response: &mut Response<B>, limit: usize) 
 
 fn too_large_message(limit: usize) -> String {
     format!("the message exceeds the limit of {limit} bytes (grpc_max_message_bytes)")
+}
+
+/// A stream message's codec error, with the code a too-large message gets.
+fn resource_exhausted_if_too_large(status: Status) -> Status {
+    if status.code() == Code::OutOfRange && status.message().contains("too large") {
+        return Status::resource_exhausted(format!("{} (grpc_max_message_bytes)", status.message()));
+    }
+    status
 }
 
 /// The one mapping from the gateway's errors to gRPC status codes (the HTTP status decides).
@@ -182,6 +250,10 @@ impl HealthApi for Health {
                         return;
                     }
                 } else if tx.is_closed() {
+                    return;
+                }
+                // Draining: NOT_SERVING was sent; end the watch so the drain is not held up.
+                if health.state.draining.load(std::sync::atomic::Ordering::Relaxed) {
                     return;
                 }
             }

@@ -31,20 +31,29 @@ type Answered = Result<pb::ModelInferResponse, Status>;
 
 impl Inference {
     /// One inference request and the metadata its answer carries (as HTTP's headers).
-    async fn infer_one(&self, headers: &HeaderMap, message: pb::ModelInferRequest) -> (Answered, HeaderMap) {
+    /// `charge`: count the message against the bytes in flight here (a stream's messages; a
+    /// unary request's body was charged as it arrived, [`super::Grpc::call`]).
+    async fn infer_one(
+        &self,
+        headers: &HeaderMap,
+        message: pb::ModelInferRequest,
+        charge: bool,
+        server_deadline: Option<tokio::time::Instant>,
+    ) -> (Answered, HeaderMap) {
         let started = Instant::now();
+        let _in_flight = crate::metrics::InFlight::start();
         let state = &self.state;
         let ids = RequestIds::of(headers);
-        // The message is in memory already; it counts against the bytes in flight like an
-        // HTTP body, so a burst of large messages is refused (UNAVAILABLE) before it queues.
-        let _held = match state.body_bytes.charge(prost::Message::encoded_len(&message)) {
-            Ok(held) => held,
-            Err(e) => {
+        // The message is in memory already; it counts like an HTTP body, so a burst of large
+        // messages is refused (UNAVAILABLE) before it queues.
+        let _held = match charge.then(|| state.body_bytes.charge(prost::Message::encoded_len(&message))) {
+            Some(Err(e)) => {
                 crate::metrics::count_request_cut("body_bytes_budget");
                 return (Err(status_of(&e)), HeaderMap::new());
             }
+            held => held,
         };
-        let deadline = deadline(headers, state.limits.request_timeout());
+        let deadline = deadline(headers, server_deadline, state.limits.request_timeout());
         let (model, version) = (message.model_name.clone(), message.model_version.clone());
         let version = (!version.is_empty()).then_some(version.as_str());
         let lookup = |name: &str| headers.get(name).map(|v| v.as_bytes().to_vec());
@@ -61,11 +70,39 @@ fn encode(chosen: pipeline::Chosen<'_>) -> Result<pb::ModelInferResponse, ApiErr
     Ok(tensors::encode(chosen))
 }
 
-/// When the request must be answered: the server's request deadline, or the client's
-/// `grpc-timeout` when sooner.
-fn deadline(headers: &HeaderMap, limit: Duration) -> tokio::time::Instant {
+/// When the request must be answered: the server's request deadline (`server`, set when the
+/// call began, or `limit` from now), or the client's `grpc-timeout` when sooner.
+fn deadline(headers: &HeaderMap, server: Option<tokio::time::Instant>, limit: Duration) -> pipeline::Deadline {
+    let now = tokio::time::Instant::now();
+    let server = server.unwrap_or(now + limit);
     let client = headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_timeout);
-    tokio::time::Instant::now() + client.map_or(limit, |c| c.min(limit))
+    match client.filter(|c| now + *c < server) {
+        Some(c) => pipeline::Deadline { at: now + c, client_ms: Some(c.as_millis() as u64) },
+        None => pipeline::Deadline { at: server, client_ms: None },
+    }
+}
+
+/// Resolves once the gateway is draining.
+async fn draining(state: &AppState) {
+    while !state.draining.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A stream request being answered: aborted when dropped (the client went away).
+struct Task(tokio::task::JoinHandle<pb::ModelStreamInferResponse>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What a stream's writer sends next, in order.
+enum Next {
+    Answer(Task),
+    /// The last item: the stream ends with this status.
+    End(Status),
 }
 
 /// A `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
@@ -144,9 +181,10 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
         let headers = metadata.into_headers();
-        let (answered, meta) = self.infer_one(&headers, message).await;
+        let server = extensions.get::<crate::server::Deadline>().map(|d| d.0);
+        let (answered, meta) = self.infer_one(&headers, message, false, server).await;
         match answered {
             Ok(response) => Ok(with_metadata(response, meta)),
             Err(status) => Err(Status::with_metadata(
@@ -167,26 +205,34 @@ impl GrpcInferenceService for Inference {
         let headers = Arc::new(metadata.into_headers());
         let (out_tx, out_rx) = mpsc::channel(STREAM_WINDOW);
         // Requests are answered concurrently (up to the window) and their answers sent in the
-        // order the requests came.
-        let (order_tx, mut order_rx) =
-            mpsc::channel::<tokio::task::JoinHandle<pb::ModelStreamInferResponse>>(STREAM_WINDOW);
+        // order the requests came. When the gateway drains, the stream takes no more requests,
+        // sends the answers it owes and ends with UNAVAILABLE: the client reconnects elsewhere.
+        let (order_tx, mut order_rx) = mpsc::channel::<Next>(STREAM_WINDOW);
         let service = self.clone();
         tokio::spawn(async move {
             loop {
-                let message = match incoming.message().await {
+                let received = tokio::select! {
+                    received = incoming.message() => received,
+                    () = draining(&service.state) => {
+                        let status = Status::unavailable("the gateway is shutting down; reconnect");
+                        let _ = order_tx.send(Next::End(status)).await;
+                        break;
+                    }
+                };
+                let message = match received {
                     Ok(Some(message)) => message,
                     Ok(None) => break,
                     Err(status) => {
                         // A message the codec refused (too large, malformed) ends the stream
                         // with its status once the answers before it are out.
-                        let _ = order_tx.send(tokio::spawn(async move { stream_error(status) })).await;
+                        let _ = order_tx.send(Next::End(super::resource_exhausted_if_too_large(status))).await;
                         break;
                     }
                 };
                 let (service, headers) = (service.clone(), Arc::clone(&headers));
                 let task = tokio::spawn(async move {
                     let id = message.id.clone();
-                    match service.infer_one(&headers, message).await.0 {
+                    match service.infer_one(&headers, message, true, None).await.0 {
                         Ok(response) => pb::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(response),
@@ -197,18 +243,25 @@ impl GrpcInferenceService for Inference {
                         },
                     }
                 });
-                if order_tx.send(task).await.is_err() {
+                if order_tx.send(Next::Answer(Task(task))).await.is_err() {
                     break;
                 }
             }
         });
         tokio::spawn(async move {
-            while let Some(task) = order_rx.recv().await {
-                let response = task.await.unwrap_or_else(|e| pb::ModelStreamInferResponse {
-                    error_message: format!("the request failed inside the gateway: {e}"),
-                    infer_response: None,
-                });
-                if out_tx.send(Ok(response)).await.is_err() {
+            // Ends (dropping, so aborting, every request still queued) when the client goes.
+            while let Some(next) = order_rx.recv().await {
+                let item = match next {
+                    Next::Answer(mut task) => {
+                        Ok((&mut task.0).await.unwrap_or_else(|e| pb::ModelStreamInferResponse {
+                            error_message: format!("the request failed inside the gateway: {e}"),
+                            infer_response: None,
+                        }))
+                    }
+                    Next::End(status) => Err(status),
+                };
+                let last = item.is_err();
+                if out_tx.send(item).await.is_err() || last {
                     break;
                 }
             }
@@ -255,11 +308,6 @@ impl GrpcInferenceService for Inference {
     }
 }
 
-/// The answer to a stream message the codec refused.
-fn stream_error(status: Status) -> pb::ModelStreamInferResponse {
-    pb::ModelStreamInferResponse { error_message: status.message().to_owned(), infer_response: None }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,5 +321,21 @@ mod tests {
         assert_eq!(parse_timeout("123456789S"), None, "at most 8 digits");
         assert_eq!(parse_timeout("5x"), None);
         assert_eq!(parse_timeout(""), None);
+    }
+
+    #[test]
+    fn the_sooner_deadline_decides_and_a_client_deadline_is_named_as_the_clients() {
+        let headers = |t: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", t.parse().unwrap());
+            h
+        };
+        let limit = Duration::from_secs(30);
+        let tight = deadline(&headers("250m"), None, limit);
+        assert_eq!(tight.client_ms, Some(250), "the client's 250 ms is sooner: its deadline");
+        let loose = deadline(&headers("60S"), None, limit);
+        assert_eq!(loose.client_ms, None, "the server's 30 s is sooner");
+        let none = deadline(&HeaderMap::new(), Some(tokio::time::Instant::now() + limit), limit);
+        assert_eq!(none.client_ms, None);
     }
 }

@@ -54,7 +54,7 @@ impl ByteBudget {
 
 impl BytesHeld {
     /// Charges `n` more bytes, or refuses (charging nothing) when the budget would be passed.
-    fn grow(&mut self, n: usize) -> Result<(), ApiError> {
+    pub fn grow(&mut self, n: usize) -> Result<(), ApiError> {
         let before = self.budget.held.fetch_add(n, Ordering::AcqRel);
         if before.saturating_add(n) > self.budget.max {
             self.budget.held.fetch_sub(n, Ordering::AcqRel);

@@ -36,6 +36,9 @@ pub enum ApiError {
     BodyTimeout { after_ms: u64 },
     #[error("the request did not finish within {after_ms} ms (server.request_timeout_ms)")]
     RequestTimeout { after_ms: u64 },
+    /// The client's own deadline (gRPC's `grpc-timeout`) passed first: not the model's fault.
+    #[error("the request did not finish within the client's deadline of {after_ms} ms (grpc-timeout)")]
+    ClientDeadline { after_ms: u64 },
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -59,7 +62,7 @@ impl ApiError {
             ApiError::Forbidden(_) => 403,
             ApiError::Conflict(_) => 409,
             ApiError::BodyTooLarge { .. } => 413,
-            ApiError::BodyTimeout { .. } => 408,
+            ApiError::BodyTimeout { .. } | ApiError::ClientDeadline { .. } => 408,
             ApiError::RequestTimeout { .. } => 504,
             ApiError::Infer(InferError::QueueFull { .. } | InferError::Closed { .. })
             | ApiError::NotReady(_)
@@ -97,6 +100,7 @@ impl ApiError {
             ApiError::BytesOverloaded { .. } => "overloaded_bytes",
             ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::RequestTimeout { .. } => "request_timeout",
+            ApiError::ClientDeadline { .. } => "client_deadline",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Conflict(_) => "conflict",

@@ -23,6 +23,7 @@ pub use super::pipeline::{ARM, GATEWAY_REQUEST_ID, MODEL_VERSION, REQUEST_ID};
 /// Answers one inference request over HTTP.
 pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, version: Option<&str>) -> HttpResponse {
     let started = Instant::now();
+    let _in_flight = crate::metrics::InFlight::start();
     let ids = RequestIds::of(req.headers());
     let (parts, body) = req.into_parts();
     // The body first, under its deadline and the server's byte budget, then admission: a client
@@ -42,7 +43,7 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
         let InferRequest { id, inputs, outputs, binary_output_default } = request;
         Ok(Decoded { id, inputs, outputs, binary_default: binary_output_default })
     };
-    let deadline = parts.extensions.get::<super::Deadline>().map(|d| d.0);
+    let deadline = parts.extensions.get::<super::Deadline>().map(|d| pipeline::Deadline { at: d.0, client_ms: None });
     let lookup = |name: &str| headers.get(name).map(|v| v.as_bytes().to_vec());
     let answer: Answer<HttpResponse> =
         pipeline::answer(state, (model, version), lookup, &ids, started, deadline, decode, encode).await;

@@ -102,8 +102,7 @@ pub async fn serve(
             biased;
             () = &mut shutdown, if drain_until.is_none() => Event::Drain,
             () = tokio::time::sleep_until(drain_until.unwrap_or_else(Instant::now)), if drain_until.is_some() => Event::Stop,
-            event = accept(&listener, &slots, None) => event,
-            event = accept_grpc(grpc.as_ref(), &slots) => event,
+            event = accept_either(&listener, grpc.as_ref(), &slots) => event,
         };
         match event {
             Event::Accepted(stream, peer, slot, services) => {
@@ -133,25 +132,30 @@ pub async fn serve(
     tokio::time::timeout(grace, slots.acquire_many(all)).await.is_ok()
 }
 
-/// Waits for a connection slot, then a connection. Out of file descriptors and the like back
-/// off instead of spinning; at the connection cap nothing is accepted (the backlog holds them).
-async fn accept(listener: &TcpListener, slots: &Arc<Semaphore>, grpc: Option<&crate::grpc::Grpc>) -> Event {
+/// Waits for a connection slot, then a connection on the HTTP port or the gRPC port (picked at
+/// random when both have one, so a flood on one port does not starve the other). Out of file
+/// descriptors and the like back off instead of spinning; at the connection cap nothing is
+/// accepted (the backlog holds them).
+async fn accept_either(
+    http: &TcpListener,
+    grpc: Option<&(TcpListener, crate::grpc::Grpc)>,
+    slots: &Arc<Semaphore>,
+) -> Event {
     let Ok(slot) = Arc::clone(slots).acquire_owned().await else { return Event::Stop };
-    match listener.accept().await {
-        Ok((stream, peer)) => Event::Accepted(stream, peer, slot, grpc.cloned()),
+    let accepted = match grpc {
+        None => http.accept().await.map(|a| (a, None)),
+        Some((listener, services)) => tokio::select! {
+            a = http.accept() => a.map(|a| (a, None)),
+            a = listener.accept() => a.map(|a| (a, Some(services.clone()))),
+        },
+    };
+    match accepted {
+        Ok(((stream, peer), services)) => Event::Accepted(stream, peer, slot, services),
         Err(e) => {
             tracing::warn!(error = %e, "accept failed");
             tokio::time::sleep(Duration::from_millis(50)).await;
             Event::Retry
         }
-    }
-}
-
-/// [`accept`] on the gRPC port; never resolves without one.
-async fn accept_grpc(grpc: Option<&(TcpListener, crate::grpc::Grpc)>, slots: &Arc<Semaphore>) -> Event {
-    match grpc {
-        Some((listener, services)) => accept(listener, slots, Some(services)).await,
-        None => std::future::pending().await,
     }
 }
 

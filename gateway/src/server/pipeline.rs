@@ -10,7 +10,7 @@ use hyper::header::{HeaderMap, HeaderValue};
 
 use super::{ApiError, AppState};
 use crate::batch::{InferError, JobOutput};
-use crate::metrics::{ARM_REQUESTS, InFlight, SHADOW_REQUESTS};
+use crate::metrics::{ARM_REQUESTS, SHADOW_REQUESTS};
 use crate::model::table::{BudgetPermit, RouteEvidence, ServedModel};
 use crate::model::{Arm, ModelVersion, ValidationError};
 use crate::protocol::{RequestedOutput, Tensor};
@@ -81,6 +81,15 @@ pub struct Answer<R> {
     pub meta: AnswerMeta,
 }
 
+/// When a request must be answered, and whose deadline that is.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub at: tokio::time::Instant,
+    /// Set when the client's own deadline (`grpc-timeout`, in ms) is the sooner one: running
+    /// out of it is not held against the model.
+    pub client_ms: Option<u64>,
+}
+
 /// Who answered and how long it took.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AnswerMeta {
@@ -97,7 +106,8 @@ impl<R> Answer<R> {
     }
 }
 
-/// Answers one inference request; every outcome is counted for its model version and arm.
+/// Answers one inference request; every outcome is counted for its model version and arm
+/// (the adapter counts the request in flight from its first byte, `metrics::InFlight`).
 /// `header` looks up a request header or gRPC metadata value (the routing key); `deadline` is
 /// the whole request's; `decode` runs once the request is admitted and routed, `encode` on the
 /// model's outputs.
@@ -108,11 +118,10 @@ pub async fn answer<R>(
     header: impl Fn(&str) -> Option<Vec<u8>>,
     ids: &RequestIds,
     started: Instant,
-    deadline: Option<tokio::time::Instant>,
+    deadline: Option<Deadline>,
     decode: impl FnOnce() -> Result<Decoded, ApiError>,
     encode: impl FnOnce(Chosen<'_>) -> Result<R, ApiError>,
 ) -> Answer<R> {
-    let _in_flight = InFlight::start();
     // Over the limit, answer before any work is queued, so an overloaded gateway spends as
     // little as possible on work it will not do.
     let _admitted = match state.admission.as_ref().map(|b| (b.try_acquire(), b.max())) {
@@ -141,12 +150,18 @@ pub async fn answer<R>(
     // counted against the arm that was too slow (an outer deadline fires at the same instant
     // but polls this future first).
     let ran = match deadline {
-        Some(deadline) => match tokio::time::timeout_at(deadline, run(decode, encode, &mv, keep_inputs)).await {
+        Some(deadline) => match tokio::time::timeout_at(deadline.at, run(decode, encode, &mv, keep_inputs)).await {
             Ok(ran) => ran,
-            Err(_) => {
-                crate::metrics::count_request_cut("request_timeout");
-                Err(ApiError::RequestTimeout { after_ms: state.limits.request_timeout_ms })
-            }
+            Err(_) => Err(match deadline.client_ms {
+                Some(after_ms) => {
+                    crate::metrics::count_request_cut("client_deadline");
+                    ApiError::ClientDeadline { after_ms }
+                }
+                None => {
+                    crate::metrics::count_request_cut("request_timeout");
+                    ApiError::RequestTimeout { after_ms: state.limits.request_timeout_ms }
+                }
+            }),
         },
         None => run(decode, encode, &mv, keep_inputs).await,
     };

@@ -467,7 +467,7 @@ impl Worker {
     /// A round back from the sample store: stored, or refused with the store's error.
     fn labels_acked(&mut self, round: store_ack::Acked) {
         if let Some(ack) = &mut self.store_ack {
-            ack.in_flight = ack.in_flight.saturating_sub(1);
+            ack.in_flight = ack.in_flight.saturating_sub(round.sends);
         }
         match round.result {
             Ok(objects) => self.store_labels(round.group, round.at, objects),

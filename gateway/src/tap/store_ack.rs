@@ -33,6 +33,8 @@ const ROUND: usize = 256;
 pub struct Acked {
     pub at: SystemTime,
     pub group: Vec<LabelMsg>,
+    /// How many sent groups the round took (each [`StoreAck::send`] is one).
+    pub sends: usize,
     pub result: Result<Vec<(String, String)>, String>,
 }
 
@@ -52,13 +54,14 @@ impl StoreAck {
         std::thread::Builder::new().name("label-store".into()).spawn(move || {
             let mut sent = 0u64;
             while let Ok(first) = rx.recv() {
-                let mut group = first;
+                let (mut group, mut sends) = (first, 1);
                 for more in rx.try_iter().take(ROUND - 1) {
                     group.extend(more);
+                    sends += 1;
                 }
                 let at = SystemTime::now();
                 let result = put_round(&remote, &replica, &mut sent, &group, at);
-                if done_tx.send(Acked { at, group, result }).is_err() {
+                if done_tx.send(Acked { at, group, sends, result }).is_err() {
                     break;
                 }
             }
@@ -78,8 +81,9 @@ impl StoreAck {
     }
 }
 
-/// Puts one object per model of `group`; the first failure fails the round (objects already
-/// put stay: their labels are stored again by the sender's retry, and read as one).
+/// Puts one object per model of `group`; the first failure fails the round, and the objects
+/// it had put are deleted again (best effort: one left is read as a label the sender's retry
+/// stores once more).
 fn put_round(
     remote: &Remote,
     replica: &str,
@@ -87,6 +91,27 @@ fn put_round(
     group: &[LabelMsg],
     at: SystemTime,
 ) -> Result<Vec<(String, String)>, String> {
+    let mut keys = Vec::new();
+    let result = put_each(remote, replica, sent, group, at, &mut keys);
+    if result.is_err() {
+        for (_, key) in &keys {
+            let parts: Vec<&str> = key.split('/').collect();
+            if let Err(e) = remote.delete_object(&parts) {
+                tracing::warn!(key, error = %e, "label journal object of a refused round not deleted");
+            }
+        }
+    }
+    result.map(|()| keys)
+}
+
+fn put_each(
+    remote: &Remote,
+    replica: &str,
+    sent: &mut u64,
+    group: &[LabelMsg],
+    at: SystemTime,
+    keys: &mut Vec<(String, String)>,
+) -> Result<(), String> {
     let mut by_model: Vec<(&str, Vec<&super::labels::Label>)> = Vec::new();
     for (model, labels, _) in group {
         let labels = labels.iter();
@@ -95,7 +120,6 @@ fn put_round(
             None => by_model.push((model, labels.collect())),
         }
     }
-    let mut keys = Vec::new();
     for (model, labels) in by_model.into_iter().filter(|(_, l)| !l.is_empty()) {
         let bytes = encode(&labels, at).map_err(|e| e.to_string())?;
         let key = journal_key(model, &record_id(replica, *sent));
@@ -104,7 +128,7 @@ fn put_round(
         remote.put_object(&parts, bytes).map_err(|e| e.to_string())?;
         keys.push((model.to_owned(), key));
     }
-    Ok(keys)
+    Ok(())
 }
 
 /// The store key of the journal object `id` of `model`.
@@ -176,6 +200,7 @@ mod tests {
         let (c, _rc) = msg("fraud", &["d"]);
         ack.send(vec![a, b, c]).unwrap();
         let acked = done.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(acked.sends, 1);
         let keys = acked.result.unwrap();
         assert_eq!(keys.len(), 2, "{keys:?}");
         let fraud = keys.iter().find(|(m, _)| m == "fraud").unwrap().1.clone();
@@ -196,5 +221,26 @@ mod tests {
         assert!(clear_covered(&remote, &part), "a part without a note has nothing to delete");
         let churn: Vec<&str> = keys[1].1.split('/').collect();
         assert!(remote.get_object(&churn).unwrap().is_some(), "an object no file noted stays");
+    }
+
+    #[test]
+    fn groups_merged_into_one_round_are_all_counted_back() {
+        let remote = Remote::shared("memory://store-ack/merged").unwrap();
+        let (mut ack, done) = StoreAck::start(remote, "r0".into()).unwrap();
+        let mut replies = Vec::new();
+        for i in 0..50 {
+            let (m, r) = msg("fraud", &[&format!("l{i}")]);
+            ack.send(vec![m]).unwrap();
+            replies.push(r);
+        }
+        let (mut sends, mut labels) = (0, 0);
+        while sends < 50 {
+            let round = done.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+            assert!(round.result.is_ok());
+            sends += round.sends;
+            labels += round.group.iter().map(|(_, l, _)| l.len()).sum::<usize>();
+        }
+        assert_eq!((sends, labels), (50, 50), "each send comes back once, whatever the rounds");
+        assert_eq!(ack.in_flight, 50, "the tap subtracts each round's sends");
     }
 }

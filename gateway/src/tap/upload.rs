@@ -37,6 +37,9 @@ pub fn upload_pending(remote: &Remote, dir: &Path, replica: &str, uploaded: &mut
     let mut put = 0;
     for path in part_files(dir) {
         if uploaded.contains(&path) {
+            // A note written just after this file was uploaded (the tap notes a label file
+            // once it is finalized; a scan may have put it in between).
+            super::store_ack::clear_covered(remote, &path);
             continue;
         }
         let marker = marker_of(&path);
