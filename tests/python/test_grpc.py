@@ -257,3 +257,53 @@ def test_draining_reports_not_serving_while_still_answering_then_goes_away(rollo
     assert statuses and set(statuses) == {2}, f"NOT_SERVING while draining: {statuses}"
     assert answered > 0, "requests during the drain delay are still answered"
     assert process.wait(timeout=20) == 0, "a clean drain"
+
+
+def test_a_shadow_mirrors_grpc_requests_compared_and_stored_never_returned():
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        repo = tmp / "models"
+        subprocess.run([binary("make-model-repo"), str(repo)], check=True, capture_output=True)
+        subprocess.run([binary("registry"), "--root", str(repo), "alias", "set", "tiny", "champion", "2"], check=True)
+        config = tmp / "gateway.toml"
+        config.write_text(
+            "[sampling]\nrate = 1.0\nmax_file_age_ms = 500\n"
+            "[models.tiny.rollout]\nchampion = \"champion\"\nshadow = { version = \"1\", fraction = 1.0 }\n"
+        )
+        process = subprocess.Popen(
+            [binary("gateway"), "--config", str(config), "--model-repository", str(repo),
+             "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, env={**os.environ, "FLYWHEEL_LOG": "warn"}, text=True,
+        )
+        try:
+            http, url = read_addresses(process)
+            ids = set()
+            with grpc.insecure_channel(url) as channel:
+                stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+                for i in range(10):
+                    request = service_pb2.ModelInferRequest(model_name="tiny")
+                    request.inputs.add(name="input", datatype="FP32", shape=[1, 16])
+                    request.raw_input_contents.append(np.full((1, 16), 0.2, dtype=np.float32).tobytes())
+                    response, call = stub.ModelInfer.with_call(request)
+                    meta = dict(call.initial_metadata())
+                    assert (response.model_version, meta["x-flywheel-arm"]) == ("2", "champion"), "never the shadow's answer"
+                    ids.add(meta["x-flywheel-request-id"])
+            import json
+            import urllib.request
+
+            def pairs():
+                with urllib.request.urlopen(f"http://{http}/admin/routing") as r:
+                    models = json.load(r)["models"]
+                return next(m for m in models if m["name"] == "tiny")["evidence"]["shadow"]["pairs"]
+
+            deadline = time.time() + 10
+            while pairs() < 10 and time.time() < deadline:
+                time.sleep(0.2)
+            assert pairs() == 10, "every mirrored gRPC request was compared"
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+        table = ds.dataset(str(tmp / "samples" / "samples"), format="parquet", partitioning="hive").to_table()
+        rows = set(zip(table["request_id"].to_pylist(), table["arm"].to_pylist(), table["version"].to_pylist()))
+        expected = {(rid, "champion", 2) for rid in ids} | {(rid, "shadow", 1) for rid in ids}
+        assert expected <= rows, "both answers of each mirrored request are in the samples"
