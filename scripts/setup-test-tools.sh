@@ -3,7 +3,8 @@
 # - .venv/: Python with the current tritonclient[http,grpc] (grpcio), numpy, pytest, onnxruntime, and pyarrow
 #   and DuckDB to read the sample files back, moto's S3-compatible server for the fleet
 #   tests and Ray for bring-your-own training on a cluster (PyPI);
-# - haproxy (Debian) in front of a fleet of gateways;
+# - haproxy (Debian) in front of a fleet of gateways; promtool (Debian's prometheus) for the
+#   alert rules;
 # - .tools/perf_analyzer/: the perf_analyzer binary shipped inside the tritonclient==2.35.0
 #   manylinux wheel (the current `perf-analyzer` PyPI package is an empty placeholder), with
 #   libcudart.so.12 from PyPI's nvidia-cuda-runtime-cu12 (no GPU is used for HTTP) and Debian's
@@ -20,6 +21,12 @@ if ! "$venv/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy, 
   || [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/ray" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
     "tritonclient[http,grpc]" numpy pytest "onnxruntime>=1.31" pyarrow duckdb scikit-learn skl2onnx onnx "moto[server]" ray
+fi
+
+# promtool (Debian's prometheus package; no service is started) checks the alert rules.
+if ! command -v promtool >/dev/null && command -v apt-get >/dev/null; then
+  (apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1) \
+    || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
 fi
 
 # HAProxy (Debian) for the fleet-behind-a-load-balancer test.

@@ -75,6 +75,9 @@ pub const STORE_RECORDS: &str = "flywheel_store_records_total";
 pub const CONTROLLER_LEADER: &str = "flywheel_controller_leader";
 /// Requests sent to the registry's object store.
 pub const REGISTRY_REQUESTS: &str = "flywheel_registry_store_requests_total";
+/// Rollout and reload decisions written to the audit log, by model, action (`promote`,
+/// `roll_back`, `advance`, `set_weight`, `swap`, `reject`, ...) and actor.
+pub const DECISIONS: &str = "flywheel_rollout_decisions_total";
 /// Connections the server closed on a deadline, by reason (header_timeout, idle_timeout,
 /// write_timeout).
 pub const CONNECTIONS_CLOSED: &str = "flywheel_connections_closed_total";
@@ -105,6 +108,21 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         }
     };
     describe();
+    // Counters that alerts page on exist from the start at zero (unlabelled), so a rule's
+    // `increase()` sees them before the first event and the dashboard's queries resolve.
+    for name in [
+        DRIFT_EVENTS,
+        DECISIONS,
+        TAP_DROPPED,
+        REQUESTS_CUT,
+        CONNECTIONS_CLOSED,
+        COMPONENT_PANICS,
+        SAMPLE_WRITE_ERRORS,
+        WEBHOOK_FAILURES,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::gauge!(COMPONENT_DEGRADED).set(0.0);
     Some(HANDLE.get_or_init(|| handle))
 }
 
@@ -125,6 +143,7 @@ fn describe() {
     describe_gauge!(IN_FLIGHT, Unit::Count, "Inference requests being handled right now");
     describe_counter!(RELOADS, "Config and registry reloads, by result");
     describe_counter!(ARM_REQUESTS, "Inference requests per routing arm");
+    describe_counter!(DECISIONS, "Rollout and reload decisions written to the audit log, by action and actor");
     describe_counter!(SHADOW_REQUESTS, "Mirrored shadow requests, by outcome");
     describe_counter!(TAP_DROPPED, "Served requests dropped because the tap channel was full");
     describe_counter!(SAMPLE_ROWS, "Sample rows handed to the Parquet writer");

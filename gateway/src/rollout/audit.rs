@@ -75,6 +75,8 @@ impl AuditLog {
     /// from a blocking thread, never from an async handler.
     pub fn append(&self, entry: &AuditEntry) {
         tracing::info!(model = %entry.model, action = entry.action, actor = entry.actor, from = ?entry.from, to = ?entry.to, reason = %entry.reason, "rollout decision");
+        metrics::counter!(crate::metrics::DECISIONS, "model" => entry.model.clone(), "action" => entry.action, "actor" => entry.actor)
+            .increment(1);
         let Some(path) = &self.path else { return };
         let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         rotate_if_full(path);
