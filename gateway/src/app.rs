@@ -163,8 +163,7 @@ impl Gateway {
             admission: (config.max_in_flight > 0).then(|| crate::model::table::Budget::new(config.max_in_flight)),
         });
         let grace = Duration::from_millis(config.shutdown_grace_ms);
-        let grpc =
-            grpc_listener.map(|l| (l, crate::grpc::Grpc::new(Arc::clone(&state), config.grpc_max_message_bytes)));
+        let grpc = grpc_listener.map(|l| (l, crate::grpc::Grpc::new(Arc::clone(&state), config.grpc_message_limit())));
         Ok(Self { listener, grpc, state, reloader, baseline, grace, registry_sync, sample_upload, copy_lock })
     }
 

@@ -33,9 +33,10 @@ pub struct Config {
     /// Triton's is 8001); none by default.
     #[serde(default)]
     pub grpc_listen: Option<SocketAddr>,
-    /// Largest gRPC message taken or sent (tonic's default of 4 MiB is too small for batches).
-    #[serde(default = "default_max_body_bytes")]
-    pub grpc_max_message_bytes: usize,
+    /// Largest gRPC message taken or sent (tonic's default of 4 MiB is too small for batches);
+    /// default: `max_body_bytes`. See [`Config::grpc_message_limit`].
+    #[serde(default)]
+    pub grpc_max_message_bytes: Option<usize>,
     /// Folder of `<model>/<version>/model.onnx`, or an object store URL (`s3://bucket/prefix`,
     /// `gs://`, `az://`): then this becomes the local copy (`registry.cache_dir`) and the URL
     /// moves to `registry_url`.
@@ -391,7 +392,7 @@ impl Default for Config {
         Self {
             listen: default_listen(),
             grpc_listen: None,
-            grpc_max_message_bytes: default_max_body_bytes(),
+            grpc_max_message_bytes: None,
             model_repository: None,
             registry_url: None,
             registry: RegistrySettings::default(),
@@ -549,17 +550,18 @@ impl Config {
         if self.max_in_flight > 1_000_000 {
             return Err(format!("max_in_flight must be at most 1000000 (0 = no limit), given {}", self.max_in_flight));
         }
-        if !(1024..=(2usize << 30) - 1).contains(&self.grpc_max_message_bytes) {
-            return Err(format!(
-                "grpc_max_message_bytes must be in 1024..=2147483647 (gRPC's 2 GiB), given {}",
-                self.grpc_max_message_bytes
-            ));
-        }
-        if self.grpc_max_message_bytes > self.server.max_in_flight_bytes {
-            return Err(format!(
-                "grpc_max_message_bytes ({}) must not exceed server.max_in_flight_bytes ({}): no such message could be admitted",
-                self.grpc_max_message_bytes, self.server.max_in_flight_bytes
-            ));
+        if let Some(limit) = self.grpc_max_message_bytes {
+            if !(1024..=(2usize << 30) - 1).contains(&limit) {
+                return Err(format!(
+                    "grpc_max_message_bytes must be in 1024..=2147483647 (gRPC's 2 GiB), given {limit}"
+                ));
+            }
+            if limit > self.server.max_in_flight_bytes {
+                return Err(format!(
+                    "grpc_max_message_bytes ({limit}) must not exceed server.max_in_flight_bytes ({}): no such message could be admitted",
+                    self.server.max_in_flight_bytes
+                ));
+            }
         }
         if self.max_body_bytes > self.server.max_in_flight_bytes {
             return Err(format!(
@@ -636,6 +638,11 @@ impl Config {
             Some(url) => Some(url.trim_end_matches('/').to_owned()),
             None => self.registry_url.as_ref().map(|r| format!("{r}/.data")),
         }
+    }
+
+    /// Largest gRPC message: `grpc_max_message_bytes`, else `max_body_bytes`.
+    pub fn grpc_message_limit(&self) -> usize {
+        self.grpc_max_message_bytes.unwrap_or(self.max_body_bytes)
     }
 
     /// Where the audit log goes.

@@ -91,6 +91,11 @@ fn each_bad_value_is_rejected_naming_key_and_value() {
             "[models.m.rollout]\nchampion = \"../x\"",
             "models.m.rollout.champion must be a version number, an alias or 'latest'",
         ),
+        (
+            "grpc_max_message_bytes = 33554432\nmax_body_bytes = 1048576\n[server]\nmax_in_flight_bytes = 16777216",
+            "grpc_max_message_bytes (33554432) must not exceed server.max_in_flight_bytes (16777216)",
+        ),
+        ("grpc_max_message_bytes = 100", "grpc_max_message_bytes must be in 1024..=2147483647"),
     ];
     for (text, expected) in cases {
         let err = Config::parse(text).unwrap().validate().unwrap_err();
@@ -142,4 +147,15 @@ fn load_names_the_file() {
     let err = Config::load(&path).unwrap_err().to_string();
     assert!(err.contains("g.toml") && err.contains("max_body_bytes"), "{err}");
     assert!(Config::load(&dir.path().join("missing.toml")).unwrap_err().to_string().contains("missing.toml"));
+}
+
+#[test]
+fn the_grpc_message_limit_follows_max_body_bytes_unless_set() {
+    // A budget below the 64 MiB default body size is a valid config without any gRPC key.
+    let c = Config::parse("max_body_bytes = 8388608\n[server]\nmax_in_flight_bytes = 25165824\n").unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.grpc_message_limit(), 8 << 20);
+    let c = Config::parse("grpc_max_message_bytes = 4096\n").unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.grpc_message_limit(), 4096);
 }
