@@ -93,6 +93,10 @@ pub struct Config {
     /// Bearer token for `POST .../feedback` (labels; the admin token works too); without one,
     /// labels are open, and the gateway refuses a non-loopback `listen`.
     pub feedback_token: Option<String>,
+    /// Named credentials with roles (`read`, `operate`, `approve`, `label`), beside or instead
+    /// of `admin_token` and `feedback_token`; the audit log names the credential that acted.
+    #[serde(default)]
+    pub credentials: Vec<crate::server::auth::Credential>,
     /// Lets the gateway listen on a non-loopback address without `admin_token` and
     /// `feedback_token`: anyone who reaches the port can then move aliases and write labels.
     #[serde(default)]
@@ -407,6 +411,7 @@ impl Default for Config {
             max_model_file_bytes: default_max_model_file_bytes(),
             server: crate::server::limits::ServerLimits::default(),
             admin_token: None,
+            credentials: Vec::new(),
             feedback_token: None,
             insecure_allow_unauthenticated: false,
             audit_log: None,
@@ -589,6 +594,7 @@ impl Config {
 
     /// Tokens long enough to resist guessing, and none missing on a reachable address.
     fn check_credentials(&self) -> Result<(), String> {
+        crate::server::auth::validate(&self.credentials, MIN_TOKEN_CHARS)?;
         for (key, token) in [("admin_token", &self.admin_token), ("feedback_token", &self.feedback_token)] {
             // The token itself is never echoed: the message gives its length only.
             if let Some(t) = token.as_ref().filter(|t| t.chars().count() < MIN_TOKEN_CHARS) {
@@ -601,17 +607,24 @@ impl Config {
         if self.listen.ip().is_loopback() || self.insecure_allow_unauthenticated {
             return Ok(());
         }
-        let missing: Vec<&str> = [("admin_token", &self.admin_token), ("feedback_token", &self.feedback_token)]
-            .iter()
-            .filter(|(_, t)| t.is_none())
-            .map(|(k, _)| *k)
-            .collect();
+        use crate::server::auth::Role;
+        // A credential of its own for labels: label senders never need the admin secret.
+        let has = |role: Role| self.credentials.iter().any(|c| c.roles.contains(&role));
+        let missing: Vec<&str> = [
+            ("admin_token", self.admin_token.is_some() || has(Role::Operate)),
+            ("feedback_token", self.feedback_token.is_some() || has(Role::Label)),
+        ]
+        .iter()
+        .filter(|(_, set)| !set)
+        .map(|(k, _)| *k)
+        .collect();
         if missing.is_empty() {
             return Ok(());
         }
         Err(format!(
             "listen = {} is reachable from other hosts, so {} must be set (config, or FLYWHEEL_ADMIN_TOKEN / \
-             FLYWHEEL_FEEDBACK_TOKEN); to run without them anyway set insecure_allow_unauthenticated = true",
+             FLYWHEEL_FEEDBACK_TOKEN, or [[credentials]] with the operate and label roles); to run without them \
+             anyway set insecure_allow_unauthenticated = true",
             self.listen,
             missing.join(" and ")
         ))

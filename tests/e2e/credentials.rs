@@ -1,5 +1,6 @@
-//! Credentials: a gateway reachable from other hosts does not start without tokens, and labels
-//! need the feedback token once one is configured.
+//! Credentials: a gateway reachable from other hosts does not start without tokens, labels
+//! need the feedback token once one is configured, and named credentials get their roles (the
+//! audit names the one that acted).
 
 use std::process::{Command, Stdio};
 
@@ -58,7 +59,8 @@ async fn labels_need_the_feedback_token_once_one_is_set() {
             vec![],
         )
         .await;
-    assert_eq!(with_label.status, 401);
+    assert_eq!(with_label.status, 403, "known, but without the read role");
+    assert!(with_label.json()["error"].as_str().unwrap().contains("'feedback' lacks the 'read' role"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -98,4 +100,45 @@ async fn labels_join_on_the_gateway_id_so_a_reused_client_id_relabels_nothing() 
     };
     assert_eq!(count("unmatched"), 1, "the client's id scores no prediction:\n{metrics}");
     assert_eq!(count("matched"), 1, "the gateway's id does:\n{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn named_credentials_get_their_roles_and_the_audit_names_who_acted() {
+    use flywheel_onnx::fixtures::tiny;
+    use flywheel_registry::ManifestDraft;
+    let config = "[models.tiny.rollout]\nchampion = \"champion\"\n\
+        [[credentials]]\nname = \"reader\"\ntoken = \"reader-reader-reader\"\nroles = [\"read\"]\n\
+        [[credentials]]\nname = \"oncall-alice\"\ntoken = \"operator-operator-op\"\nroles = [\"read\", \"operate\"]\n\
+        [[credentials]]\nname = \"label-feed\"\ntoken = \"labels-labels-labels\"\nroles = [\"label\"]\n";
+    let gw = TestGateway::start_registry(config, |r| {
+        let v = r.publish("tiny", &tiny(1).to_onnx(1), ManifestDraft::default()).unwrap().version;
+        r.set_alias("tiny", "champion", v).unwrap();
+    });
+    let http = Http::new(false);
+    let call = |method: Method, path: &str, token: Option<&str>, body: Vec<u8>| {
+        let headers: Vec<(&str, String)> =
+            token.map(|t| ("authorization", format!("Bearer {t}"))).into_iter().collect();
+        let (http, url) = (http.clone(), format!("{}{path}", gw.base));
+        async move { http.send(method, &url, &headers, body).await }
+    };
+    assert_eq!(call(Method::GET, "/admin/routing", None, vec![]).await.status, 401, "loopback needs it too");
+    assert_eq!(call(Method::GET, "/admin/routing", Some("reader-reader-reader"), vec![]).await.status, 200);
+    let labeller = call(Method::GET, "/admin/routing", Some("labels-labels-labels"), vec![]).await;
+    assert_eq!(labeller.status, 403);
+    let pause = || call(Method::POST, "/admin/models/tiny/pause", Some("reader-reader-reader"), vec![]);
+    let refused = pause().await;
+    assert_eq!(refused.status, 403);
+    assert!(refused.json()["error"].as_str().unwrap().contains("'reader' lacks the 'operate' role"));
+    let body = serde_json::to_vec(&json!({"reason": "night freeze"})).unwrap();
+    let paused = call(Method::POST, "/admin/models/tiny/pause", Some("operator-operator-op"), body).await;
+    assert_eq!(paused.status, 200, "{:?}", paused.body);
+    let audit = call(Method::GET, "/admin/audit", Some("reader-reader-reader"), vec![]).await.json();
+    let entry = audit["entries"].as_array().unwrap().iter().find(|e| e["action"] == "pause").cloned().unwrap();
+    assert_eq!(entry["credential"], "oncall-alice", "the audit names the credential: {entry}");
+    assert!(!entry.to_string().contains("operator-operator-op"), "never its token");
+    let labels = serde_json::to_vec(&json!({"labels": [{"id": "r1", "label": 1.0}]})).unwrap();
+    let feedback = "/v2/models/tiny/feedback";
+    assert_eq!(call(Method::POST, feedback, None, labels.clone()).await.status, 401);
+    assert_eq!(call(Method::POST, feedback, Some("reader-reader-reader"), labels.clone()).await.status, 403);
+    assert_eq!(call(Method::POST, feedback, Some("labels-labels-labels"), labels).await.status, 200);
 }

@@ -26,6 +26,9 @@ pub struct AuditEntry {
     /// The fleet replica that decided (set by the log of a replica).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replica: Option<String>,
+    /// The credential an operator's decision came with (its name, never its token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 impl AuditEntry {
@@ -41,6 +44,7 @@ impl AuditEntry {
             reason: String::new(),
             evidence: Value::Null,
             replica: None,
+            credential: None,
         }
     }
 }

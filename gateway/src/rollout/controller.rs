@@ -174,6 +174,7 @@ fn decide(
         champion,
         candidate: state.candidate,
         actor: "controller",
+        credential: None,
         reason: reason.to_owned(),
         evidence: evidence_json.clone(),
     };
@@ -256,6 +257,7 @@ fn step_passed(
             champion,
             candidate: state.candidate,
             actor: "controller",
+            credential: None,
             reason: reasons.join("; "),
             evidence,
         };

@@ -15,6 +15,8 @@ pub struct Decision<'a> {
     pub candidate: u64,
     /// `controller` or `admin`.
     pub actor: &'static str,
+    /// The operator's credential, for an `admin` decision.
+    pub credential: Option<String>,
     pub reason: String,
     pub evidence: serde_json::Value,
 }
@@ -111,6 +113,7 @@ pub fn still_canary(reloader: &Reloader, model: &str, candidate: u64) -> bool {
 
 fn entry(d: &Decision<'_>, action: &'static str, (from, to): (u64, u64)) -> AuditEntry {
     let mut entry = AuditEntry::now(d.model, d.actor, action);
+    entry.credential = d.credential.clone();
     entry.from = Some(from);
     entry.to = Some(to);
     entry.evidence = d.evidence.clone();

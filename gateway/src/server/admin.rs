@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request};
 use serde_json::{Value, json};
 
+use super::auth::{self, Caller, Role};
 use super::body::{self, BodyLimits};
 use super::{ApiError, AppState};
 use crate::rollout::Reloader;
@@ -22,8 +23,9 @@ pub async fn handle(
     rest: &[&str],
 ) -> Result<Value, ApiError> {
     let reloader = state.reloader.clone().ok_or_else(|| ApiError::NotReady("no reloader".into()))?;
-    authorize(&reloader, &req, peer)?;
     let method = req.method().clone();
+    let role = if method == Method::GET { Role::Read } else { Role::Operate };
+    let caller = auth::authorize(&reloader.config.load(), req.headers(), peer, role, "admin API")?;
     match (method, rest) {
         (Method::GET, ["routing"]) => Ok(routing(state, &reloader)),
         (Method::GET, ["audit"]) => {
@@ -79,39 +81,12 @@ pub async fn handle(
         }
         (Method::POST, ["models", model, action]) => {
             let body = read_json(state, req).await?;
-            model_action(state, reloader, model, action, body).await
+            model_action(state, reloader, (model, action), body, caller).await
         }
         (method, _) => {
             Err(ApiError::NotFound { method: method.to_string(), path: format!("/admin/{}", rest.join("/")) })
         }
     }
-}
-
-fn authorize(reloader: &Reloader, req: &Request<Incoming>, peer: SocketAddr) -> Result<(), ApiError> {
-    let config = reloader.config.load();
-    match &config.admin_token {
-        Some(token) => check_bearer(req.headers(), &[token], "admin API", "admin_token"),
-        None if peer.ip().is_loopback() || config.insecure_allow_unauthenticated => Ok(()),
-        None => Err(ApiError::Forbidden(
-            "no admin_token is configured, so the admin API answers loopback clients only".into(),
-        )),
-    }
-}
-
-/// Accepts `Authorization: Bearer <t>` for any of `tokens`; `what` and `key` name the endpoint
-/// and the config key in the error.
-pub fn check_bearer(headers: &hyper::HeaderMap, tokens: &[&String], what: &str, key: &str) -> Result<(), ApiError> {
-    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(given) if tokens.iter().any(|t| constant_time_eq(given.as_bytes(), t.as_bytes())) => Ok(()),
-        Some(_) => Err(ApiError::Unauthorized(format!("wrong token for the {what}"))),
-        None => Err(ApiError::Unauthorized(format!("the {what} needs Authorization: Bearer <{key}>"))),
-    }
-}
-
-/// Compares without stopping at the first difference, so timing does not reveal the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn read_json(state: &AppState, req: Request<Incoming>) -> Result<Value, ApiError> {
@@ -177,9 +152,9 @@ fn arms_json(r: &crate::model::table::ArmsRecord, weight: Option<u32>) -> Value 
 async fn model_action(
     state: &AppState,
     reloader: Arc<Reloader>,
-    model: &str,
-    action: &str,
+    (model, action): (&str, &str),
     body: Value,
+    caller: Caller,
 ) -> Result<Value, ApiError> {
     let (champion, canary) = {
         let table = state.table.load();
@@ -206,13 +181,14 @@ async fn model_action(
     let (model_owned, r) = (model.to_owned(), Arc::clone(&reloader));
     match action {
         "promote" => {
-            let (candidate, _) = audit_conflict(&reloader, model, "promote_conflict", need_canary()).await?;
+            let (candidate, _) = audit_conflict(&reloader, (model, &caller), "promote_conflict", need_canary()).await?;
             blocking(move || {
                 let d = Decision {
                     model: &model_owned,
                     champion,
                     candidate,
                     actor: "admin",
+                    credential: Some(caller.0.clone()),
                     reason,
                     evidence: Value::Null,
                 };
@@ -222,13 +198,15 @@ async fn model_action(
             .map_err(decision_error)?;
         }
         "rollback" => {
-            let (candidate, _) = audit_conflict(&reloader, model, "roll_back_conflict", need_canary()).await?;
+            let (candidate, _) =
+                audit_conflict(&reloader, (model, &caller), "roll_back_conflict", need_canary()).await?;
             blocking(move || {
                 let d = Decision {
                     model: &model_owned,
                     champion,
                     candidate,
                     actor: "admin",
+                    credential: Some(caller.0.clone()),
                     reason,
                     evidence: Value::Null,
                 };
@@ -244,6 +222,7 @@ async fn model_action(
                     ApiError::BadRequest(format!("body must be {{\"weight\": 0..=100}}, given {body}"))
                 })? as u32;
             let mut entry = crate::rollout::audit::AuditEntry::now(model, "admin", "set_weight");
+            entry.credential = Some(caller.0.clone());
             entry.to = Some(candidate);
             entry.reason = format!("{reason}: canary weight {current}% -> {weight}%");
             // The state is written through to the registry (a store request in a fleet): off
@@ -261,6 +240,7 @@ async fn model_action(
             let paused = action == "pause";
             let mut entry =
                 crate::rollout::audit::AuditEntry::now(model, "admin", if paused { "pause" } else { "resume" });
+            entry.credential = Some(caller.0.clone());
             entry.reason = reason;
             blocking(move || {
                 r.controls.set_paused(&model_owned, paused)?;
@@ -292,12 +272,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// Records an operator's decision that was refused as a conflict before it was applied.
 async fn audit_conflict<T>(
     reloader: &Arc<Reloader>,
-    model: &str,
+    (model, caller): (&str, &Caller),
     action: &'static str,
     checked: Result<T, ApiError>,
 ) -> Result<T, ApiError> {
     if let Err(ApiError::Conflict(why)) = &checked {
         let mut entry = crate::rollout::audit::AuditEntry::now(model, "admin", action);
+        entry.credential = Some(caller.0.clone());
         entry.reason = why.clone();
         let r = Arc::clone(reloader);
         blocking(move || r.audit.append(&entry)).await?;

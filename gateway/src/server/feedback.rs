@@ -14,14 +14,15 @@ use crate::tap::labels;
 const MAX_FEEDBACK_BYTES: usize = 4 << 20;
 
 /// Stores the labels in the body; answers how many were received and stored.
-pub async fn feedback(state: &AppState, req: Request<Incoming>, model: &str) -> Result<Value, ApiError> {
+pub async fn feedback(
+    state: &AppState,
+    req: Request<Incoming>,
+    model: &str,
+    peer: std::net::SocketAddr,
+) -> Result<Value, ApiError> {
     if let Some(reloader) = &state.reloader {
         let config = reloader.config.load();
-        if let Some(token) = &config.feedback_token {
-            let mut accepted = vec![token];
-            accepted.extend(config.admin_token.as_ref());
-            super::admin::check_bearer(req.headers(), &accepted, "feedback API", "feedback_token")?;
-        }
+        super::auth::authorize(&config, req.headers(), peer, super::auth::Role::Label, "feedback API")?;
     }
     if !state.table.load().models.contains_key(model) {
         return Err(RouteError::ModelNotFound(model.to_owned()).into());

@@ -3,6 +3,7 @@
 //! errors become responses ([`error`]).
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod conn;
 pub mod error;

@@ -29,7 +29,9 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: std::net
             return infer(&state, req, model, Some(v)).await;
         }
         (_, ["admin", rest @ ..]) => super::admin::handle(&state, req, peer, rest).await,
-        (Method::POST, ["v2", "models", model, "feedback"]) => super::feedback::feedback(&state, req, model).await,
+        (Method::POST, ["v2", "models", model, "feedback"]) => {
+            super::feedback::feedback(&state, req, model, peer).await
+        }
         (Method::GET, ["v2"]) => Ok(server_metadata()),
         (Method::GET, ["v2", "health", "live"]) => Ok(json!({"live": true})),
         (Method::GET, ["v2", "health", "ready"]) => server_ready(&state),
