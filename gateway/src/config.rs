@@ -594,7 +594,9 @@ impl Config {
 
     /// Tokens long enough to resist guessing, and none missing on a reachable address.
     fn check_credentials(&self) -> Result<(), String> {
-        crate::server::auth::validate(&self.credentials, MIN_TOKEN_CHARS)?;
+        let singles: Vec<&str> =
+            [&self.admin_token, &self.feedback_token].into_iter().flatten().map(String::as_str).collect();
+        crate::server::auth::validate(&self.credentials, &singles, MIN_TOKEN_CHARS)?;
         for (key, token) in [("admin_token", &self.admin_token), ("feedback_token", &self.feedback_token)] {
             // The token itself is never echoed: the message gives its length only.
             if let Some(t) = token.as_ref().filter(|t| t.chars().count() < MIN_TOKEN_CHARS) {

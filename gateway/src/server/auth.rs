@@ -65,14 +65,25 @@ fn all(config: &Config) -> Vec<(&str, &str, &[Role])> {
     all
 }
 
-/// Whether any configured credential grants `role`.
+/// Whether the endpoints needing `role` are guarded: the admin API once `admin_token` or any
+/// credential with an admin role exists (a read-only credential locks the whole API, not only
+/// reads), labels once `feedback_token` or a `label` credential exists (the admin token then
+/// works for labels too, but does not by itself close them).
 pub fn guarded(config: &Config, role: Role) -> bool {
-    all(config).iter().any(|(_, _, roles)| roles.contains(&role))
+    match role {
+        Role::Label => {
+            config.feedback_token.is_some() || config.credentials.iter().any(|c| c.roles.contains(&Role::Label))
+        }
+        _ => {
+            config.admin_token.is_some() || config.credentials.iter().any(|c| c.roles.iter().any(|r| *r != Role::Label))
+        }
+    }
 }
 
-/// The caller of an endpoint that needs `role` (`what` names it in errors). Without any
-/// credential granting `role`, the admin API answers loopback clients only (or everyone with
-/// `insecure_allow_unauthenticated`) and labels are open, as before credentials existed.
+/// The caller of an endpoint that needs `role` (`what` names it in errors). Where nothing
+/// guards it, the old defaults hold and any `Authorization` header is ignored: the admin API
+/// answers loopback clients only (or everyone with `insecure_allow_unauthenticated`), labels
+/// are open.
 pub fn authorize(
     config: &Config,
     headers: &HeaderMap,
@@ -80,49 +91,51 @@ pub fn authorize(
     role: Role,
     what: &str,
 ) -> Result<Caller, ApiError> {
-    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let credentials = all(config);
-    if let Some(given) = given {
-        // Every token is compared, whichever matches, so timing tells nothing.
-        let matched = credentials.iter().fold(None, |found, c| {
-            let equal = constant_time_eq(given.as_bytes(), c.1.as_bytes());
-            if equal && found.is_none() { Some(c) } else { found }
-        });
-        return match matched {
-            Some((name, _, roles)) if roles.contains(&role) => Ok(Caller((*name).to_owned())),
-            Some((name, _, _)) => Err(ApiError::Forbidden(format!(
-                "the credential '{name}' lacks the '{}' role the {what} needs",
-                role.as_str()
+    if !guarded(config, role) {
+        return match role {
+            Role::Label => Ok(Caller("anonymous".into())),
+            _ if peer.ip().is_loopback() => Ok(Caller("loopback".into())),
+            _ if config.insecure_allow_unauthenticated => Ok(Caller("unauthenticated".into())),
+            _ => Err(ApiError::Forbidden(format!(
+                "no admin_token or admin credential is configured, so the {what} answers loopback clients only"
             ))),
-            None => Err(ApiError::Unauthorized(format!("wrong token for the {what}"))),
         };
     }
-    if guarded(config, role) {
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let Some(given) = given else {
         let single = if role == Role::Label { "feedback_token" } else { "admin_token" };
         return Err(ApiError::Unauthorized(format!(
             "the {what} needs Authorization: Bearer <{single}, or the token of a credential with the '{}' role>",
             role.as_str()
         )));
-    }
-    match role {
-        Role::Label => Ok(Caller("anonymous".into())),
-        _ if peer.ip().is_loopback() || config.insecure_allow_unauthenticated => Ok(Caller("loopback".into())),
-        _ => Err(ApiError::Forbidden(format!(
-            "no credential with the '{}' role is configured (admin_token or [[credentials]]), so the {what} answers loopback clients only",
+    };
+    // Digests of equal length, every one compared: timing tells neither which token matched
+    // nor how long the tokens are.
+    let given = flywheel_registry::sha256_hex(given.as_bytes());
+    let matched = all(config).into_iter().fold(None, |found, c| {
+        let equal = constant_time_eq(given.as_bytes(), flywheel_registry::sha256_hex(c.1.as_bytes()).as_bytes());
+        if equal && found.is_none() { Some(c) } else { found }
+    });
+    match matched {
+        Some((name, _, roles)) if roles.contains(&role) => Ok(Caller(name.to_owned())),
+        Some((name, _, _)) => Err(ApiError::Forbidden(format!(
+            "the credential '{name}' lacks the '{}' role the {what} needs",
             role.as_str()
         ))),
+        None => Err(ApiError::Unauthorized(format!("wrong token for the {what}"))),
     }
 }
 
-/// Compares without stopping at the first difference, so timing does not reveal the token.
+/// Compares without stopping at the first difference.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Checks `[[credentials]]`: names and tokens well formed and distinct, roles given.
-pub fn validate(credentials: &[Credential], min_token_chars: usize) -> Result<(), String> {
+/// Checks `[[credentials]]`: names and tokens well formed and distinct (from each other and
+/// from `singles`, the admin and feedback tokens), roles given.
+pub fn validate(credentials: &[Credential], singles: &[&str], min_token_chars: usize) -> Result<(), String> {
     let mut names = std::collections::HashSet::new();
-    let mut tokens = std::collections::HashSet::new();
+    let mut tokens: std::collections::HashSet<&str> = singles.iter().copied().collect();
     for (i, c) in credentials.iter().enumerate() {
         let ok_name = !c.name.is_empty()
             && c.name.len() <= 64
@@ -144,6 +157,12 @@ pub fn validate(credentials: &[Credential], min_token_chars: usize) -> Result<()
                 "credentials[{i}] ({}).token must be at least {min_token_chars} characters, given one of {}",
                 c.name,
                 c.token.chars().count()
+            ));
+        }
+        if !c.token.chars().all(|ch| ch.is_ascii_graphic()) {
+            return Err(format!(
+                "credentials[{i}] ({}).token must be visible ASCII (no spaces): an HTTP header could not carry it",
+                c.name
             ));
         }
         if !tokens.insert(c.token.as_str()) {
@@ -191,11 +210,29 @@ mod tests {
             authorize(&c, &bearer("nope-nope-nope-nope"), remote, Role::Read, "admin API").unwrap_err().status(),
             401
         );
-        let missing = authorize(&c, &HeaderMap::new(), "127.0.0.1:1".parse().unwrap(), Role::Read, "admin API");
+        let loopback: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let missing = authorize(&c, &HeaderMap::new(), loopback, Role::Read, "admin API");
         assert_eq!(missing.unwrap_err().status(), 401, "loopback is no way around a configured credential");
-        // No credential grants label: labels stay open, as without any token.
-        let open = authorize(&c, &HeaderMap::new(), remote, Role::Label, "feedback API").unwrap();
+        // No credential grants label: labels stay open, as without any token, whatever is sent.
+        let open = authorize(&c, &bearer("reader-token-0123456"), remote, Role::Label, "feedback API").unwrap();
         assert_eq!(open, Caller("anonymous".into()));
+        // A read-only credential locks the whole admin API, operate included.
+        let c = config("[[credentials]]\nname = \"reader\"\ntoken = \"reader-token-0123456\"\nroles = [\"read\"]\n");
+        assert_eq!(authorize(&c, &HeaderMap::new(), loopback, Role::Operate, "admin API").unwrap_err().status(), 401);
+    }
+
+    #[test]
+    fn with_nothing_configured_the_old_defaults_hold_and_headers_are_ignored() {
+        let c = config("");
+        let (loopback, remote): (SocketAddr, SocketAddr) =
+            ("127.0.0.1:1".parse().unwrap(), "10.0.0.9:1".parse().unwrap());
+        let junk = bearer("whatever-whatever-1");
+        assert_eq!(authorize(&c, &junk, loopback, Role::Operate, "admin API").unwrap().0, "loopback");
+        assert_eq!(authorize(&c, &junk, remote, Role::Read, "admin API").unwrap_err().status(), 403);
+        assert_eq!(authorize(&c, &junk, remote, Role::Label, "feedback API").unwrap().0, "anonymous");
+        // The admin token alone closes the admin API, not labels (it still works for them).
+        let c = config("admin_token = \"admin-token-0123456\"\n");
+        assert_eq!(authorize(&c, &HeaderMap::new(), remote, Role::Label, "feedback API").unwrap().0, "anonymous");
     }
 
     #[test]
@@ -234,6 +271,11 @@ mod tests {
                  [[credentials]]\nname = \"b\"\ntoken = \"0123456789abcdef\"\nroles = [\"label\"]\n",
                 "another credential's token",
             ),
+            (
+                "feedback_token = \"0123456789abcdef\"\n[[credentials]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nroles = [\"read\"]\n",
+                "another credential's token",
+            ),
+            ("[[credentials]]\nname = \"a\"\ntoken = \"0123456789 abcdef\"\nroles = [\"read\"]\n", "visible ASCII"),
         ];
         for (text, expected) in cases {
             let err = config(text).validate().unwrap_err();
