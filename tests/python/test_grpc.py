@@ -153,27 +153,33 @@ def health(channel, service=""):
     return reply[1] if reply else 0
 
 
+def start_tiny(tmp, aliases, config):
+    """A gateway over a fresh tiny repository with `aliases` set and `config`, on both ports."""
+    repo = tmp / "models"
+    subprocess.run([binary("make-model-repo"), str(repo)], check=True, capture_output=True)
+    for alias, version in aliases.items():
+        subprocess.run([binary("registry"), "--root", str(repo), "alias", "set", "tiny", alias, version], check=True)
+    (tmp / "gateway.toml").write_text(config)
+    return subprocess.Popen(
+        [binary("gateway"), "--config", str(tmp / "gateway.toml"), "--model-repository", str(repo),
+         "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, env={**os.environ, "FLYWHEEL_LOG": "warn"}, text=True,
+    )
+
+
 @pytest.fixture(scope="module")
 def rollout():
     """A gateway whose tiny model runs a 50% canary with every request sampled, a small
     gRPC message limit, and a drain delay long enough to look at."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        repo = tmp / "models"
-        subprocess.run([binary("make-model-repo"), str(repo)], check=True, capture_output=True)
-        subprocess.run([binary("registry"), "--root", str(repo), "alias", "set", "tiny", "champion", "1"], check=True)
-        subprocess.run([binary("registry"), "--root", str(repo), "alias", "set", "tiny", "challenger", "2"], check=True)
-        config = tmp / "gateway.toml"
-        config.write_text(
+        process = start_tiny(
+            tmp,
+            {"champion": "1", "challenger": "2"},
             "grpc_max_message_bytes = 4096\n"
             "[server]\ndrain_delay_ms = 3000\n"
             "[sampling]\nrate = 1.0\nmax_file_age_ms = 500\n"
-            "[models.tiny.rollout]\nchampion = \"champion\"\ncanary = { version = \"challenger\", weight = 50 }\n"
-        )
-        process = subprocess.Popen(
-            [binary("gateway"), "--config", str(config), "--model-repository", str(repo),
-             "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE, env={**os.environ, "FLYWHEEL_LOG": "warn"}, text=True,
+            "[models.tiny.rollout]\nchampion = \"champion\"\ncanary = { version = \"challenger\", weight = 50 }\n",
         )
         http, grpc_url = read_addresses(process)
         try:
@@ -262,18 +268,11 @@ def test_draining_reports_not_serving_while_still_answering_then_goes_away(rollo
 def test_a_shadow_mirrors_grpc_requests_compared_and_stored_never_returned():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        repo = tmp / "models"
-        subprocess.run([binary("make-model-repo"), str(repo)], check=True, capture_output=True)
-        subprocess.run([binary("registry"), "--root", str(repo), "alias", "set", "tiny", "champion", "2"], check=True)
-        config = tmp / "gateway.toml"
-        config.write_text(
+        process = start_tiny(
+            tmp,
+            {"champion": "2"},
             "[sampling]\nrate = 1.0\nmax_file_age_ms = 500\n"
-            "[models.tiny.rollout]\nchampion = \"champion\"\nshadow = { version = \"1\", fraction = 1.0 }\n"
-        )
-        process = subprocess.Popen(
-            [binary("gateway"), "--config", str(config), "--model-repository", str(repo),
-             "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE, env={**os.environ, "FLYWHEEL_LOG": "warn"}, text=True,
+            "[models.tiny.rollout]\nchampion = \"champion\"\nshadow = { version = \"1\", fraction = 1.0 }\n",
         )
         try:
             http, url = read_addresses(process)
