@@ -101,6 +101,17 @@ pub struct Config {
     /// `feedback_token`: anyone who reaches the port can then move aliases and write labels.
     #[serde(default)]
     pub insecure_allow_unauthenticated: bool,
+    /// Public keys (SPKI PEM files) whose signatures on a version's manifest are trusted; several
+    /// at once for a rotation. With keys, a version with a signature that does not verify is
+    /// refused (the old one keeps serving).
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
+    /// Refuse versions that are not signed by one of `trusted_keys`.
+    #[serde(default)]
+    pub require_signature: bool,
+    /// `trusted_keys`, read (see [`Config::read_trusted_keys`]).
+    #[serde(skip)]
+    pub trust: flywheel_registry::TrustedKeys,
     /// Append-only JSON-lines log of every swap decision; default `<model_repository>/audit.jsonl`.
     pub audit_log: Option<PathBuf>,
     /// How often the rollout controller looks at the evidence.
@@ -414,6 +425,9 @@ impl Default for Config {
             credentials: Vec::new(),
             feedback_token: None,
             insecure_allow_unauthenticated: false,
+            trusted_keys: Vec::new(),
+            require_signature: false,
+            trust: flywheel_registry::TrustedKeys::default(),
             audit_log: None,
             controller_interval_ms: default_controller_ms(),
             sampling: crate::tap::SamplingSettings::default(),
@@ -463,7 +477,8 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::Read { path: shown.clone(), reason: e.to_string() })?;
         let config = Self::parse(&text).map_err(|reason| ConfigError::Parse { path: shown.clone(), reason })?;
-        let config = overrides.apply(config);
+        let mut config = overrides.apply(config);
+        config.read_trusted_keys().map_err(|reason| ConfigError::Invalid { path: shown.clone(), reason })?;
         config.validate().map_err(|reason| ConfigError::Invalid { path: shown, reason })?;
         Ok(config)
     }
@@ -473,10 +488,32 @@ impl Config {
         match path {
             Some(path) => Self::load_over(path, overrides).map_err(|e| e.to_string()),
             None => {
-                let config = overrides.apply(Config::default());
+                let mut config = overrides.apply(Config::default());
+                config.read_trusted_keys()?;
                 config.validate().map_err(|e| format!("config: {e}"))?;
                 Ok(config)
             }
+        }
+    }
+
+    /// Reads the `trusted_keys` files into [`Config::trust`]; the error names the file.
+    pub fn read_trusted_keys(&mut self) -> Result<(), String> {
+        self.trust =
+            flywheel_registry::TrustedKeys::from_files(&self.trusted_keys).map_err(|e| format!("trusted_keys: {e}"))?;
+        Ok(())
+    }
+
+    /// Whether a version signed by `key` (`None`: unsigned) may serve under this config.
+    pub fn admits_signer(&self, key: Option<&str>) -> Result<(), String> {
+        match key {
+            None if self.require_signature => Err(format!(
+                "the version is not signed ({} missing) and require_signature is set",
+                flywheel_registry::SIGNATURE_FILE
+            )),
+            Some(key) if !self.trust.is_empty() && !self.trust.trusts(key) => {
+                Err(format!("signed by key {key}, which is no longer in trusted_keys"))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -488,6 +525,12 @@ impl Config {
     /// Checks every value; the first problem found is returned, naming its key.
     pub fn validate(&self) -> Result<(), String> {
         check_batching("batching", &self.batching)?;
+        if self.require_signature && self.trusted_keys.is_empty() {
+            return Err("require_signature is set but trusted_keys is empty: name the public keys to trust".into());
+        }
+        if self.trust.ids().count() != self.trusted_keys.len() {
+            return Err("trusted_keys were not read (Config::read_trusted_keys)".into());
+        }
         if let Some(url) = &self.registry_url {
             flywheel_registry::Remote::shared(url).map_err(|e| format!("model_repository: {e}"))?;
         }

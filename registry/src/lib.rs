@@ -8,6 +8,7 @@
 //! - [`rollout_state`]: the controller's durable rollout state per model.
 //! - [`samples`]: the sample and label Parquet layout and column names.
 //! - [`events`]: the drift event format and the trainer's run log name.
+//! - [`signing`]: Ed25519 signatures over manifests (`manifest.sig`), trusted keys, key pairs.
 //! - [`fsutil`]: atomic, durable writes; [`tail`]: the end of a JSON-lines log, read backwards.
 //!
 //! The `registry` binary exposes the same operations to operators.
@@ -21,6 +22,7 @@ pub mod profile;
 pub mod remote;
 pub mod rollout_state;
 pub mod samples;
+pub mod signing;
 pub mod store;
 pub mod tail;
 
@@ -33,6 +35,7 @@ pub use manifest::{DataLineage, MANIFEST_FILE, Manifest, ManifestDraft, sha256_h
 pub use profile::{FeatureProfile, PROFILE_FILE, ReferenceProfile};
 pub use remote::{Claim, Lease, Mirror, Remote, SyncReport, copy_down, is_remote, now_ms};
 pub use rollout_state::{ROLLOUT_STATE_FILE, RolloutState, StepState};
+pub use signing::{SIGNATURE_FILE, Signer, TrustedKeys};
 pub use store::{
     ALIASES_FILE, FileStamp, MODEL_FILE, Registry, RegistryError, Skipped, Verified, VersionEntry, parse_aliases,
     parse_manifest, parse_profile, valid_alias, valid_model_name,

@@ -4,6 +4,7 @@
 //! <root>/<model>/<version>/model.onnx     the ONNX file (immutable)
 //! <root>/<model>/<version>/manifest.json  lineage and SHA-256 (optional for hand-made folders)
 //! <root>/<model>/<version>/profile.json   reference profile for drift detection (later)
+//! <root>/<model>/<version>/manifest.sig   Ed25519 signature of manifest.json (signed registries)
 //! <root>/<model>/aliases.json             {"champion": 3, "challenger": 4}
 //! ```
 //! A version is published by writing a hidden temporary folder, fsyncing it, and renaming it to
@@ -18,6 +19,7 @@ use crate::fsutil::{sync_dir, unique, write_atomic, write_synced};
 use crate::manifest::{MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
 use crate::profile::{PROFILE_FILE, ReferenceProfile};
 use crate::remote::Remote;
+use crate::signing::{SIGNATURE_FILE, Signer, TrustedKeys};
 
 /// File name of a version's model.
 pub const MODEL_FILE: &str = "model.onnx";
@@ -110,18 +112,26 @@ pub struct Skipped {
 pub struct Registry {
     root: PathBuf,
     remote: Option<Arc<Remote>>,
+    /// Signs every version this handle publishes.
+    signer: Option<Arc<Signer>>,
 }
 
 impl Registry {
     /// A registry at `root` (created on first publish).
     pub fn open(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), remote: None }
+        Self { root: root.into(), remote: None, signer: None }
+    }
+
+    /// The same registry, signing each version it publishes with `signer`.
+    pub fn with_signer(mut self, signer: Arc<Signer>) -> Self {
+        self.signer = Some(signer);
+        self
     }
 
     /// The local copy at `root` of `remote`: publishes, alias changes and rollout state are
     /// written to the store (compare-and-set where it matters), then to the copy.
     pub fn mirrored(root: impl Into<PathBuf>, remote: Arc<Remote>) -> Self {
-        Self { root: root.into(), remote: Some(remote) }
+        Self { root: root.into(), remote: Some(remote), signer: None }
     }
 
     /// The object store this is a copy of, if any.
@@ -250,6 +260,44 @@ impl Registry {
         }
     }
 
+    /// Checks a version's signature against `trusted`: `Ok(None)` when it is unsigned,
+    /// `Ok(Some(key id))` when it verifies, or why not (the message names the file).
+    pub fn check_signature(&self, entry: &VersionEntry, trusted: &TrustedKeys) -> Result<Option<String>, String> {
+        let sig_path = entry.dir.join(SIGNATURE_FILE);
+        let signature = match fs::read(&sig_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", sig_path.display())),
+        };
+        let manifest_path = entry.dir.join(MANIFEST_FILE);
+        let manifest = fs::read(&manifest_path)
+            .map_err(|e| format!("{} is signed but {}: {e}", entry.dir.display(), manifest_path.display()))?;
+        trusted.verify(&manifest, &signature).map(Some).map_err(|e| format!("{}: {e}", entry.dir.display()))
+    }
+
+    /// Signs a published, unsigned version (for a registry that adopts signing); in object
+    /// storage create-only. Returns the key id, or why not (already signed, no manifest).
+    pub fn sign_version(&self, model: &str, version: u64, signer: &Signer) -> Result<(), RegistryError> {
+        let signed = |path: String| RegistryError::Corrupt { path, reason: "already signed; left as it is".into() };
+        if let Some(remote) = &self.remote {
+            if !remote.sign_version(model, version, signer)? {
+                return Err(signed(remote.display(&[model, &version.to_string(), SIGNATURE_FILE])));
+            }
+            // This copy too, when it holds the version (the same manifest bytes as the store's).
+            if self.version(model, version).is_err() {
+                return Ok(());
+            }
+        }
+        let entry = self.version(model, version)?;
+        let manifest_path = entry.dir.join(MANIFEST_FILE);
+        let bytes = fs::read(&manifest_path).map_err(io(&manifest_path))?;
+        let path = entry.dir.join(SIGNATURE_FILE);
+        if path.exists() && self.remote.is_none() {
+            return Err(signed(path.display().to_string()));
+        }
+        crate::fsutil::write_atomic(&path, &signer.sign(&bytes)).map_err(io(&path))
+    }
+
     /// Publishes `model_bytes` as the next version of `model`, atomically; returns its manifest.
     pub fn publish(&self, model: &str, model_bytes: &[u8], draft: ManifestDraft) -> Result<Manifest, RegistryError> {
         self.publish_with_profile(model, model_bytes, draft, None)
@@ -268,15 +316,18 @@ impl Registry {
             return Err(RegistryError::BadModelName(model.to_owned()));
         }
         if let Some(remote) = &self.remote {
-            let manifest = remote.publish(model, model_bytes, draft, profile)?;
-            let manifest_bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+            let published = remote.publish(model, model_bytes, draft, profile, self.signer.as_deref())?;
             let profile_bytes = profile.map(|p| serde_json::to_vec(p).unwrap_or_default());
-            let mut files: Vec<(&str, &[u8])> = vec![(MODEL_FILE, model_bytes), (MANIFEST_FILE, &manifest_bytes)];
+            let mut files: Vec<(&str, &[u8])> =
+                vec![(MODEL_FILE, model_bytes), (MANIFEST_FILE, &published.manifest_bytes)];
             if let Some(bytes) = &profile_bytes {
                 files.push((PROFILE_FILE, bytes));
             }
-            self.install_version(model, manifest.version, &files)?;
-            return Ok(manifest);
+            if let Some(bytes) = &published.signature {
+                files.push((SIGNATURE_FILE, bytes));
+            }
+            self.install_version(model, published.manifest.version, &files)?;
+            return Ok(published.manifest);
         }
         let dir = self.root.join(model);
         fs::create_dir_all(&dir).map_err(io(&dir))?;
@@ -315,6 +366,10 @@ impl Registry {
             let bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
             let manifest_path = staging.join(MANIFEST_FILE);
             write_synced(&manifest_path, &bytes).map_err(io(&manifest_path))?;
+            if let Some(signer) = &self.signer {
+                let path = staging.join(SIGNATURE_FILE);
+                write_synced(&path, &signer.sign(&bytes)).map_err(io(&path))?;
+            }
             sync_dir(staging).map_err(io(staging))?;
             let target = dir.join(version.to_string());
             if !target.exists() && fs::rename(staging, &target).is_ok() {

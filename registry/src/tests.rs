@@ -178,3 +178,25 @@ fn a_version_published_with_its_profile_never_exists_without_it() {
     let staged: Vec<_> = std::fs::read_dir(dir.path().join("m")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(staged, [std::ffi::OsString::from("1")], "no staging folder left behind");
 }
+
+#[test]
+fn a_signing_registry_signs_what_it_publishes_and_an_unsigned_version_can_be_signed_once() {
+    let (_dir, registry) = registry();
+    let keys = tempfile::tempdir().unwrap();
+    let (_, private, public) = crate::signing::generate_key_pair(&keys.path().join("k")).unwrap();
+    let signer = std::sync::Arc::new(crate::Signer::from_pem_file(&private).unwrap());
+    let trusted = crate::TrustedKeys::from_files(&[public]).unwrap();
+    let signing = registry.clone().with_signer(std::sync::Arc::clone(&signer));
+    let v1 = signing.publish("m", b"one", ManifestDraft::default()).unwrap().version;
+    let v2 = registry.publish("m", b"two", ManifestDraft::default()).unwrap().version;
+    let check = |v| registry.check_signature(&registry.version("m", v).unwrap(), &trusted);
+    assert_eq!(check(v1).unwrap().as_deref(), Some(signer.key_id()));
+    assert_eq!(check(v2).unwrap(), None);
+    registry.sign_version("m", v2, &signer).unwrap();
+    assert_eq!(check(v2).unwrap().as_deref(), Some(signer.key_id()));
+    let err = registry.sign_version("m", v2, &signer).unwrap_err().to_string();
+    assert!(err.contains("already signed") && err.contains("manifest.sig"), "{err}");
+    // The model file is bound through the manifest's digest: swapping it fails verify().
+    std::fs::write(registry.version("m", v1).unwrap().model_file(), b"evil").unwrap();
+    assert!(registry.verify(&registry.version("m", v1).unwrap()).is_err());
+}

@@ -37,3 +37,36 @@ fn publish_list_show_alias_by_hand() {
     let (ok, _, err) = registry(&root, &["show", "fraud", "7"]);
     assert!(!ok && err.contains("no version 7"), "{err}");
 }
+
+#[test]
+fn keygen_publish_signed_sign_later_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.onnx");
+    std::fs::write(&file, b"model bytes").unwrap();
+    let (root, file) = (dir.path().join("reg"), file.to_str().unwrap());
+    let prefix = dir.path().join("release");
+    let (ok, out, err) = registry(&root, &["keygen", prefix.to_str().unwrap()]);
+    assert!(ok && out.starts_with("key "), "{out}{err}");
+    let (private, public) = (dir.path().join("release.pem"), dir.path().join("release.pub.pem"));
+    let (private, public) = (private.to_str().unwrap(), public.to_str().unwrap());
+    let (ok, _, _) = registry(&root, &["--signing-key", private, "publish", "fraud", file]);
+    assert!(ok);
+    let (ok, _, _) = registry(&root, &["publish", "fraud", file]);
+    assert!(ok);
+    let (ok, out, _) = registry(&root, &["verify", "fraud", "1", "--trusted-key", public]);
+    assert!(ok && out.contains("signed by key"), "{out}");
+    let (ok, _, err) = registry(&root, &["verify", "fraud", "2", "--trusted-key", public]);
+    assert!(!ok && err.contains("is not signed"), "{err}");
+    let (ok, _, err) = registry(&root, &["sign", "fraud", "2"]);
+    assert!(!ok && err.contains("--signing-key"), "{err}");
+    let (ok, _, _) = registry(&root, &["sign", "fraud", "2", "--signing-key", private]);
+    assert!(ok);
+    let (ok, _, _) = registry(&root, &["verify", "fraud", "2", "--trusted-key", public]);
+    assert!(ok);
+    // A manifest edited after signing fails loudly.
+    let manifest = root.join("fraud/2/manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace("\"version\": 2", "\"version\": 2 ");
+    std::fs::write(&manifest, text).unwrap();
+    let (ok, _, err) = registry(&root, &["verify", "fraud", "2", "--trusted-key", public]);
+    assert!(!ok && err.contains("does not match manifest.json"), "{err}");
+}

@@ -50,3 +50,30 @@ fn publish_list_show_and_alias_in_object_storage() {
     let (ok, _, err) = registry(&s3, &["alias", "rm", "fraud", "challenger"]);
     assert!(!ok && err.contains("no alias 'challenger'"), "{err}");
 }
+
+#[test]
+fn signed_publish_and_verify_in_object_storage() {
+    let s3 = s3::S3::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.onnx");
+    std::fs::write(&file, b"model bytes").unwrap();
+    let file = file.to_str().unwrap();
+    let (ok, _, err) = registry(&s3, &["keygen", dir.path().join("k").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (private, public) = (dir.path().join("k.pem"), dir.path().join("k.pub.pem"));
+    let (private, public) = (private.to_str().unwrap(), public.to_str().unwrap());
+    let (ok, _, err) = registry(&s3, &["--signing-key", private, "publish", "fraud", file]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = registry(&s3, &["verify", "fraud", "1", "--trusted-key", public]);
+    assert!(ok && out.contains("signed by key"), "{out}{err}");
+    let (ok, _, _) = registry(&s3, &["publish", "fraud", file]);
+    assert!(ok);
+    let (ok, _, err) = registry(&s3, &["verify", "fraud", "2", "--trusted-key", public]);
+    assert!(!ok && err.contains("is not signed"), "{err}");
+    let (ok, _, err) = registry(&s3, &["sign", "fraud", "2", "--signing-key", private]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = registry(&s3, &["sign", "fraud", "2", "--signing-key", private]);
+    assert!(!ok && err.contains("already signed"), "{err}");
+    let (ok, _, err) = registry(&s3, &["verify", "fraud", "2", "--trusted-key", public]);
+    assert!(ok, "{err}");
+}

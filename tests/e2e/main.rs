@@ -16,6 +16,7 @@ mod lifecycle;
 mod quality_rollout;
 mod rollout;
 mod s3;
+mod signatures;
 mod support;
 mod swap_errors;
 mod tap;

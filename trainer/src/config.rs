@@ -57,6 +57,9 @@ pub struct TrainerConfig {
     /// The gateway's config file: `trainer watch` refuses to start unless it has a rollout
     /// with a policy that names `champion_alias` and `candidate_alias` ([`crate::contract`]).
     pub gateway_config: Option<PathBuf>,
+    /// Ed25519 private key (PKCS#8 PEM, e.g. from `registry keygen`) that signs each version
+    /// registered; the gateway's `trusted_keys` holds its public half.
+    pub signing_key: Option<PathBuf>,
     pub train: TrainConfig,
     pub gate: GatePolicy,
     pub watch: WatchConfig,
@@ -110,6 +113,7 @@ impl Default for TrainerConfig {
             ort_library: None,
             command: None,
             gateway_config: None,
+            signing_key: None,
             cache_dir: None,
             registry_url: None,
             samples_url: None,
@@ -168,6 +172,18 @@ impl TrainerConfig {
         }
     }
 
+    /// The registry handle that publishes: [`TrainerConfig::registry_handle`], signing with
+    /// `signing_key` when one is set.
+    pub fn publishing_registry(&self) -> Result<flywheel_registry::Registry, String> {
+        let registry = self.registry_handle();
+        match &self.signing_key {
+            Some(path) => {
+                Ok(registry.with_signer(std::sync::Arc::new(flywheel_registry::Signer::from_pem_file(path)?)))
+            }
+            None => Ok(registry),
+        }
+    }
+
     /// Brings the local copies of a registry and sample store in object storage up to date:
     /// new versions, aliases, rollout state and the fleet's drift events of `model`; new
     /// sample and label files. Nothing to do for folders.
@@ -218,6 +234,9 @@ impl TrainerConfig {
 
     /// Checks values serde cannot.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(path) = &self.signing_key {
+            flywheel_registry::Signer::from_pem_file(path).map_err(|e| format!("signing_key: {e}"))?;
+        }
         if !(0.05..=0.5).contains(&self.holdout_fraction) {
             return Err(format!("holdout_fraction must be in 0.05..=0.5, given {}", self.holdout_fraction));
         }

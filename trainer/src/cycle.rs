@@ -93,7 +93,7 @@ pub fn run(config: &TrainerConfig, trigger: Option<Value>, since_us: Option<i64>
 fn cycle(config: &TrainerConfig, since_us: Option<i64>, record: &mut RunRecord) -> Result<(), String> {
     // A registry or samples in object storage: bring the local copies up to date first.
     config.refresh()?;
-    let registry = config.registry_handle();
+    let registry = config.publishing_registry()?;
     let model = config.model.as_str();
     if let Ok(v) = registry.resolve(model, &config.candidate_alias) {
         record.outcome = "skipped".into();

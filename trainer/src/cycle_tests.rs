@@ -84,7 +84,9 @@ fn last_record(config: &TrainerConfig) -> RunRecord {
 
 #[test]
 fn after_drift_a_better_model_is_registered_with_complete_lineage_profile_and_alias() {
-    let (_dir, config) = setup(5000, 0.0);
+    let (dir, mut config) = setup(5000, 0.0);
+    let (key_id, private, public) = flywheel_registry::signing::generate_key_pair(&dir.path().join("k")).unwrap();
+    config.signing_key = Some(private);
     let record = run(&config, Some(serde_json::json!({"drift_event": {"feature": "in_input_7"}})), None);
     assert_eq!(record.outcome, "registered", "{record:#?}");
     let logged = last_record(&config);
@@ -106,6 +108,9 @@ fn after_drift_a_better_model_is_registered_with_complete_lineage_profile_and_al
     assert_eq!(gate["verdict"]["passed"], true);
     assert!(gate["verdict"]["candidate"]["auc"].as_f64() > gate["verdict"]["champion"]["auc"].as_f64());
     assert_eq!(manifest.trigger.unwrap()["drift_event"]["feature"], "in_input_7");
+    let trusted = flywheel_registry::TrustedKeys::from_files(&[public]).unwrap();
+    let signed = registry.check_signature(&registry.version("fraud", 2).unwrap(), &trusted).unwrap();
+    assert_eq!(signed, Some(key_id), "the candidate is signed with signing_key");
     let profile = registry.profile("fraud", 2).unwrap().unwrap();
     assert_eq!(profile.features.len(), 12);
     assert_eq!(profile.features[0].name, "in_input_0");

@@ -48,6 +48,9 @@ struct Settings {
     /// The gateway's config: `watch` checks that its rollout consumes the trainer's candidates.
     #[arg(long)]
     gateway_config: Option<PathBuf>,
+    /// Ed25519 private key (PKCS#8 PEM) that signs every version the trainer registers.
+    #[arg(long, env = "FLYWHEEL_SIGNING_KEY")]
+    signing_key: Option<PathBuf>,
 }
 
 impl Settings {
@@ -62,6 +65,8 @@ impl Settings {
         config.command = self.command.clone().or(config.command);
         config.train.device = self.device.unwrap_or(config.train.device);
         config.gateway_config = self.gateway_config.clone().or(config.gateway_config);
+        config.signing_key = self.signing_key.clone().or(config.signing_key);
+        config.validate().map_err(anyhow::Error::msg)?;
         config.localize().map_err(anyhow::Error::msg)
     }
 }
@@ -175,7 +180,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bootstrap { settings, rows, seed } => {
             let config = settings.load()?;
             config.refresh().map_err(anyhow::Error::msg)?;
-            let registry = config.registry_handle();
+            let registry = config.publishing_registry().map_err(anyhow::Error::msg)?;
             let manifest = flywheel_trainer::bootstrap::bootstrap(
                 &registry,
                 &config.model,

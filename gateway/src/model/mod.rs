@@ -37,6 +37,9 @@ pub struct ModelVersion {
     pub sha256: String,
     /// Size and time of the file when loaded: a reload reuses this version while they hold.
     pub stamp: Option<flywheel_registry::FileStamp>,
+    /// The trusted key that signed the version's manifest, when it is signed and keys are
+    /// configured (`trusted_keys`).
+    pub signed_by: Option<String>,
     pub signature: Signature,
     pub settings: BatchSettings,
     /// Which output value is the score (quality, agreement, drift on predictions).
@@ -111,6 +114,7 @@ pub fn load_version(
         version,
         path: path.to_path_buf(),
         sha256: file.verified.sha256.clone(),
+        signed_by: None,
         stamp: flywheel_registry::FileStamp::of(path),
         signature,
         settings,

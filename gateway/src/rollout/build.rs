@@ -240,6 +240,7 @@ fn obtain(
         && existing.stamp == FileStamp::of(&entry.model_file())
         && entry.manifest.as_ref().is_none_or(|m| m.as_ref().is_ok_and(|m| m.sha256 == existing.sha256))
         && &existing.settings == settings
+        && input.config.admits_signer(existing.signed_by.as_deref()).is_ok()
         && ScoreSpec::resolve(score_config, &existing.signature.outputs, &at).as_ref() == Ok(&existing.score)
     {
         return Ok((Arc::clone(existing), true));
@@ -254,9 +255,16 @@ fn obtain(
         ));
     }
     let verified = input.registry.verify(&entry).map_err(|e| e.to_string())?;
+    // Checked before the file reaches ONNX Runtime: an unsigned or altered file is never parsed.
+    let signed_by = match input.config.trust.is_empty() {
+        true => None,
+        false => input.registry.check_signature(&entry, &input.config.trust)?,
+    };
+    input.config.admits_signer(signed_by.as_deref())?;
     let mut loaded =
         load_version(input.env, name, version, ModelFile { path: &path, verified: &verified }, settings.clone())
             .map_err(|e| e.to_string())?;
+    loaded.signed_by = signed_by;
     loaded.score = ScoreSpec::resolve(score_config, &loaded.signature.outputs, &at)?;
     if let Some(reference) = reference {
         loaded.signature.compatible_with(reference).map_err(|e| format!("signature would break clients: {e}"))?;

@@ -114,6 +114,7 @@ fn routing(state: &AppState, reloader: &Reloader) -> Value {
                         "version": mv.version,
                         "state": "ready",
                         "sha256": mv.sha256,
+                        "signed_by": mv.signed_by,
                         "path": mv.path,
                         "queue_depth": mv.queue.depth(),
                         "score": mv.score,

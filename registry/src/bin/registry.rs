@@ -1,10 +1,12 @@
-//! `registry`: list, show, publish and alias model versions by hand.
+//! `registry`: list, show, publish, alias, sign and verify model versions by hand.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use flywheel_registry::{ManifestDraft, Registry, Remote, is_remote, valid_alias};
+use std::sync::Arc;
+
+use flywheel_registry::{ManifestDraft, Registry, Remote, Signer, TrustedKeys, is_remote, signing, valid_alias};
 
 /// Operate a Flywheel model registry.
 #[derive(Parser)]
@@ -13,6 +15,9 @@ struct Cli {
     /// configured by the store's standard environment variables (AWS_ENDPOINT_URL, ...).
     #[arg(long, env = "FLYWHEEL_REGISTRY", default_value = "var/models")]
     root: String,
+    /// Ed25519 private key (PKCS#8 PEM) that signs what `publish` and `sign` write.
+    #[arg(long, env = "FLYWHEEL_SIGNING_KEY", global = true)]
+    signing_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -40,6 +45,28 @@ enum Cmd {
         #[command(subcommand)]
         action: AliasCmd,
     },
+    /// Write a new Ed25519 key pair: PREFIX.pem (private, owner-only) and PREFIX.pub.pem (for
+    /// the gateway's `trusted_keys`).
+    Keygen { prefix: PathBuf },
+    /// Sign a published, unsigned version with `--signing-key`.
+    Sign { model: String, version: String },
+    /// Check a version's signature against trusted public keys (exit status 1 if it fails).
+    Verify {
+        model: String,
+        version: String,
+        /// SPKI PEM public keys; several for a rotation.
+        #[arg(long = "trusted-key", required = true)]
+        trusted_keys: Vec<PathBuf>,
+    },
+}
+
+/// The `--signing-key`, read when a command needs it.
+fn signer(path: Option<&PathBuf>) -> anyhow::Result<Option<Arc<Signer>>> {
+    path.map(|p| Signer::from_pem_file(p).map(Arc::new).map_err(anyhow::Error::msg)).transpose()
+}
+
+fn required_signer(path: Option<&PathBuf>) -> anyhow::Result<Arc<Signer>> {
+    signer(path)?.ok_or_else(|| anyhow::anyhow!("give the private key with --signing-key (or FLYWHEEL_SIGNING_KEY)"))
 }
 
 #[derive(Subcommand)]
@@ -52,11 +79,33 @@ enum AliasCmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if is_remote(&cli.root) {
-        return remote_main(&*Remote::shared(&cli.root)?, cli.command);
+    if let Cmd::Keygen { prefix } = &cli.command {
+        let (key_id, private, public) = signing::generate_key_pair(prefix).map_err(anyhow::Error::msg)?;
+        println!("key {key_id}: private {} (keep it secret), public {}", private.display(), public.display());
+        return Ok(());
     }
-    let registry = Registry::open(cli.root.strip_prefix("file://").unwrap_or(&cli.root));
+    if is_remote(&cli.root) {
+        return remote_main(&*Remote::shared(&cli.root)?, cli.command, cli.signing_key.as_ref());
+    }
+    let mut registry = Registry::open(cli.root.strip_prefix("file://").unwrap_or(&cli.root));
     match cli.command {
+        Cmd::Keygen { .. } => {}
+        Cmd::Sign { model, version } => {
+            let signer = required_signer(cli.signing_key.as_ref())?;
+            let version = registry.resolve(&model, &version)?;
+            registry.sign_version(&model, version, &signer)?;
+            println!("signed {model} version {version} with key {}", signer.key_id());
+        }
+        Cmd::Verify { model, version, trusted_keys } => {
+            let trusted = TrustedKeys::from_files(&trusted_keys).map_err(anyhow::Error::msg)?;
+            let version = registry.resolve(&model, &version)?;
+            let entry = registry.version(&model, version)?;
+            registry.verify(&entry)?;
+            match registry.check_signature(&entry, &trusted).map_err(anyhow::Error::msg)? {
+                Some(key) => println!("{model} version {version}: model and manifest signed by key {key}"),
+                None => anyhow::bail!("{model} version {version} is not signed"),
+            }
+        }
         Cmd::List { model: None } => {
             for model in registry.models()? {
                 let (versions, _) = registry.versions(&model)?;
@@ -93,6 +142,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Publish { model, file, parent, description, alias } => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let draft = ManifestDraft { parent_version: parent, description, ..Default::default() };
+            if let Some(signer) = signer(cli.signing_key.as_ref())? {
+                registry = registry.with_signer(signer);
+            }
             let manifest = registry.publish(&model, &bytes, draft)?;
             if let Some(alias) = alias {
                 registry.set_alias(&model, &alias, manifest.version)?;
@@ -115,8 +167,28 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The same commands against an object store, request by request.
-fn remote_main(remote: &Remote, command: Cmd) -> anyhow::Result<()> {
+fn remote_main(remote: &Remote, command: Cmd, signing_key: Option<&PathBuf>) -> anyhow::Result<()> {
     match command {
+        Cmd::Keygen { .. } => {}
+        Cmd::Sign { model, version } => {
+            let signer = required_signer(signing_key)?;
+            let version = remote.resolve(&model, &version)?;
+            if !remote.sign_version(&model, version, &signer)? {
+                anyhow::bail!("{model} version {version} is already signed; left as it is");
+            }
+            println!("signed {model} version {version} with key {}", signer.key_id());
+        }
+        Cmd::Verify { model, version, trusted_keys } => {
+            let trusted = TrustedKeys::from_files(&trusted_keys).map_err(anyhow::Error::msg)?;
+            let version = remote.resolve(&model, &version)?;
+            let (manifest, bytes) = remote.manifest_file(&model, version)?;
+            remote.model_bytes(&model, version, &manifest)?;
+            let Some(signature) = remote.signature(&model, version)? else {
+                anyhow::bail!("{model} version {version} is not signed");
+            };
+            let key = trusted.verify(&bytes, &signature).map_err(anyhow::Error::msg)?;
+            println!("{model} version {version}: model and manifest signed by key {key}");
+        }
         Cmd::List { model: None } => {
             for model in remote.models()? {
                 let versions = remote.listing(&model)?.committed.len();
@@ -147,7 +219,8 @@ fn remote_main(remote: &Remote, command: Cmd) -> anyhow::Result<()> {
                 anyhow::bail!("alias name '{alias}' is not valid: use letters, digits, '_' and '-'");
             }
             let draft = ManifestDraft { parent_version: parent, description, ..Default::default() };
-            let manifest = remote.publish(&model, &bytes, draft, None)?;
+            let signer = signer(signing_key)?;
+            let manifest = remote.publish(&model, &bytes, draft, None, signer.as_deref())?.manifest;
             if let Some(alias) = alias {
                 remote.update_aliases(&model, |aliases| {
                     aliases.insert(alias.clone(), manifest.version);

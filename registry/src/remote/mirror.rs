@@ -16,6 +16,7 @@ use crate::fsutil::write_atomic;
 use crate::manifest::MANIFEST_FILE;
 use crate::profile::PROFILE_FILE;
 use crate::rollout_state::{ROLLOUT_STATE_FILE, RolloutState};
+use crate::signing::SIGNATURE_FILE;
 use crate::store::{ALIASES_FILE, MODEL_FILE, Registry, RegistryError, parse_aliases};
 
 /// What one sync changed locally, and what it refused.
@@ -195,8 +196,8 @@ impl Mirror {
     /// Installs a committed version; `None` when the folder has no manifest (yet).
     fn install(&self, local: &Registry, model: &str, version: u64) -> Result<Option<bool>, RegistryError> {
         let folder = version.to_string();
-        let manifest = match self.remote.manifest(model, version) {
-            Ok(manifest) => manifest,
+        let (manifest, manifest_bytes) = match self.remote.manifest_file(model, version) {
+            Ok(read) => read,
             Err(RegistryError::NoVersion { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
@@ -212,10 +213,14 @@ impl Mirror {
         }
         let bytes = self.remote.model_bytes(model, version, &manifest)?;
         let profile = self.remote.profile(model, version)?.map(|p| serde_json::to_vec(&p).unwrap_or_default());
-        let manifest = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
-        let mut files: Vec<(&str, &[u8])> = vec![(MODEL_FILE, &bytes), (MANIFEST_FILE, &manifest)];
+        let signature = self.remote.signature(model, version)?;
+        // The manifest's own bytes, not a re-serialization: they are what the signature covers.
+        let mut files: Vec<(&str, &[u8])> = vec![(MODEL_FILE, &bytes), (MANIFEST_FILE, &manifest_bytes)];
         if let Some(profile) = &profile {
             files.push((PROFILE_FILE, profile));
+        }
+        if let Some(signature) = &signature {
+            files.push((SIGNATURE_FILE, signature));
         }
         local.install_version(model, version, &files).map(Some)
     }

@@ -4,6 +4,7 @@
 //! ```text
 //! <prefix>/<model>/<version>/model.onnx      create-only
 //! <prefix>/<model>/<version>/profile.json    create-only, before the manifest
+//! <prefix>/<model>/<version>/manifest.sig    Ed25519 signature of the manifest, before it
 //! <prefix>/<model>/<version>/manifest.json   create-only, written last: the commit marker
 //! <prefix>/<model>/aliases.json              replaced by compare-and-set on its ETag
 //! <prefix>/<model>/rollout-state.json        replaced whole
@@ -30,6 +31,7 @@ use object_store::{GetOptions, ObjectStore, PutMode, PutOptions, PutPayload, Upd
 pub use lease::{Claim, Lease, now_ms};
 pub use mirror::{Mirror, SyncReport, copy_down};
 pub(crate) use mirror::{copy_lock, write_local_aliases};
+pub use ops::Published;
 
 use crate::store::RegistryError;
 

@@ -9,6 +9,7 @@ use super::{Fetched, Remote, Written};
 use crate::manifest::{MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
 use crate::profile::{PROFILE_FILE, ReferenceProfile};
 use crate::rollout_state::{ROLLOUT_STATE_FILE, RolloutState};
+use crate::signing::{SIGNATURE_FILE, Signer};
 use crate::store::{
     ALIASES_FILE, MODEL_FILE, RegistryError, parse_aliases, parse_manifest, parse_profile, valid_model_name,
 };
@@ -23,6 +24,14 @@ pub struct Listing {
     pub committed: BTreeSet<u64>,
     /// The highest version number any object uses, committed or not.
     pub highest_claimed: u64,
+}
+
+/// A version just published: its manifest, the manifest file's bytes and its signature file.
+#[derive(Debug)]
+pub struct Published {
+    pub manifest: Manifest,
+    pub manifest_bytes: Vec<u8>,
+    pub signature: Option<Vec<u8>>,
 }
 
 impl Remote {
@@ -66,11 +75,35 @@ impl Remote {
 
     /// A committed version's manifest, checked against its place.
     pub fn manifest(&self, model: &str, version: u64) -> Result<Manifest, RegistryError> {
+        self.manifest_file(model, version).map(|(manifest, _)| manifest)
+    }
+
+    /// A committed version's manifest and the file's exact bytes (what its signature covers).
+    pub fn manifest_file(&self, model: &str, version: u64) -> Result<(Manifest, Vec<u8>), RegistryError> {
         let folder = version.to_string();
         let parts = [model, folder.as_str(), MANIFEST_FILE];
         let fetched = self.get(&parts)?.ok_or_else(|| RegistryError::NoVersion { model: model.to_owned(), version })?;
-        parse_manifest(&fetched.bytes, model, version)
-            .map_err(|reason| RegistryError::Corrupt { path: self.display(&parts), reason })
+        let manifest = parse_manifest(&fetched.bytes, model, version)
+            .map_err(|reason| RegistryError::Corrupt { path: self.display(&parts), reason })?;
+        Ok((manifest, fetched.bytes))
+    }
+
+    /// A version's `manifest.sig`, `None` when it is unsigned.
+    pub fn signature(&self, model: &str, version: u64) -> Result<Option<Vec<u8>>, RegistryError> {
+        let folder = version.to_string();
+        Ok(self.get(&[model, folder.as_str(), SIGNATURE_FILE])?.map(|f| f.bytes))
+    }
+
+    /// Signs a committed, unsigned version (create-only: an existing signature is kept).
+    /// Returns whether this call wrote it.
+    pub fn sign_version(&self, model: &str, version: u64, signer: &Signer) -> Result<bool, RegistryError> {
+        check_model(model)?;
+        let (_, bytes) = self.manifest_file(model, version)?;
+        let folder = version.to_string();
+        Ok(matches!(
+            self.write(&[model, &folder, SIGNATURE_FILE], signer.sign(&bytes), PutMode::Create)?,
+            Written::Done
+        ))
     }
 
     /// A committed version's model file, checked against its manifest's SHA-256.
@@ -109,7 +142,8 @@ impl Remote {
         model_bytes: &[u8],
         draft: ManifestDraft,
         profile: Option<&ReferenceProfile>,
-    ) -> Result<Manifest, RegistryError> {
+        signer: Option<&Signer>,
+    ) -> Result<Published, RegistryError> {
         check_model(model)?;
         let sha = sha256_hex(model_bytes);
         let first = self.version_folders(model)?.last().copied().unwrap_or(0) + 1;
@@ -125,8 +159,14 @@ impl Remote {
             }
             let manifest = draft.clone().complete(model, version, sha.clone());
             let bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
-            return match self.write(&[model, &folder, MANIFEST_FILE], bytes, PutMode::Create)? {
-                Written::Done => Ok(manifest),
+            // The signature before the commit marker: a committed version is never seen
+            // without it.
+            let signature = signer.map(|s| s.sign(&bytes));
+            if let Some(signature) = &signature {
+                self.write(&[model, &folder, SIGNATURE_FILE], signature.clone(), PutMode::Overwrite)?;
+            }
+            return match self.write(&[model, &folder, MANIFEST_FILE], bytes.clone(), PutMode::Create)? {
+                Written::Done => Ok(Published { manifest, manifest_bytes: bytes, signature }),
                 Written::Lost => Err(RegistryError::Corrupt {
                     path: self.display(&[model, &folder]),
                     reason: "another writer committed this version number after we claimed it".into(),

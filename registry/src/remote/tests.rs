@@ -257,3 +257,29 @@ fn a_log_of_records_without_seq_joins_the_local_log_once_with_its_ids() {
     assert_eq!(lines[1]["id"], "0000000000005-trainer-000001");
     assert!(lines[0].get("seq").is_none(), "records without a seq get none");
 }
+
+#[test]
+fn a_signed_version_reaches_another_copy_with_its_signature_verifying_and_can_be_signed_later() {
+    let keys = tempfile::tempdir().unwrap();
+    let (_, private, public) = crate::signing::generate_key_pair(&keys.path().join("k")).unwrap();
+    let signer = Arc::new(crate::Signer::from_pem_file(&private).unwrap());
+    let trusted = crate::TrustedKeys::from_files(&[public]).unwrap();
+    let remote = remote("signed");
+    let (_a, writer) = mirror(&remote);
+    let draft = ManifestDraft { description: Some("ü, \"quoted\"".into()), ..Default::default() };
+    writer.registry().with_signer(Arc::clone(&signer)).publish("m", b"onnx", draft).unwrap();
+    // Unsigned, then signed in place (a registry adopting signatures).
+    writer.registry().publish("m", b"onnx-2", ManifestDraft::default()).unwrap();
+    writer.registry().sign_version("m", 2, &signer).unwrap();
+    assert!(writer.registry().sign_version("m", 2, &signer).unwrap_err().to_string().contains("already signed"));
+    let (_b, reader) = mirror(&remote);
+    reader.sync().unwrap();
+    let copy = reader.registry();
+    for version in [1, 2] {
+        let entry = copy.version("m", version).unwrap();
+        assert_eq!(copy.check_signature(&entry, &trusted).unwrap().as_deref(), Some(signer.key_id()));
+    }
+    // The writer's own copy verifies too (the same bytes as the store's).
+    let entry = writer.registry().version("m", 1).unwrap();
+    assert_eq!(writer.registry().check_signature(&entry, &trusted).unwrap().as_deref(), Some(signer.key_id()));
+}
