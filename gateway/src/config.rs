@@ -339,8 +339,35 @@ pub struct RolloutPolicy {
     /// Least time spent on each step.
     #[serde(default = "default_dwell_ms")]
     pub min_dwell_ms: u64,
+    /// Where a human must approve (`POST /admin/models/{m}/approve`, role `approve`) once the
+    /// evidence passed: `none`, `promote` (before the final promotion) or `each_step`.
+    #[serde(default)]
+    pub require_approval: ApprovalPoint,
     #[serde(flatten)]
     pub thresholds: flywheel_shadow::Policy,
+}
+
+/// Which steps of a rollout wait for an approver.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalPoint {
+    #[default]
+    None,
+    /// Before the final promotion only.
+    Promote,
+    /// Before leaving every step (each weight increase and the promotion).
+    EachStep,
+}
+
+impl ApprovalPoint {
+    /// Whether leaving step `step` of `steps` needs an approval.
+    pub fn before_leaving(self, step: usize, steps: usize) -> bool {
+        match self {
+            ApprovalPoint::None => false,
+            ApprovalPoint::Promote => step + 1 >= steps,
+            ApprovalPoint::EachStep => true,
+        }
+    }
 }
 
 fn default_steps() -> Vec<u32> {
@@ -636,10 +663,32 @@ impl Config {
     }
 
     /// Tokens long enough to resist guessing, and none missing on a reachable address.
+    /// A policy that waits for an approver needs someone who can approve: with the admin API
+    /// guarded, `admin_token` or a credential with the `approve` role.
+    fn check_approvers(&self) -> Result<(), String> {
+        use crate::server::auth::{Role, guarded};
+        let approver = self.admin_token.is_some() || self.credentials.iter().any(|c| c.roles.contains(&Role::Approve));
+        if approver || !guarded(self, Role::Approve) {
+            return Ok(());
+        }
+        let waiting = self.models.iter().find_map(|(name, m)| {
+            let policy = m.rollout.as_ref()?.policy.as_ref()?;
+            (policy.require_approval != ApprovalPoint::None).then_some(name)
+        });
+        match waiting {
+            Some(name) => Err(format!(
+                "models.{name}.rollout.policy.require_approval is set, but no credential has the 'approve' role \
+                 (and there is no admin_token): nobody could approve"
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn check_credentials(&self) -> Result<(), String> {
         let singles: Vec<&str> =
             [&self.admin_token, &self.feedback_token].into_iter().flatten().map(String::as_str).collect();
         crate::server::auth::validate(&self.credentials, &singles, MIN_TOKEN_CHARS)?;
+        self.check_approvers()?;
         for (key, token) in [("admin_token", &self.admin_token), ("feedback_token", &self.feedback_token)] {
             // The token itself is never echoed: the message gives its length only.
             if let Some(t) = token.as_ref().filter(|t| t.chars().count() < MIN_TOKEN_CHARS) {

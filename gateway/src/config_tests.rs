@@ -96,6 +96,13 @@ fn each_bad_value_is_rejected_naming_key_and_value() {
             "grpc_max_message_bytes (33554432) must not exceed server.max_in_flight_bytes (16777216)",
         ),
         ("grpc_max_message_bytes = 100", "grpc_max_message_bytes must be in 1024..=2147483647"),
+        ("require_signature = true", "require_signature is set but trusted_keys is empty"),
+        (
+            "[[credentials]]\nname = \"ops\"\ntoken = \"0123456789abcdef\"\nroles = [\"operate\"]\n\
+             [models.m.rollout]\nchampion = \"champion\"\ncanary = { version = \"challenger\", weight = 5 }\n\
+             [models.m.rollout.policy]\nrequire_approval = \"promote\"",
+            "models.m.rollout.policy.require_approval is set, but no credential has the 'approve' role",
+        ),
     ];
     for (text, expected) in cases {
         let err = Config::parse(text).unwrap().validate().unwrap_err();

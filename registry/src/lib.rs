@@ -34,7 +34,7 @@ pub use events::{
 pub use manifest::{DataLineage, MANIFEST_FILE, Manifest, ManifestDraft, sha256_hex};
 pub use profile::{FeatureProfile, PROFILE_FILE, ReferenceProfile};
 pub use remote::{Claim, Lease, Mirror, Remote, SyncReport, copy_down, is_remote, now_ms};
-pub use rollout_state::{ROLLOUT_STATE_FILE, RolloutState, StepState};
+pub use rollout_state::{Approval, ROLLOUT_STATE_FILE, RolloutState, StepState};
 pub use signing::{SIGNATURE_FILE, Signer, TrustedKeys};
 pub use store::{
     ALIASES_FILE, FileStamp, MODEL_FILE, Registry, RegistryError, Skipped, Verified, VersionEntry, parse_aliases,

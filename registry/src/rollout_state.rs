@@ -41,7 +41,7 @@ fn is_zero(term: &u64) -> bool {
 }
 
 /// One candidate's progress.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StepState {
     pub candidate: u64,
@@ -51,9 +51,31 @@ pub struct StepState {
     pub weight: u32,
     /// When the step began, in milliseconds since the Unix epoch.
     pub started_ms: u64,
-    /// What each passed step was judged on (its audit reasons and evidence).
+    /// What each passed step was judged on (its audit reasons and evidence, and the approval
+    /// when one was needed).
     #[serde(default)]
     pub passed: Vec<serde_json::Value>,
+    /// The step passed on evidence and the policy wants a human approval before leaving it:
+    /// what the controller holds on (the step, the reasons and evidence, since when).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting_approval: Option<serde_json::Value>,
+    /// An approver's go for leaving this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+/// Who approved leaving a step, and when.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// The approving credential's name (never its token).
+    pub credential: String,
+    /// RFC 3339 time of the approval.
+    pub time: String,
+    /// The step approved (index into the policy's steps).
+    pub step: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 impl Registry {
@@ -124,7 +146,14 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("m")).unwrap();
         assert_eq!(registry.rollout_state("m").unwrap(), RolloutState::default());
         let state = RolloutState {
-            step: Some(StepState { candidate: 3, step: 1, weight: 25, started_ms: 1_700_000_000_000, passed: vec![] }),
+            step: Some(StepState {
+                candidate: 3,
+                step: 1,
+                weight: 25,
+                started_ms: 1_700_000_000_000,
+                passed: vec![],
+                ..Default::default()
+            }),
             rejected: [2].into(),
             paused: false,
             term: 0,

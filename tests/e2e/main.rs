@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `gateway` binary on 127.0.0.1:0, spoken to over HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod approvals;
 mod bad_files;
 mod batching;
 mod credentials;

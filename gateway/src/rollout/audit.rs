@@ -17,7 +17,7 @@ pub struct AuditEntry {
     /// Who decided: `controller`, `admin` or `reload`.
     pub actor: &'static str,
     /// `advance`, `promote`, `roll_back`, `set_weight`, `pause`, `resume`, `swap`, `reject`,
-    /// `restart_required`.
+    /// `restart_required`, `await_approval`, `approve` (and `*_conflict`, `*_failed`).
     pub action: &'static str,
     pub from: Option<u64>,
     pub to: Option<u64>,

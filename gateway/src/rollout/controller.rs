@@ -221,15 +221,32 @@ fn errors_failed(policy: &RolloutPolicy, evidence: &Evidence) -> bool {
     evidence.candidate.error_rate - evidence.primary.error_rate > policy.thresholds.max_error_rate_increase
 }
 
-/// The step passed: advance to the next weight, or promote after the last.
+/// The step passed: advance to the next weight, or promote after the last (once an approver
+/// said go, where the policy wants one).
 fn step_passed(
     reloader: &Reloader,
     name: &str,
     champion: u64,
     policy: &RolloutPolicy,
     state: &mut Progress,
-    (reasons, evidence): (Vec<String>, serde_json::Value),
+    (mut reasons, mut evidence): (Vec<String>, serde_json::Value),
 ) {
+    let next = match policy.steps.get(state.step + 1) {
+        Some(to) => format!("canary weight {}% -> {to}%", policy.steps[state.step]),
+        None => format!("promoting version {}", state.candidate),
+    };
+    let mut approver = None;
+    if policy.require_approval.before_leaving(state.step, policy.steps.len()) {
+        let Some(approval) = reloader.controls.approval(name, state.candidate, state.step) else {
+            hold_for_approval(reloader, name, (champion, state), &next, (&reasons, &evidence));
+            return;
+        };
+        reasons.insert(0, format!("approved by {} at {}", approval.credential, approval.time));
+        if let Some(object) = evidence.as_object_mut() {
+            object.insert("approval".into(), serde_json::to_value(&approval).unwrap_or_default());
+        }
+        approver = Some(approval.credential);
+    }
     if state.step + 1 < policy.steps.len() {
         let lock = reloader.decision_lock(name);
         let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -245,6 +262,7 @@ fn step_passed(
             serde_json::json!({"step": state.step - 1, "weight": from, "reason": reason, "evidence": evidence});
         reloader.controls.advance(name, state.candidate, (state.step, to), passed);
         let mut entry = AuditEntry::now(name, "controller", "advance");
+        entry.credential = approver;
         entry.from = Some(champion);
         entry.to = Some(state.candidate);
         entry.reason = reason;
@@ -257,12 +275,47 @@ fn step_passed(
             champion,
             candidate: state.candidate,
             actor: "controller",
-            credential: None,
+            credential: approver,
             reason: reasons.join("; "),
             evidence,
         };
         settle(promote(reloader, d));
     }
+}
+
+/// The evidence passed but the policy wants an approver first: the controller holds the step
+/// (its weight keeps serving, and a failing threshold still rolls back), records what it holds
+/// on in the rollout state and, the first time, in the audit log.
+fn hold_for_approval(
+    reloader: &Reloader,
+    name: &str,
+    (champion, state): (u64, &Progress),
+    next: &str,
+    (reasons, evidence): (&[String], &serde_json::Value),
+) {
+    if reloader.controls.awaiting_approval(name, state.candidate).is_some() {
+        return;
+    }
+    let lock = reloader.decision_lock(name);
+    let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+    if !still_canary(reloader, name, state.candidate) {
+        return;
+    }
+    let reason = format!("step {} passed on evidence; waiting for an approver before {next}", state.step);
+    let held = serde_json::json!({
+        "since": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        "step": state.step,
+        "next": next,
+        "reasons": reasons,
+        "evidence": evidence,
+    });
+    reloader.controls.await_approval(name, state.candidate, state.step, held);
+    let mut entry = AuditEntry::now(name, "controller", "await_approval");
+    entry.from = Some(champion);
+    entry.to = Some(state.candidate);
+    entry.reason = format!("{reason}; {}", reasons.join("; "));
+    entry.evidence = evidence.clone();
+    reloader.audit.append(&entry);
 }
 
 /// A refused decision is already in the audit log; the next tick looks at the new state.

@@ -238,6 +238,60 @@ impl Controls {
         });
     }
 
+    /// What `model`'s `candidate` awaits approval on, if it does (the step and its evidence).
+    pub fn awaiting_approval(&self, model: &str, candidate: u64) -> Option<(usize, serde_json::Value)> {
+        self.read(model, |s| {
+            let p = s.step.as_ref().filter(|p| p.candidate == candidate)?;
+            p.awaiting_approval.clone().map(|held| (p.step, held))
+        })
+    }
+
+    /// The approval for leaving `step` of `model`'s `candidate`, if one was given.
+    pub fn approval(&self, model: &str, candidate: u64, step: usize) -> Option<flywheel_registry::Approval> {
+        self.read(model, |s| {
+            let p = s.step.as_ref().filter(|p| p.candidate == candidate && p.step == step)?;
+            p.approval.clone().filter(|a| a.step == step)
+        })
+    }
+
+    /// The controller holds `model`'s `candidate` on `step` until an approver says go; `held`
+    /// is what it holds on (reasons, evidence). Kept once: a later call changes nothing.
+    pub fn await_approval(&self, model: &str, candidate: u64, step: usize, held: serde_json::Value) {
+        self.logged(model, true, |s| {
+            if let Some(p) = s.step.as_mut().filter(|p| p.candidate == candidate && p.step == step)
+                && p.awaiting_approval.is_none()
+            {
+                p.awaiting_approval = Some(held.clone());
+            }
+        });
+    }
+
+    /// Records `approval` for `model`'s `candidate`, which must await approval on the approved
+    /// step (compare-and-set in a fleet: an approval never lands on a step that moved on).
+    /// `Ok(Some(why))`: refused, nothing written; `Err`: the state could not be written.
+    pub fn approve(
+        &self,
+        model: &str,
+        candidate: u64,
+        approval: flywheel_registry::Approval,
+    ) -> Result<Option<String>, String> {
+        let mut refused = None;
+        self.write(model, false, |s| {
+            refused = None;
+            match s.step.as_mut().filter(|p| p.candidate == candidate) {
+                Some(p) if p.awaiting_approval.is_some() && p.step == approval.step => {
+                    p.approval = Some(approval.clone());
+                }
+                Some(p) if p.awaiting_approval.is_some() => {
+                    refused =
+                        Some(format!("version {candidate} awaits approval of step {}, not {}", p.step, approval.step));
+                }
+                _ => refused = Some(format!("version {candidate} of '{model}' does not await approval")),
+            }
+        })?;
+        Ok(refused)
+    }
+
     /// Pauses or resumes automatic decisions for `model`.
     pub fn set_paused(&self, model: &str, paused: bool) -> Result<(), String> {
         self.write(model, false, |s| s.paused = paused)
@@ -258,7 +312,7 @@ impl Controls {
 
 fn new_step(candidate: u64, step: usize, weight: u32) -> StepState {
     let started_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    StepState { candidate, step, weight, started_ms, passed: Vec::new() }
+    StepState { candidate, step, weight, started_ms, ..StepState::default() }
 }
 
 #[cfg(test)]
@@ -311,6 +365,39 @@ mod tests {
         old.set_step("m", 5, 0, 10);
         assert_eq!(remote.rollout_state("m").unwrap().step.map(|p| p.step), Some(2));
         assert_eq!(old.step("m", 5).map(|(step, _)| step), Some(2), "and it re-read the store");
+    }
+
+    #[test]
+    fn in_a_fleet_an_approval_from_another_replica_lands_on_the_held_step_only() {
+        let remote = flywheel_registry::Remote::shared("memory://approvals/registry").unwrap();
+        let copies: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let controls = |i: usize| Controls::new(Some(Registry::mirrored(copies[i].path(), Arc::clone(&remote))));
+        let (leader, approver) = (controls(0), controls(1));
+        assert!(leader.fence("m", Some(1)));
+        leader.set_step("m", 7, 1, 50);
+        let approval = |step| flywheel_registry::Approval {
+            credential: "bob".into(),
+            time: "2026-12-01T00:00:00Z".into(),
+            step,
+            comment: None,
+        };
+        approver.reread_from_source("m");
+        let early = approver.approve("m", 7, approval(1)).unwrap();
+        assert!(early.unwrap().contains("does not await approval"), "nothing held yet");
+        leader.await_approval("m", 7, 1, serde_json::json!({"step": 1}));
+        leader.await_approval("m", 7, 1, serde_json::json!({"step": "again"}));
+        approver.reread_from_source("m");
+        assert_eq!(approver.awaiting_approval("m", 7), Some((1, serde_json::json!({"step": 1}))), "kept once");
+        let wrong = approver.approve("m", 7, approval(0)).unwrap();
+        assert!(wrong.unwrap().contains("awaits approval of step 1, not 0"));
+        assert_eq!(approver.approve("m", 7, approval(1)).unwrap(), None);
+        assert_eq!(leader.approval("m", 7, 1), None, "the leader's copy has not re-read yet");
+        leader.reread_from_source("m");
+        assert_eq!(leader.approval("m", 7, 1).map(|a| a.credential), Some("bob".to_owned()));
+        // The next step starts without the hold or the approval.
+        leader.advance("m", 7, (2, 100), serde_json::json!({"step": 1}));
+        assert_eq!((leader.awaiting_approval("m", 7), leader.approval("m", 7, 2)), (None, None));
+        assert_eq!(remote.rollout_state("m").unwrap().step.unwrap().step, 2);
     }
 
     #[test]

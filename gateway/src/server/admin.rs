@@ -24,7 +24,13 @@ pub async fn handle(
 ) -> Result<Value, ApiError> {
     let reloader = state.reloader.clone().ok_or_else(|| ApiError::NotReady("no reloader".into()))?;
     let method = req.method().clone();
-    let role = if method == Method::GET { Role::Read } else { Role::Operate };
+    let role = match (&method, rest) {
+        (&Method::GET, _) => Role::Read,
+        (_, ["models", _, "approve" | "reject"]) => Role::Approve,
+        // Under a policy that wants an approval, a manual promotion is an approval too.
+        (_, ["models", model, "promote"]) if needs_approval(&reloader, model) => Role::Approve,
+        _ => Role::Operate,
+    };
     let caller = auth::authorize(&reloader.config.load(), req.headers(), peer, role, "admin API")?;
     match (method, rest) {
         (Method::GET, ["routing"]) => Ok(routing(state, &reloader)),
@@ -89,6 +95,12 @@ pub async fn handle(
     }
 }
 
+fn needs_approval(reloader: &Reloader, model: &str) -> bool {
+    let config = reloader.config.load();
+    let policy = config.rollout_for(model).and_then(|r| r.policy.as_ref());
+    policy.is_some_and(|p| p.require_approval != crate::config::ApprovalPoint::None)
+}
+
 async fn read_json(state: &AppState, req: Request<Incoming>) -> Result<Value, ApiError> {
     let limits = BodyLimits { max_bytes: 64 * 1024, timeout: state.limits.body_timeout() };
     let (parts, body) = req.into_parts();
@@ -128,6 +140,7 @@ fn routing(state: &AppState, reloader: &Reloader) -> Value {
                 "canary": route.canary.map(|(v, w)| json!({"version": v, "weight": w})),
                 "shadow": route.shadow.as_ref().map(|s| json!({"version": s.version, "fraction": s.fraction})),
                 "paused": reloader.controls.is_paused(&m.name),
+                "awaiting_approval": route.canary.and_then(|(v, _)| reloader.controls.awaiting_approval(&m.name, v)).map(|(_, held)| held),
                 "evidence": arms_json(&route.evidence.step, route.evidence.weight),
                 "lifetime_evidence": arms_json(&route.evidence.lifetime, None),
             })
@@ -237,6 +250,30 @@ async fn model_action(
             .await?
             .map_err(|e: String| ApiError::NotReady(format!("canary weight not set: {e}")))?;
         }
+        "approve" => {
+            let (candidate, _) = need_canary()?;
+            let comment = body.get("comment").and_then(Value::as_str).map(str::to_owned);
+            let wanted_step = body.get("step").and_then(Value::as_u64).map(|s| s as usize);
+            blocking(move || approve(&r, &model_owned, candidate, wanted_step, (&caller, comment))).await??;
+        }
+        "reject" => {
+            let (candidate, _) =
+                audit_conflict(&reloader, (model, &caller), "roll_back_conflict", need_canary()).await?;
+            blocking(move || {
+                let d = Decision {
+                    model: &model_owned,
+                    champion,
+                    candidate,
+                    actor: "admin",
+                    credential: Some(caller.0.clone()),
+                    reason: format!("rejected by approver {}: {reason}", caller.0),
+                    evidence: Value::Null,
+                };
+                roll_back(&r, d)
+            })
+            .await?
+            .map_err(decision_error)?;
+        }
         "pause" | "resume" => {
             let paused = action == "pause";
             let mut entry =
@@ -256,6 +293,55 @@ async fn model_action(
         }
     }
     Ok(routing(state, &reloader))
+}
+
+/// Records an approver's go for the step `model`'s `candidate` is held on; the controller
+/// proceeds at its next look. A request that does not match the hold is a conflict (audited).
+fn approve(
+    r: &Reloader,
+    model: &str,
+    candidate: u64,
+    wanted_step: Option<usize>,
+    (caller, comment): (&Caller, Option<String>),
+) -> Result<(), ApiError> {
+    // In a fleet the hold is written by the lease holder, maybe another replica: read the
+    // store's state rather than this copy's.
+    r.controls.reread_from_source(model);
+    let checked = match r.controls.awaiting_approval(model, candidate) {
+        None => Err(format!(
+            "version {candidate} of '{model}' does not await approval (the controller asks once a step's evidence passed)"
+        )),
+        Some((step, _)) if wanted_step.is_some_and(|w| w != step) => {
+            Err(format!("version {candidate} awaits approval of step {step}, not {}", wanted_step.unwrap_or(step)))
+        }
+        Some((step, _)) => {
+            let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            let approval =
+                flywheel_registry::Approval { credential: caller.0.clone(), time, step, comment: comment.clone() };
+            match r.controls.approve(model, candidate, approval) {
+                Ok(None) => Ok(step),
+                Ok(Some(why)) => Err(why),
+                Err(e) => return Err(ApiError::NotReady(format!("approval not recorded: {e}"))),
+            }
+        }
+    };
+    let mut entry = crate::rollout::audit::AuditEntry::now(model, "admin", "approve");
+    entry.credential = Some(caller.0.clone());
+    entry.to = Some(candidate);
+    let result = match checked {
+        Ok(step) => {
+            let said = comment.map(|c| format!(": {c}")).unwrap_or_default();
+            entry.reason = format!("approved leaving step {step}{said}");
+            Ok(())
+        }
+        Err(why) => {
+            entry.action = "approve_conflict";
+            entry.reason = why.clone();
+            Err(ApiError::Conflict(why))
+        }
+    };
+    r.audit.append(&entry);
+    result
 }
 
 /// Most drift events one `/admin/drift` call returns (the newest).

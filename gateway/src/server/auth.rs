@@ -18,7 +18,8 @@ pub enum Role {
     Read,
     /// Change serving: reload, canary weight, pause, promote, roll back.
     Operate,
-    /// Approve or reject a held rollout step (reserved for approvals; grants nothing else).
+    /// Approve or reject a held rollout step, and promote by hand under a policy that wants
+    /// approvals (grants nothing else).
     Approve,
     /// Post labels (`/v2/models/{m}/feedback`).
     Label,

@@ -94,7 +94,14 @@ fn rollout_state_written_by_one_copy_is_read_by_another_and_a_bad_one_keeps_the_
     let (_b, b) = mirror(&remote);
     a.registry().publish("m", b"x", ManifestDraft::default()).unwrap();
     let state = RolloutState {
-        step: Some(StepState { candidate: 1, step: 2, weight: 50, started_ms: 1, passed: vec![] }),
+        step: Some(StepState {
+            candidate: 1,
+            step: 2,
+            weight: 50,
+            started_ms: 1,
+            passed: vec![],
+            ..Default::default()
+        }),
         ..Default::default()
     };
     a.registry().write_rollout_state("m", &state).unwrap();
