@@ -194,8 +194,12 @@ async fn model_action(
     let reason = body.get("reason").and_then(Value::as_str).unwrap_or("manual").to_owned();
     let (model_owned, r) = (model.to_owned(), Arc::clone(&reloader));
     match action {
-        "promote" => {
-            let (candidate, _) = audit_conflict(&reloader, (model, &caller), "promote_conflict", need_canary()).await?;
+        "promote" | "rollback" | "reject" => {
+            let conflict = if action == "promote" { "promote_conflict" } else { "roll_back_conflict" };
+            let (candidate, _) = audit_conflict(&reloader, (model, &caller), conflict, need_canary()).await?;
+            let reason =
+                if action == "reject" { format!("rejected by approver {}: {reason}", caller.0) } else { reason };
+            let promoting = action == "promote";
             blocking(move || {
                 let d = Decision {
                     model: &model_owned,
@@ -206,25 +210,7 @@ async fn model_action(
                     reason,
                     evidence: Value::Null,
                 };
-                promote(&r, d)
-            })
-            .await?
-            .map_err(decision_error)?;
-        }
-        "rollback" => {
-            let (candidate, _) =
-                audit_conflict(&reloader, (model, &caller), "roll_back_conflict", need_canary()).await?;
-            blocking(move || {
-                let d = Decision {
-                    model: &model_owned,
-                    champion,
-                    candidate,
-                    actor: "admin",
-                    credential: Some(caller.0.clone()),
-                    reason,
-                    evidence: Value::Null,
-                };
-                roll_back(&r, d)
+                if promoting { promote(&r, d) } else { roll_back(&r, d) }
             })
             .await?
             .map_err(decision_error)?;
@@ -255,24 +241,6 @@ async fn model_action(
             let comment = body.get("comment").and_then(Value::as_str).map(str::to_owned);
             let wanted_step = body.get("step").and_then(Value::as_u64).map(|s| s as usize);
             blocking(move || approve(&r, &model_owned, candidate, wanted_step, (&caller, comment))).await??;
-        }
-        "reject" => {
-            let (candidate, _) =
-                audit_conflict(&reloader, (model, &caller), "roll_back_conflict", need_canary()).await?;
-            blocking(move || {
-                let d = Decision {
-                    model: &model_owned,
-                    champion,
-                    candidate,
-                    actor: "admin",
-                    credential: Some(caller.0.clone()),
-                    reason: format!("rejected by approver {}: {reason}", caller.0),
-                    evidence: Value::Null,
-                };
-                roll_back(&r, d)
-            })
-            .await?
-            .map_err(decision_error)?;
         }
         "pause" | "resume" => {
             let paused = action == "pause";
