@@ -6,6 +6,8 @@
 //! - [`manifest`]: a version's manifest (identity and lineage).
 //! - [`profile`]: reference profiles (per-feature quantile bins, samples) for drift detection.
 //! - [`rollout_state`]: the controller's durable rollout state per model.
+//! - [`dataset`]: samples joined with labels, windowed and digested (what the trainer trains on
+//!   and what lineage re-verifies).
 //! - [`samples`]: the sample and label Parquet layout and column names.
 //! - [`events`]: the drift event format and the trainer's run log name.
 //! - [`signing`]: Ed25519 signatures over manifests (`manifest.sig`), trusted keys, key pairs.
@@ -15,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alias_cas;
+pub mod dataset;
 pub mod events;
 pub mod fsutil;
 pub mod manifest;

@@ -17,6 +17,20 @@ pub struct DataLineage {
     /// Time window of the rows, if the trainer chose one (free text, e.g. RFC 3339 range).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
+    /// Rows drawn from the sample store: the first and last row's serving time and the newest
+    /// label time read (µs since the epoch), which re-assemble exactly these rows (`registry
+    /// lineage` re-checks `digest` with them). Absent for other data (synthetic, a file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_window_us: Option<SampleWindow>,
+}
+
+/// Where in the sample store a version's rows came from (µs since the epoch).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SampleWindow {
+    pub first_row: i64,
+    pub last_row: i64,
+    pub labels_until: i64,
 }
 
 /// Lineage and identity of one published version (immutable once published).

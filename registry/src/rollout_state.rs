@@ -165,4 +165,12 @@ mod tests {
         let err = registry.rollout_state("m").unwrap_err().to_string();
         assert!(err.contains("rollout-state.json"), "{err}");
     }
+
+    #[test]
+    fn a_state_written_before_approvals_existed_reads_and_writes_back_the_same() {
+        let old = r#"{"step":{"candidate":3,"step":1,"weight":25,"started_ms":1700000000000,"passed":[{"step":0}]},"rejected":[2],"paused":false}"#;
+        let state: RolloutState = serde_json::from_str(old).unwrap();
+        assert_eq!(state.step.as_ref().map(|p| (&p.awaiting_approval, &p.approval)), Some((&None, &None)));
+        assert_eq!(serde_json::to_string(&state).unwrap(), old, "no new keys without approvals");
+    }
 }

@@ -261,8 +261,16 @@ impl Registry {
     }
 
     /// Checks a version's signature against `trusted`: `Ok(None)` when it is unsigned,
-    /// `Ok(Some(key id))` when it verifies, or why not (the message names the file).
-    pub fn check_signature(&self, entry: &VersionEntry, trusted: &TrustedKeys) -> Result<Option<String>, String> {
+    /// `Ok(Some(key id))` when it verifies, or why not (the message names the file). The
+    /// manifest is read once: the signature is checked on those bytes, and the SHA-256 they
+    /// hold must be `model_sha256`, the digest of the model file as loaded (`None`: the file
+    /// is read and hashed here), so a manifest swapped between two reads cannot pass.
+    pub fn check_signature(
+        &self,
+        entry: &VersionEntry,
+        trusted: &TrustedKeys,
+        model_sha256: Option<&str>,
+    ) -> Result<Option<String>, String> {
         let sig_path = entry.dir.join(SIGNATURE_FILE);
         let signature = match fs::read(&sig_path) {
             Ok(bytes) => bytes,
@@ -272,7 +280,21 @@ impl Registry {
         let manifest_path = entry.dir.join(MANIFEST_FILE);
         let manifest = fs::read(&manifest_path)
             .map_err(|e| format!("{} is signed but {}: {e}", entry.dir.display(), manifest_path.display()))?;
-        trusted.verify(&manifest, &signature).map(Some).map_err(|e| format!("{}: {e}", entry.dir.display()))
+        let key = trusted.verify(&manifest, &signature).map_err(|e| format!("{}: {e}", entry.dir.display()))?;
+        let signed = parse_manifest(&manifest, &entry.model, entry.version)
+            .map_err(|e| format!("{}: {e}", manifest_path.display()))?;
+        let actual = match model_sha256 {
+            Some(sha) => sha.to_owned(),
+            None => self.verify(entry).map_err(|e| e.to_string())?.sha256,
+        };
+        if signed.sha256 != actual {
+            return Err(format!(
+                "{}: the signed manifest's sha256 is {}, but the model file read is {actual}",
+                manifest_path.display(),
+                signed.sha256
+            ));
+        }
+        Ok(Some(key))
     }
 
     /// Signs a published, unsigned version (for a registry that adopts signing); in object

@@ -189,7 +189,7 @@ fn a_signing_registry_signs_what_it_publishes_and_an_unsigned_version_can_be_sig
     let signing = registry.clone().with_signer(std::sync::Arc::clone(&signer));
     let v1 = signing.publish("m", b"one", ManifestDraft::default()).unwrap().version;
     let v2 = registry.publish("m", b"two", ManifestDraft::default()).unwrap().version;
-    let check = |v| registry.check_signature(&registry.version("m", v).unwrap(), &trusted);
+    let check = |v| registry.check_signature(&registry.version("m", v).unwrap(), &trusted, None);
     assert_eq!(check(v1).unwrap().as_deref(), Some(signer.key_id()));
     assert_eq!(check(v2).unwrap(), None);
     registry.sign_version("m", v2, &signer).unwrap();

@@ -90,7 +90,9 @@ async fn the_rollout_holds_for_an_approver_and_promotes_once_approved() {
         let error = refused.json()["error"].as_str().unwrap().to_owned();
         assert!(error.contains("alice") && error.contains("approve"), "{error}");
     }
-    // Approving another step than the one held is a conflict.
+    // An approval names the candidate; approving another step than the one held is a conflict.
+    let unnamed = admin(&http, &gw, APPROVER, "approve", json!({})).await;
+    assert_eq!(unnamed.status, 400, "{:?}", unnamed.body);
     let wrong = admin(&http, &gw, APPROVER, "approve", json!({"version": 2, "step": 0})).await;
     assert_eq!(wrong.status, 409, "{:?}", wrong.body);
     assert!(wrong.json()["error"].as_str().unwrap().contains("awaits approval of step 1, not 0"));
@@ -124,6 +126,12 @@ async fn reject_rolls_a_held_candidate_back_and_nothing_awaits_before_the_eviden
     assert_eq!(held["awaiting_approval"]["step"], 0, "each step waits: {held}");
     assert_eq!(held["awaiting_approval"]["next"], "canary weight 50% -> 100%");
     assert_eq!(held["canary"]["weight"], 50, "the held step keeps its weight");
+    // An operator cannot walk it up by hand (lowering stays an operator's call).
+    let raised = admin(&http, &gw, OPERATOR, "weight", json!({"weight": 100})).await;
+    assert_eq!(raised.status, 403, "{:?}", raised.body);
+    assert!(raised.json()["error"].as_str().unwrap().contains("'approve' role"));
+    let lowered = admin(&http, &gw, OPERATOR, "weight", json!({"weight": 40})).await;
+    assert_eq!(lowered.status, 200, "{:?}", lowered.body);
     let rejected = admin(&http, &gw, APPROVER, "reject", json!({"version": 2, "reason": "not this quarter"})).await;
     assert_eq!(rejected.status, 200, "{:?}", rejected.body);
     let after = serve_until(&http, &gw, |r| r["canary"].is_null()).await;

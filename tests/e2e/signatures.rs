@@ -154,6 +154,25 @@ async fn without_require_signature_unsigned_versions_serve_but_a_bad_signature_i
     assert_eq!(signed_by(&serves(&http, &gw, signed).await, signed), release.key_id());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_configured_later_re_check_the_version_that_serves() {
+    let keys = tempfile::tempdir().unwrap();
+    let (_, release_pub) = key(keys.path(), "release");
+    let (rogue, _) = key(keys.path(), "rogue");
+    let gw = TestGateway::start_registry(&config(&[], false), |r| {
+        let v = publish(r, Some(&rogue), 1);
+        r.set_alias("tiny", "champion", v).unwrap();
+    });
+    let (registry, http) = (Registry::open(&gw.repo), Http::new(false));
+    serves(&http, &gw, 1).await;
+    // The serving version is checked again at the reload that brings keys (not reused as it was
+    // loaded): it is refused, named, and keeps serving until a good version replaces it.
+    std::fs::write(&gw.config_path, config(&[&release_pub], false)).unwrap();
+    champion_refused(&http, &gw, &registry, 1, &format!("signed by key {}, which is not trusted", rogue.key_id()))
+        .await;
+    serves(&http, &gw, 1).await;
+}
+
 #[test]
 fn a_config_that_requires_signatures_without_keys_or_with_a_bad_key_file_does_not_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -57,6 +57,7 @@ pub fn bootstrap(
             digest,
             rows: rows as u64,
             window: Some(format!("synthetic rows 0..{rows}, seed {seed}")),
+            sample_window_us: None,
         }),
         code_revision: Some(format!("flywheel-trainer {}", env!("CARGO_PKG_VERSION"))),
         hyperparameters,

@@ -109,7 +109,7 @@ fn after_drift_a_better_model_is_registered_with_complete_lineage_profile_and_al
     assert!(gate["verdict"]["candidate"]["auc"].as_f64() > gate["verdict"]["champion"]["auc"].as_f64());
     assert_eq!(manifest.trigger.unwrap()["drift_event"]["feature"], "in_input_7");
     let trusted = flywheel_registry::TrustedKeys::from_files(&[public]).unwrap();
-    let signed = registry.check_signature(&registry.version("fraud", 2).unwrap(), &trusted).unwrap();
+    let signed = registry.check_signature(&registry.version("fraud", 2).unwrap(), &trusted, None).unwrap();
     assert_eq!(signed, Some(key_id), "the candidate is signed with signing_key");
     let profile = registry.profile("fraud", 2).unwrap().unwrap();
     assert_eq!(profile.features.len(), 12);

@@ -42,6 +42,7 @@ fn spec(dir: &Path) -> AssembleSpec {
         model: "m".into(),
         since_us: None,
         until_us: None,
+        labels_until_us: None,
         holdout_fraction: 0.4,
         min_rows: 4,
         max_nan_rate: 0.1,

@@ -19,7 +19,7 @@ pub mod byo;
 pub mod config;
 pub mod contract;
 pub mod cycle;
-pub mod dataset;
+pub use flywheel_registry::dataset;
 pub mod demo;
 pub mod device;
 pub mod score;

@@ -234,12 +234,23 @@ fn obtain(
     let score_config = input.config.score_for(name);
     let at = format!("models.{name}.score");
     // Reuse without re-reading the file while its stamp, its manifest digest, the settings and
-    // the score are unchanged (published versions are immutable; this catches hand edits).
-    if let Some(existing) = current.and_then(|c| c.versions.get(&version))
+    // the score are unchanged (published versions are immutable; this catches hand edits), and
+    // while its signature still says what it said at load (keys added since, a signature added
+    // or altered since: checked again; two small reads).
+    let existing = current.and_then(|c| c.versions.get(&version));
+    let still_signed = |existing: &ModelVersion| match input.config.trust.is_empty() {
+        true => existing.signed_by.is_none(),
+        false => {
+            input.registry.check_signature(&entry, &input.config.trust, Some(&existing.sha256)).ok()
+                == Some(existing.signed_by.clone())
+        }
+    };
+    if let Some(existing) = existing
         && existing.stamp.is_some()
         && existing.stamp == FileStamp::of(&entry.model_file())
         && entry.manifest.as_ref().is_none_or(|m| m.as_ref().is_ok_and(|m| m.sha256 == existing.sha256))
         && &existing.settings == settings
+        && still_signed(existing)
         && input.config.admits_signer(existing.signed_by.as_deref()).is_ok()
         && ScoreSpec::resolve(score_config, &existing.signature.outputs, &at).as_ref() == Ok(&existing.score)
     {
@@ -258,9 +269,9 @@ fn obtain(
     // Checked before the file reaches ONNX Runtime: an unsigned or altered file is never parsed.
     let signed_by = match input.config.trust.is_empty() {
         true => None,
-        false => input.registry.check_signature(&entry, &input.config.trust)?,
+        false => input.registry.check_signature(&entry, &input.config.trust, Some(&verified.sha256))?,
     };
-    input.config.admits_signer(signed_by.as_deref())?;
+    input.config.admits_signer(signed_by.as_deref()).map_err(|e| format!("{}: {e}", entry.dir.display()))?;
     let mut loaded =
         load_version(input.env, name, version, ModelFile { path: &path, verified: &verified }, settings.clone())
             .map_err(|e| e.to_string())?;

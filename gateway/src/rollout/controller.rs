@@ -309,7 +309,9 @@ fn hold_for_approval(
         "reasons": reasons,
         "evidence": evidence,
     });
-    reloader.controls.await_approval(name, state.candidate, state.step, held);
+    if !reloader.controls.await_approval(name, state.candidate, state.step, held) {
+        return;
+    }
     let mut entry = AuditEntry::now(name, "controller", "await_approval");
     entry.from = Some(champion);
     entry.to = Some(state.candidate);

@@ -43,7 +43,19 @@ impl Controls {
     /// the lease term this process holds for the controller's own step changes, and without
     /// holding the lock over the store request. A store that fails leaves the change in this
     /// process (a rollback still takes the version out of routing) and says so.
-    fn write(&self, model: &str, fenced: bool, mut change: impl FnMut(&mut RolloutState)) -> Result<(), String> {
+    fn write(&self, model: &str, fenced: bool, change: impl FnMut(&mut RolloutState)) -> Result<(), String> {
+        self.write_with(model, fenced, true, change)
+    }
+
+    /// [`Controls::write`]; with `keep_on_failure` false a change the store did not take is not
+    /// applied here either (an approval or a hold must be the fleet's, or nobody's).
+    fn write_with(
+        &self,
+        model: &str,
+        fenced: bool,
+        keep_on_failure: bool,
+        mut change: impl FnMut(&mut RolloutState),
+    ) -> Result<(), String> {
         let Some(registry) = self.registry.as_ref().filter(|r| r.remote().is_some()) else {
             let mut states = self.lock();
             let (state, writable) = states.entry(model.to_owned()).or_insert_with(|| self.load(model));
@@ -70,6 +82,7 @@ impl Controls {
                 self.reread_from_source(model);
                 Err(format!("a newer controller than term {} holds the lease of '{model}'", fence.unwrap_or(0)))
             }
+            Err(e) if !keep_on_failure => Err(e.to_string()),
             Err(e) => {
                 tracing::error!(model, error = %e, "rollout state not saved in the store; the change holds in this process only");
                 let mut states = self.lock();
@@ -256,14 +269,19 @@ impl Controls {
 
     /// The controller holds `model`'s `candidate` on `step` until an approver says go; `held`
     /// is what it holds on (reasons, evidence). Kept once: a later call changes nothing.
-    pub fn await_approval(&self, model: &str, candidate: u64, step: usize, held: serde_json::Value) {
-        self.logged(model, true, |s| {
+    /// Returns whether the hold is recorded (false: the store refused; the next look retries).
+    pub fn await_approval(&self, model: &str, candidate: u64, step: usize, held: serde_json::Value) -> bool {
+        let written = self.write_with(model, true, false, |s| {
             if let Some(p) = s.step.as_mut().filter(|p| p.candidate == candidate && p.step == step)
                 && p.awaiting_approval.is_none()
             {
                 p.awaiting_approval = Some(held.clone());
             }
         });
+        if let Err(e) = &written {
+            tracing::warn!(model, error = %e, "approval hold not written; the next look tries again");
+        }
+        written.is_ok()
     }
 
     /// Records `approval` for `model`'s `candidate`, which must await approval on the approved
@@ -276,7 +294,7 @@ impl Controls {
         approval: flywheel_registry::Approval,
     ) -> Result<Option<String>, String> {
         let mut refused = None;
-        self.write(model, false, |s| {
+        self.write_with(model, false, false, |s| {
             refused = None;
             match s.step.as_mut().filter(|p| p.candidate == candidate) {
                 Some(p) if p.awaiting_approval.is_some() && p.step == approval.step => {

@@ -86,7 +86,20 @@ pub async fn handle(
             Ok(serde_json::to_value(&*status).unwrap_or_default())
         }
         (Method::POST, ["models", model, action]) => {
+            let headers = req.headers().clone();
             let body = read_json(state, req).await?;
+            // Under a policy that wants approvals, raising the canary's weight by hand is an
+            // approval too (an operator cannot pause and walk an unapproved candidate to 100%).
+            let raises = body.get("weight").and_then(Value::as_u64).is_some_and(|w| {
+                let table = state.table.load();
+                let current = table.models.get(*model).and_then(|m| m.route.canary).map_or(0, |(_, w)| u64::from(w));
+                w > current
+            });
+            let caller = if *action == "weight" && raises && needs_approval(&reloader, model) {
+                auth::authorize(&reloader.config.load(), &headers, peer, Role::Approve, "admin API")?
+            } else {
+                caller
+            };
             model_action(state, reloader, (model, action), body, caller).await
         }
         (method, _) => {
@@ -237,6 +250,13 @@ async fn model_action(
             .map_err(|e: String| ApiError::NotReady(format!("canary weight not set: {e}")))?;
         }
         "approve" => {
+            // The approver names what they looked at: never an approval of a candidate that
+            // replaced it meanwhile.
+            if expected.is_none() {
+                return Err(ApiError::BadRequest(format!(
+                    "an approval names the candidate: body {{\"version\": N}} (the canary of '{model}'), given {body}"
+                )));
+            }
             let (candidate, _) = need_canary()?;
             let comment = body.get("comment").and_then(Value::as_str).map(str::to_owned);
             let wanted_step = body.get("step").and_then(Value::as_u64).map(|s| s as usize);
@@ -273,8 +293,10 @@ fn approve(
     (caller, comment): (&Caller, Option<String>),
 ) -> Result<(), ApiError> {
     // In a fleet the hold is written by the lease holder, maybe another replica: read the
-    // store's state rather than this copy's.
-    r.controls.reread_from_source(model);
+    // store's state rather than this copy's (a folder's state is this process's own).
+    if r.registry().is_some_and(|g| g.remote().is_some()) {
+        r.controls.reread_from_source(model);
+    }
     let checked = match r.controls.awaiting_approval(model, candidate) {
         None => Err(format!(
             "version {candidate} of '{model}' does not await approval (the controller asks once a step's evidence passed)"

@@ -18,8 +18,8 @@ pub enum Role {
     Read,
     /// Change serving: reload, canary weight, pause, promote, roll back.
     Operate,
-    /// Approve or reject a held rollout step, and promote by hand under a policy that wants
-    /// approvals (grants nothing else).
+    /// Approve a held rollout step or reject (roll back) a canary; under a policy that wants
+    /// approvals also needed to promote or raise a canary's weight by hand.
     Approve,
     /// Post labels (`/v2/models/{m}/feedback`).
     Label,

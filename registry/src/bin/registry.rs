@@ -100,8 +100,8 @@ fn main() -> anyhow::Result<()> {
             let trusted = TrustedKeys::from_files(&trusted_keys).map_err(anyhow::Error::msg)?;
             let version = registry.resolve(&model, &version)?;
             let entry = registry.version(&model, version)?;
-            registry.verify(&entry)?;
-            match registry.check_signature(&entry, &trusted).map_err(anyhow::Error::msg)? {
+            let verified = registry.verify(&entry)?;
+            match registry.check_signature(&entry, &trusted, Some(&verified.sha256)).map_err(anyhow::Error::msg)? {
                 Some(key) => println!("{model} version {version}: model and manifest signed by key {key}"),
                 None => anyhow::bail!("{model} version {version} is not signed"),
             }

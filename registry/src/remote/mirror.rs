@@ -26,6 +26,8 @@ pub struct SyncReport {
     pub installed: Vec<(String, u64)>,
     /// Alias maps or rollout states replaced (model, file).
     pub replaced: Vec<(String, String)>,
+    /// Signatures added to versions the copy held unsigned (`registry sign` after publishing).
+    pub signed: Vec<(String, u64)>,
     /// Objects refused for good (corrupt, over the size cap), with the reason; not retried.
     pub refused: Vec<String>,
     /// Requests that failed this time (retried on the next sync).
@@ -35,7 +37,7 @@ pub struct SyncReport {
 impl SyncReport {
     /// Whether the local copy changed.
     pub fn changed(&self) -> bool {
-        !self.installed.is_empty() || !self.replaced.is_empty()
+        !self.installed.is_empty() || !self.replaced.is_empty() || !self.signed.is_empty()
     }
 }
 
@@ -50,7 +52,12 @@ struct Seen {
     uncommitted: HashMap<(String, u64), (std::time::Instant, std::time::Duration)>,
     /// The newest event id copied into each model's local log.
     last_event: HashMap<String, String>,
+    /// When each aliased, unsigned version held here was last looked up for a signature.
+    signature_looked: HashMap<(String, u64), std::time::Instant>,
 }
+
+/// How often an aliased version held without a signature asks the store for one.
+const SIGNATURE_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Keeps a local folder a copy of a remote registry.
 pub struct Mirror {
@@ -58,12 +65,26 @@ pub struct Mirror {
     root: PathBuf,
     max_model_bytes: u64,
     seen: Mutex<Seen>,
+    /// How often an aliased version held unsigned asks for a signature.
+    signature_every: std::time::Duration,
 }
 
 impl Mirror {
     /// A mirror of `remote` into `root`, refusing model files over `max_model_bytes`.
     pub fn new(remote: Arc<Remote>, root: impl Into<PathBuf>, max_model_bytes: u64) -> Self {
-        Self { remote, root: root.into(), max_model_bytes, seen: Mutex::default() }
+        Self {
+            remote,
+            root: root.into(),
+            max_model_bytes,
+            seen: Mutex::default(),
+            signature_every: SIGNATURE_LOOK_EVERY,
+        }
+    }
+
+    /// The same mirror, asking for signatures added later every `every` (default 30 s).
+    pub fn looking_for_signatures_every(mut self, every: std::time::Duration) -> Self {
+        self.signature_every = every;
+        self
     }
 
     /// The local folder.
@@ -120,6 +141,8 @@ impl Mirror {
             }
             match self.install(&local, model, version) {
                 Ok(Some(true)) => {
+                    // The install read its signature (or its absence) just now.
+                    self.lock().signature_looked.insert(key.clone(), now);
                     self.lock().uncommitted.remove(&key);
                     report.installed.push(key);
                 }
@@ -137,6 +160,7 @@ impl Mirror {
                 }
             }
         }
+        self.pick_up_signatures(&local, model, &named, report);
         if matches!((&aliases, &state), (Read::Unchanged, Read::Unchanged)) {
             return Ok(());
         }
@@ -179,6 +203,36 @@ impl Mirror {
         }
         self.apply_small(model, ALIASES_FILE, aliases, report)?;
         self.apply_small(model, ROLLOUT_STATE_FILE, state, report)
+    }
+
+    /// A version signed after this copy installed it (`registry sign`): the versions aliases
+    /// name (those that serve), held here without `manifest.sig`, ask the store for one at most
+    /// every [`SIGNATURE_LOOK_EVERY`]; one found is added atomically. Unaliased versions are not
+    /// asked (a registry that never signs costs nothing for its history).
+    fn pick_up_signatures(&self, local: &Registry, model: &str, named: &BTreeSet<u64>, report: &mut SyncReport) {
+        let mut aliased: BTreeSet<u64> = local.aliases(model).map(|m| m.into_values().collect()).unwrap_or_default();
+        aliased.extend(named);
+        let now = std::time::Instant::now();
+        for version in aliased {
+            let dir = self.root.join(model).join(version.to_string());
+            let path = dir.join(SIGNATURE_FILE);
+            if !dir.is_dir() || path.exists() {
+                continue;
+            }
+            let key = (model.to_owned(), version);
+            if self.lock().signature_looked.get(&key).is_some_and(|t| now < *t + self.signature_every) {
+                continue;
+            }
+            self.lock().signature_looked.insert(key.clone(), now);
+            match self.remote.signature(model, version) {
+                Ok(None) => {}
+                Ok(Some(bytes)) => match crate::fsutil::write_atomic(&path, &bytes) {
+                    Ok(()) => report.signed.push(key),
+                    Err(e) => report.failed.push(format!("{}: {e}", path.display())),
+                },
+                Err(e) => report.failed.push(e.to_string()),
+            }
+        }
     }
 
     /// `read` if the store still says so, else what it says now.

@@ -284,9 +284,37 @@ fn a_signed_version_reaches_another_copy_with_its_signature_verifying_and_can_be
     let copy = reader.registry();
     for version in [1, 2] {
         let entry = copy.version("m", version).unwrap();
-        assert_eq!(copy.check_signature(&entry, &trusted).unwrap().as_deref(), Some(signer.key_id()));
+        assert_eq!(copy.check_signature(&entry, &trusted, None).unwrap().as_deref(), Some(signer.key_id()));
     }
     // The writer's own copy verifies too (the same bytes as the store's).
     let entry = writer.registry().version("m", 1).unwrap();
-    assert_eq!(writer.registry().check_signature(&entry, &trusted).unwrap().as_deref(), Some(signer.key_id()));
+    assert_eq!(writer.registry().check_signature(&entry, &trusted, None).unwrap().as_deref(), Some(signer.key_id()));
+}
+
+#[test]
+fn a_copy_that_held_a_version_unsigned_picks_up_a_signature_added_later_for_aliased_versions() {
+    let keys = tempfile::tempdir().unwrap();
+    let (_, private, public) = crate::signing::generate_key_pair(&keys.path().join("k")).unwrap();
+    let signer = crate::Signer::from_pem_file(&private).unwrap();
+    let trusted = crate::TrustedKeys::from_files(&[public]).unwrap();
+    let remote = remote("sign-later");
+    let (_a, writer) = mirror(&remote);
+    writer.registry().publish("m", b"one", ManifestDraft::default()).unwrap();
+    writer.registry().publish("m", b"two", ManifestDraft::default()).unwrap();
+    writer.registry().set_alias("m", "champion", 1).unwrap();
+    let (_b, reader) = mirror(&remote);
+    let reader = reader.looking_for_signatures_every(std::time::Duration::ZERO);
+    reader.sync().unwrap();
+    writer.registry().sign_version("m", 1, &signer).unwrap();
+    writer.registry().sign_version("m", 2, &signer).unwrap();
+    let report = reader.sync().unwrap();
+    assert_eq!(report.signed, [("m".to_owned(), 1)], "the aliased version only: {report:?}");
+    assert!(report.changed());
+    let copy = reader.registry();
+    assert_eq!(
+        copy.check_signature(&copy.version("m", 1).unwrap(), &trusted, None).unwrap().as_deref(),
+        Some(signer.key_id())
+    );
+    assert_eq!(copy.check_signature(&copy.version("m", 2).unwrap(), &trusted, None).unwrap(), None);
+    assert!(reader.sync().unwrap().signed.is_empty(), "found once");
 }

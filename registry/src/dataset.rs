@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use crate::samples;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, TimestampMicrosecondType, UInt32Type};
 use arrow_array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
 use arrow_schema::DataType;
-use flywheel_registry::samples;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sha2::{Digest, Sha256};
 
@@ -24,6 +24,9 @@ pub struct AssembleSpec {
     pub since_us: Option<i64>,
     /// Only rows served before this time (µs since the epoch).
     pub until_us: Option<i64>,
+    /// Only labels given at or before this time (µs since the epoch): the labels a past
+    /// training run saw, for re-assembling its rows ([`crate::lineage`]).
+    pub labels_until_us: Option<i64>,
     /// Share of the newest rows held out for the gate.
     pub holdout_fraction: f64,
     pub min_rows: usize,
@@ -52,6 +55,9 @@ pub struct Dataset {
     pub digest: String,
     /// First and last row times (µs since the epoch).
     pub window_us: (i64, i64),
+    /// The newest label time read (µs since the epoch; 0 without labels): with `window_us`,
+    /// what re-assembles exactly these rows later, when more labels have arrived.
+    pub labels_until_us: i64,
 }
 
 /// Why a dataset cannot be used; the message says what and how much.
@@ -161,6 +167,9 @@ fn labels(spec: &AssembleSpec) -> Result<Labels, DatasetError> {
             for (i, label) in values.into_iter().enumerate() {
                 let key = (ids.value(i).to_owned(), rows.value(i));
                 let time = times.value(i);
+                if spec.labels_until_us.is_some_and(|u| time > u) {
+                    continue;
+                }
                 if map.get(&key).is_none_or(|(_, t)| *t <= time) {
                     map.insert(key, (label, time));
                 }
@@ -187,6 +196,7 @@ fn journaled_labels(spec: &AssembleSpec) -> Labels {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             match serde_json::from_str::<samples::JournaledLabel>(line) {
+                Ok(l) if spec.labels_until_us.is_some_and(|u| l.time_us > u) => {}
                 Ok(l) => {
                     let key = (l.id, l.row);
                     if map.get(&key).is_none_or(|(_, t)| *t <= l.time_us) {
@@ -252,6 +262,7 @@ pub fn assemble(spec: &AssembleSpec) -> Result<Dataset, DatasetError> {
     check(spec, &features, &joined)?;
     let digest = digest(&joined);
     let window_us = (joined.first().map_or(0, |j| j.time), joined.last().map_or(0, |j| j.time));
+    let labels_until_us = labels.values().map(|(_, t)| *t).max().unwrap_or(0);
     let holdout_rows = ((joined.len() as f64) * spec.holdout_fraction).round() as usize;
     let cut = joined.len() - holdout_rows.min(joined.len());
     let split = |rows: &[Joined]| Split {
@@ -259,7 +270,14 @@ pub fn assemble(spec: &AssembleSpec) -> Result<Dataset, DatasetError> {
         y: rows.iter().map(|j| j.label).collect(),
         time_us: rows.iter().map(|j| j.time).collect(),
     };
-    Ok(Dataset { features, train: split(&joined[..cut]), holdout: split(&joined[cut..]), digest, window_us })
+    Ok(Dataset {
+        features,
+        train: split(&joined[..cut]),
+        holdout: split(&joined[cut..]),
+        digest,
+        window_us,
+        labels_until_us,
+    })
 }
 
 fn check(spec: &AssembleSpec, features: &[String], rows: &[Joined]) -> Result<(), DatasetError> {
