@@ -90,7 +90,7 @@ struct Joined {
 /// The Parquet files under `dir`, skipping `date=YYYY-MM-DD` partitions (UTC, as the gateway
 /// writes them) before `since_us`'s date: rows served since then, and their labels (which arrive
 /// after them), are never in an older partition.
-fn parquet_files(dir: &Path, since_us: Option<i64>) -> Vec<PathBuf> {
+pub(crate) fn parquet_files(dir: &Path, since_us: Option<i64>) -> Vec<PathBuf> {
     let first_date = since_us.map(|us| {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64);
         humantime::format_rfc3339_seconds(t).to_string()[..10].to_owned()

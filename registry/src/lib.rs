@@ -8,6 +8,7 @@
 //! - [`rollout_state`]: the controller's durable rollout state per model.
 //! - [`dataset`]: samples joined with labels, windowed and digested (what the trainer trains on
 //!   and what lineage re-verifies).
+//! - [`lineage`]: a served request back to its version, data, decisions and ancestors.
 //! - [`samples`]: the sample and label Parquet layout and column names.
 //! - [`events`]: the drift event format and the trainer's run log name.
 //! - [`signing`]: Ed25519 signatures over manifests (`manifest.sig`), trusted keys, key pairs.
@@ -20,6 +21,7 @@ pub mod alias_cas;
 pub mod dataset;
 pub mod events;
 pub mod fsutil;
+pub mod lineage;
 pub mod manifest;
 pub mod profile;
 pub mod remote;

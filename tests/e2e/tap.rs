@@ -6,9 +6,9 @@ use std::time::Duration;
 use flywheel_onnx::fixtures::tiny;
 use flywheel_registry::{ManifestDraft, ReferenceProfile, Registry};
 use hyper::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::support::{Http, TestGateway, tiny_request, wait_until};
+use crate::support::{Http, TestGateway, tiny_request, tiny_rows, wait_until};
 
 /// Every finished part file under `dir` (recursively), and the temporary ones.
 fn part_files(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
@@ -246,4 +246,36 @@ async fn sampled_shadow_answers_are_stored_beside_the_primary() {
     let mut expected = expected;
     expected.sort();
     assert_eq!(rows, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_lineage_finds_a_sampled_request_and_its_version() {
+    let config = format!("{FAST_ROTATION}[models.tiny.rollout]\nchampion = \"champion\"\n");
+    let gw = TestGateway::start_registry(&config, |r| {
+        let v = r.publish("tiny", &tiny(1).to_onnx(1), ManifestDraft::default()).unwrap().version;
+        r.set_alias("tiny", "champion", v).unwrap();
+    });
+    let http = Http::new(false);
+    let reply = http.post_json(&format!("{}/v2/models/tiny/infer", gw.base), &tiny_request(&tiny_rows(2, 1))).await;
+    let id = reply.header("x-flywheel-request-id").unwrap().to_owned();
+    let url = format!("{}/admin/lineage/{id}", gw.base);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let found: Value = loop {
+        let reply = http.get(&url).await;
+        if reply.status == 200 {
+            break reply.json();
+        }
+        assert!(std::time::Instant::now() < deadline, "the request was never found: {:?}", reply.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((found["model"].as_str(), found["version"].as_u64()), (Some("tiny"), Some(1)));
+    let rows = found["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "both rows of the request: {found}");
+    assert_eq!(rows[0]["arm"], "champion");
+    assert_eq!(rows[0]["inputs"].as_object().unwrap().len(), 16);
+    assert_eq!(found["versions"][0]["version"], 1);
+    assert!(found["versions"][0]["decisions"].as_array().is_some());
+    let missing = http.get(&format!("{}/admin/lineage/no-such-request", gw.base)).await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.json()["error"].as_str().unwrap().contains("no-such-request"));
 }

@@ -212,3 +212,94 @@ fn a_promotion_during_training_is_gated_against_the_new_champion_and_recorded_as
     // The same file as the new champion: no gain, so nothing is registered against a stale parent.
     assert_eq!(record.outcome, "rejected", "{record:#?}");
 }
+
+/// One sample row answered by `version` of `fraud` (as the gateway writes it, version column and
+/// output included).
+fn served_by(dir: &Path, id: &str, version: u64, time_us: i64) {
+    use arrow_array::{Int32Array, Int64Array, UInt64Array};
+    let mut fields = vec![
+        Field::new("request_id", DataType::Utf8, false),
+        Field::new("row", DataType::UInt32, false),
+        Field::new("time", ts(), false),
+        Field::new("model", DataType::Utf8, false),
+        Field::new("version", DataType::UInt64, false),
+        Field::new("arm", DataType::Utf8, false),
+        Field::new("status", DataType::Int32, false),
+        Field::new("latency_us", DataType::Int64, false),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![id])),
+        Arc::new(UInt32Array::from(vec![0u32])),
+        Arc::new(TimestampMicrosecondArray::from(vec![time_us]).with_timezone("UTC")),
+        Arc::new(StringArray::from(vec!["fraud"])),
+        Arc::new(UInt64Array::from(vec![version])),
+        Arc::new(StringArray::from(vec!["canary"])),
+        Arc::new(Int32Array::from(vec![200])),
+        Arc::new(Int64Array::from(vec![900i64])),
+    ];
+    for j in 0..12 {
+        fields.push(Field::new(format!("in_input_{j}"), DataType::Float32, true));
+        columns.push(Arc::new(Float32Array::from(vec![j as f32])));
+    }
+    fields.push(Field::new("out_output_0", DataType::Float32, true));
+    columns.push(Arc::new(Float32Array::from(vec![0.93f32])));
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+    write(&dir.join("samples/model=fraud/date=2026-09-22/part-9.parquet"), batch);
+}
+
+#[test]
+fn lineage_of_a_request_served_by_a_retrained_version_reaches_the_bootstrap_and_tampering_fails_loudly() {
+    use flywheel_registry::lineage::{Sources, lineage, report};
+    let (dir, config) = setup(3000, 0.0);
+    let record = run(&config, Some(serde_json::json!({"drift_event": {"feature": "in_input_7", "seq": 4}})), None);
+    assert_eq!(record.outcome, "registered", "{record:#?}");
+    let samples = dir.path().join("samples");
+    // A label that arrives after training (a relabel of a row inside its window) does not change
+    // what the version was trained on.
+    crate::test_files::labels(&samples, ("fraud", "2026-09-23"), "part-late.parquet", &[("r5", 0, 0.5, T0 * 2)]);
+    served_by(&samples, "req-by-2", 2, T0 + 86_400_000_000);
+    let audit = dir.path().join("models/audit.jsonl");
+    let lines = [
+        r#"{"time":"2026-09-22T10:00:00.000Z","model":"fraud","actor":"controller","action":"await_approval","from":1,"to":2,"reason":"step 1 passed","evidence":null}"#,
+        r#"{"time":"2026-09-22T10:05:00.000Z","model":"fraud","actor":"admin","action":"approve","from":null,"to":2,"reason":"approved leaving step 1","evidence":null,"credential":"bob"}"#,
+        r#"{"time":"2026-09-22T10:05:01.000Z","model":"fraud","actor":"controller","action":"promote","from":1,"to":2,"reason":"approved by bob","evidence":null,"credential":"bob"}"#,
+        r#"{"time":"2026-09-22T10:05:01.000Z","model":"other","actor":"controller","action":"promote","from":1,"to":2,"reason":"","evidence":null}"#,
+    ];
+    std::fs::write(&audit, lines.join("\n") + "\n").unwrap();
+    let sources = Sources { sample_dir: samples.clone(), audit_logs: vec![audit], verify_data: true };
+    let registry = Registry::open(&config.registry);
+
+    let found = lineage(&registry, &sources, "req-by-2", None).unwrap();
+    assert_eq!((found.model.as_str(), found.version), ("fraud", 2));
+    assert_eq!(found.rows[0].outputs["out_output_0"], serde_json::json!(0.93f32));
+    assert_eq!(found.rows[0].inputs.len(), 12);
+    let chain: Vec<u64> = found.versions.iter().map(|v| v.version).collect();
+    assert_eq!(chain, [2, 1], "back to the bootstrap version");
+    let v2 = &found.versions[0];
+    let check = v2.data_check.as_ref().unwrap();
+    assert!(check.verified, "{check:?}");
+    assert_eq!(check.recomputed_digest.as_deref(), record.digest());
+    assert_eq!(v2.manifest.as_ref().unwrap().trigger.as_ref().unwrap()["drift_event"]["feature"], "in_input_7");
+    let actions: Vec<&str> = v2.decisions.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["await_approval", "approve", "promote"], "this model's decisions, in time order");
+    assert!(found.versions[1].data_check.is_none(), "synthetic bootstrap data is not in the sample store");
+    let text = report(&found);
+    for needle in [
+        "by version 2 on the canary arm",
+        "hash to the recorded digest",
+        "approve by admin (bob)",
+        "parent: none (the first version)",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in:\n{text}");
+    }
+    assert!(lineage(&registry, &sources, "never-served", None).unwrap_err().to_string().contains("never-served"));
+
+    // One feature value of one training row changed in its sample file: the re-check fails.
+    let mut rows: Vec<Row> =
+        Synthetic { seed: 2, drift: DriftKind::Both, onset: 0, ramp: 0 }.stream().take(3000).collect();
+    rows[100].features[3] += 1.0;
+    served(&samples, &rows, 0.0);
+    let tampered = lineage(&registry, &sources, "req-by-2", None).unwrap();
+    let check = tampered.versions[0].data_check.as_ref().unwrap();
+    assert!(!check.verified && check.detail.starts_with("MISMATCH"), "{check:?}");
+}

@@ -78,6 +78,29 @@ pub async fn handle(
             })
             .await
         }
+        (Method::GET, ["lineage", request_id]) => {
+            let registry = reloader.registry().ok_or_else(|| ApiError::NotReady("no registry".into()))?;
+            let config = reloader.config.load_full();
+            let query = req.uri().query().unwrap_or_default();
+            let flag = |key: &str| query.split('&').any(|kv| kv == format!("{key}=true"));
+            let sources = flywheel_registry::lineage::Sources {
+                sample_dir: config.sample_dir().ok_or_else(|| ApiError::NotReady("no sample folder".into()))?,
+                audit_logs: config.audit_log_path().into_iter().collect(),
+                verify_data: flag("verify"),
+            };
+            let id = String::from(*request_id);
+            // Reads Parquet files (and re-assembles training rows with ?verify=true): off the
+            // async threads.
+            let found =
+                off_runtime(move || flywheel_registry::lineage::lineage(&registry, &sources, &id, None)).await?;
+            match found {
+                Ok(lineage) => Ok(serde_json::to_value(&lineage).unwrap_or_default()),
+                Err(e @ flywheel_registry::lineage::LineageError::NotSampled(..)) => {
+                    Err(ApiError::Absent(e.to_string()))
+                }
+                Err(e) => Err(ApiError::NotReady(e.to_string())),
+            }
+        }
         (Method::POST, ["reload"]) => {
             let r = Arc::clone(&reloader);
             let status = tokio::task::spawn_blocking(move || r.reload())

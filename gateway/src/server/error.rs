@@ -24,6 +24,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
+    /// A thing asked for by name that is not there (a request id in no sample file).
+    #[error("{0}")]
+    Absent(String),
     #[error("{method} is not allowed on {path}; use {allowed}")]
     MethodNotAllowed { method: String, path: String, allowed: &'static str },
     #[error("the gateway is not ready: {0}")]
@@ -56,7 +59,7 @@ impl ApiError {
             | ApiError::Validation(_)
             | ApiError::BadRequest(_)
             | ApiError::Infer(InferError::InputRejected(_)) => 400,
-            ApiError::Route(_) | ApiError::NotFound { .. } => 404,
+            ApiError::Route(_) | ApiError::NotFound { .. } | ApiError::Absent(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Unauthorized(_) => 401,
             ApiError::Forbidden(_) => 403,
@@ -93,7 +96,7 @@ impl ApiError {
             ApiError::Infer(e) => e.error_type(),
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::BadRequest(_) => "bad_request",
-            ApiError::NotFound { .. } => "not_found",
+            ApiError::NotFound { .. } | ApiError::Absent(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::NotReady(_) => "not_ready",
             ApiError::Overloaded { .. } => "overloaded",

@@ -6,7 +6,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
-use flywheel_registry::{ManifestDraft, Registry, Remote, Signer, TrustedKeys, is_remote, signing, valid_alias};
+use flywheel_registry::{
+    ManifestDraft, Registry, Remote, Signer, TrustedKeys, is_remote, lineage, signing, valid_alias,
+};
 
 /// Operate a Flywheel model registry.
 #[derive(Parser)]
@@ -50,6 +52,29 @@ enum Cmd {
     Keygen { prefix: PathBuf },
     /// Sign a published, unsigned version with `--signing-key`.
     Sign { model: String, version: String },
+    /// The lineage of one served request: its sample rows, the version that answered, that
+    /// version's data (re-checked), code, gate, trigger, decisions and approvals, and its
+    /// ancestors back to the first version. Exit status 1 when a data re-check fails.
+    Lineage {
+        /// The gateway's request id (`x-flywheel-request-id` of the answer).
+        #[arg(long)]
+        request_id: String,
+        /// Look in this model's samples only.
+        #[arg(long)]
+        model: Option<String>,
+        /// The sample folder; default `samples` beside the registry root.
+        #[arg(long)]
+        samples: Option<PathBuf>,
+        /// Audit log (repeat for several, e.g. one per replica); default `<root>/audit.jsonl`.
+        #[arg(long = "audit")]
+        audit_logs: Vec<PathBuf>,
+        /// JSON instead of the report.
+        #[arg(long)]
+        json: bool,
+        /// Do not re-assemble training rows to re-check data digests.
+        #[arg(long)]
+        no_verify: bool,
+    },
     /// Check a version's signature against trusted public keys (exit status 1 if it fails).
     Verify {
         model: String,
@@ -84,12 +109,39 @@ fn main() -> anyhow::Result<()> {
         println!("key {key_id}: private {} (keep it secret), public {}", private.display(), public.display());
         return Ok(());
     }
+    if let Cmd::Lineage { request_id, model, samples, audit_logs, json, no_verify } = &cli.command {
+        anyhow::ensure!(
+            !is_remote(&cli.root),
+            "lineage reads a folder: give the local copy (the gateway's registry.cache_dir or the trainer's) as --root"
+        );
+        let root = PathBuf::from(cli.root.strip_prefix("file://").unwrap_or(&cli.root));
+        let beside = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        let sources = lineage::Sources {
+            sample_dir: samples.clone().unwrap_or_else(|| beside.join("samples")),
+            audit_logs: if audit_logs.is_empty() { vec![root.join("audit.jsonl")] } else { audit_logs.clone() },
+            verify_data: !no_verify,
+        };
+        let found = lineage::lineage(&Registry::open(&root), &sources, request_id, model.as_deref())?;
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&found)?);
+        } else {
+            print!("{}", lineage::report(&found));
+        }
+        let failed: Vec<String> = found
+            .versions
+            .iter()
+            .filter(|v| v.data_check.as_ref().is_some_and(|c| !c.verified))
+            .map(|v| v.version.to_string())
+            .collect();
+        anyhow::ensure!(failed.is_empty(), "the training data of version(s) {} did not re-verify", failed.join(", "));
+        return Ok(());
+    }
     if is_remote(&cli.root) {
         return remote_main(&*Remote::shared(&cli.root)?, cli.command, cli.signing_key.as_ref());
     }
     let mut registry = Registry::open(cli.root.strip_prefix("file://").unwrap_or(&cli.root));
     match cli.command {
-        Cmd::Keygen { .. } => {}
+        Cmd::Keygen { .. } | Cmd::Lineage { .. } => {}
         Cmd::Sign { model, version } => {
             let signer = required_signer(cli.signing_key.as_ref())?;
             let version = registry.resolve(&model, &version)?;
@@ -169,7 +221,7 @@ fn main() -> anyhow::Result<()> {
 /// The same commands against an object store, request by request.
 fn remote_main(remote: &Remote, command: Cmd, signing_key: Option<&PathBuf>) -> anyhow::Result<()> {
     match command {
-        Cmd::Keygen { .. } => {}
+        Cmd::Keygen { .. } | Cmd::Lineage { .. } => {}
         Cmd::Sign { model, version } => {
             let signer = required_signer(signing_key)?;
             let version = remote.resolve(&model, &version)?;
