@@ -17,10 +17,10 @@ tools="$root/.tools/perf_analyzer"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy, pytest, onnxruntime, pyarrow, duckdb, sklearn, skl2onnx, onnx, moto.server, flask, ray" 2>/dev/null \
+if ! "$venv/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy, pytest, onnxruntime, pyarrow, duckdb, sklearn, skl2onnx, onnx, moto.server, flask, ray, shap" 2>/dev/null \
   || [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/ray" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "tritonclient[http,grpc]" numpy pytest "onnxruntime>=1.31" pyarrow duckdb scikit-learn skl2onnx onnx "moto[server]" ray
+    "tritonclient[http,grpc]" numpy pytest "onnxruntime>=1.31" pyarrow duckdb scikit-learn skl2onnx onnx "moto[server]" ray shap
 fi
 
 # promtool (Debian's prometheus package; no service is started) checks the alert rules.

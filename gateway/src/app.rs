@@ -161,6 +161,7 @@ impl Gateway {
             reloader: Some(Arc::clone(&reloader)),
             tap,
             admission: (config.max_in_flight > 0).then(|| crate::model::table::Budget::new(config.max_in_flight)),
+            explain_budget: crate::model::table::Budget::new(config.explain.max_concurrent),
         });
         let grace = Duration::from_millis(config.shutdown_grace_ms);
         let grpc = grpc_listener.map(|l| (l, crate::grpc::Grpc::new(Arc::clone(&state), config.grpc_message_limit())));

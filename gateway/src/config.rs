@@ -123,6 +123,9 @@ pub struct Config {
     /// Online drift detection.
     #[serde(default)]
     pub drift: crate::drift::DriftSettings,
+    /// Explanations (`/explain`): their budget and method.
+    #[serde(default)]
+    pub explain: crate::explain::ExplainSettings,
 }
 
 fn default_controller_ms() -> u64 {
@@ -459,6 +462,7 @@ impl Default for Config {
             controller_interval_ms: default_controller_ms(),
             sampling: crate::tap::SamplingSettings::default(),
             drift: crate::drift::DriftSettings::default(),
+            explain: crate::explain::ExplainSettings::default(),
             batching: Batching::default(),
             models: BTreeMap::new(),
         }
@@ -552,6 +556,7 @@ impl Config {
     /// Checks every value; the first problem found is returned, naming its key.
     pub fn validate(&self) -> Result<(), String> {
         check_batching("batching", &self.batching)?;
+        self.explain.validate()?;
         if self.require_signature && self.trusted_keys.is_empty() {
             return Err("require_signature is set but trusted_keys is empty: name the public keys to trust".into());
         }

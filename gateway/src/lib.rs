@@ -25,6 +25,7 @@ pub mod app;
 pub mod batch;
 pub mod config;
 pub mod drift;
+pub mod explain;
 pub mod fuzzing;
 pub mod grpc;
 pub mod health;

@@ -85,6 +85,17 @@ pub const CONNECTIONS_CLOSED: &str = "flywheel_connections_closed_total";
 /// body_bytes_budget).
 pub const REQUESTS_CUT: &str = "flywheel_requests_cut_total";
 
+/// Rows explained (`/explain`), by model.
+pub const EXPLAINED_ROWS: &str = "flywheel_explained_rows_total";
+/// Time one explanation request took to compute, by model.
+pub const EXPLAIN_SECONDS: &str = "flywheel_explain_seconds";
+
+/// Counts `rows` explained in `took`.
+pub fn count_explanations(model: &str, rows: usize, took: std::time::Duration) {
+    metrics::counter!(EXPLAINED_ROWS, "model" => model.to_owned()).increment(rows as u64);
+    metrics::histogram!(EXPLAIN_SECONDS, "model" => model.to_owned()).record(took.as_secs_f64());
+}
+
 const LATENCY_BUCKETS: [f64; 16] = [
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
@@ -163,6 +174,8 @@ fn describe() {
     describe_gauge!(CONTROLLER_LEADER, "1 while this replica holds the model's controller lease");
     describe_counter!(CONNECTIONS_CLOSED, "Connections closed by the server on a deadline, by reason");
     describe_counter!(REQUESTS_CUT, "Requests cut off on a deadline or the body-bytes budget, by reason");
+    describe_counter!(EXPLAINED_ROWS, "Rows explained (/explain), by model");
+    describe_histogram!(EXPLAIN_SECONDS, "Time one /explain request spent computing attributions, by model");
 }
 
 /// Metric handles for one model version, registered once at load so the hot path does not

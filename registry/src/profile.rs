@@ -34,7 +34,14 @@ pub struct ReferenceProfile {
     pub rows: u64,
     pub features: Vec<FeatureProfile>,
     pub prediction: Option<FeatureProfile>,
+    /// A uniform sample of whole training rows (in feature order), the background explanations
+    /// are computed against; empty in profiles written before explanations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub background: Vec<Vec<f64>>,
 }
+
+/// Background rows a profile keeps.
+pub const BACKGROUND_ROWS: usize = 100;
 
 impl ReferenceProfile {
     /// Checks what drift detection relies on; the message names the feature, field and value.
@@ -44,6 +51,18 @@ impl ReferenceProfile {
         }
         if let Some(p) = &self.prediction {
             p.validate().map_err(|e| format!("prediction.{e}"))?;
+        }
+        for (i, row) in self.background.iter().enumerate() {
+            if row.len() != self.features.len() {
+                return Err(format!(
+                    "background[{i}] has {} values, but the profile has {} features",
+                    row.len(),
+                    self.features.len()
+                ));
+            }
+            if let Some(v) = row.iter().find(|v| !v.is_finite()) {
+                return Err(format!("background[{i}] must hold finite values, given {v}"));
+            }
         }
         Ok(())
     }
@@ -158,7 +177,20 @@ impl ReferenceProfile {
             })
             .collect();
         let prediction = predictions.map(|p| FeatureProfile::from_values("prediction", p, sample_size, 0));
-        Self { rows: rows.len() as u64, features, prediction }
+        // Reservoir sample of whole rows without NaN, kept in data order.
+        let mut rng = SplitMix(0xBAC6);
+        let mut picked: Vec<(usize, &Vec<f64>)> = Vec::with_capacity(BACKGROUND_ROWS);
+        for (seen, row) in rows.iter().filter(|r| r.len() == names.len() && r.iter().all(|v| v.is_finite())).enumerate()
+        {
+            if picked.len() < BACKGROUND_ROWS {
+                picked.push((seen, row));
+            } else if let Some(slot) = picked.get_mut((rng.next() % (seen as u64 + 1)) as usize) {
+                *slot = (seen, row);
+            }
+        }
+        picked.sort_by_key(|(i, _)| *i);
+        let background = picked.into_iter().map(|(_, r)| r.clone()).collect();
+        Self { rows: rows.len() as u64, features, prediction, background }
     }
 }
 
@@ -195,6 +227,23 @@ mod tests {
         }
         assert!((p.proportions.iter().sum::<f64>() - 1.0).abs() < 1e-12);
         assert_eq!(p.sample.len(), 200);
+    }
+
+    #[test]
+    fn the_background_is_a_bounded_sample_of_whole_rows_without_nan_and_is_checked() {
+        let names = vec!["a".to_owned(), "b".to_owned()];
+        let mut rows: Vec<Vec<f64>> = (0..1000).map(|i| vec![f64::from(i), f64::from(i) * 2.0]).collect();
+        rows[3][1] = f64::NAN;
+        let mut p = ReferenceProfile::from_rows(&names, &rows, None, 100);
+        assert_eq!(p.background.len(), BACKGROUND_ROWS);
+        assert!(p.background.iter().all(|r| r[1] == r[0] * 2.0 && r[0] != 3.0), "whole rows, the NaN row left out");
+        assert!(p.background.windows(2).all(|w| w[0][0] < w[1][0]), "in data order, no repeats");
+        assert!(p.background.last().unwrap()[0] > 500.0, "drawn from the whole data, not its start");
+        p.validate().unwrap();
+        p.background[7].pop();
+        assert!(p.validate().unwrap_err().contains("background[7] has 1 values, but the profile has 2 features"));
+        let small = ReferenceProfile::from_rows(&names, &rows[..10], None, 100);
+        assert_eq!(small.background.len(), 9);
     }
 
     #[test]

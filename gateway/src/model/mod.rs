@@ -47,6 +47,8 @@ pub struct ModelVersion {
     pub queue: BatchQueue,
     pub stats: Arc<ModelStats>,
     pub metrics: VersionMetrics,
+    /// The version's explainer, opened on its first explanation.
+    pub explainer: Arc<crate::explain::ExplainerSlot>,
 }
 
 impl ModelVersion {
@@ -122,6 +124,7 @@ pub fn load_version(
         queue,
         stats,
         metrics,
+        explainer: Arc::default(),
     })
 }
 

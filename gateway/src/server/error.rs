@@ -49,6 +49,9 @@ pub enum ApiError {
     /// A decision lost a race (the alias moved, the candidate was rolled back meanwhile).
     #[error("{0}")]
     Conflict(String),
+    /// Explanations are shed (budget full, serving busy): retry later.
+    #[error("{0}")]
+    ExplainBusy(String),
 }
 
 impl ApiError {
@@ -69,6 +72,7 @@ impl ApiError {
             ApiError::RequestTimeout { .. } => 504,
             ApiError::Infer(InferError::QueueFull { .. } | InferError::Closed { .. })
             | ApiError::NotReady(_)
+            | ApiError::ExplainBusy(_)
             | ApiError::BytesOverloaded { .. }
             | ApiError::Overloaded { .. } => 503,
             ApiError::Infer(InferError::Runtime(_)) => 500,
@@ -80,6 +84,7 @@ impl ApiError {
         match self {
             ApiError::Infer(InferError::QueueFull { .. } | InferError::Closed { .. })
             | ApiError::NotReady(_)
+            | ApiError::ExplainBusy(_)
             | ApiError::BytesOverloaded { .. }
             | ApiError::Overloaded { .. } => Some(Duration::from_secs(1)),
             _ => None,
@@ -107,6 +112,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Conflict(_) => "conflict",
+            ApiError::ExplainBusy(_) => "explain_unavailable",
         }
     }
 

@@ -66,7 +66,7 @@ fn encode(chosen: pipeline::Chosen<'_>) -> Result<HttpResponse, ApiError> {
         .map_err(|e| InferError::Runtime(format!("building the response: {e}")))?)
 }
 
-fn header_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+pub(super) fn header_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
     if let Some(encoding) = headers.get(CONTENT_ENCODING)
         && encoding.as_bytes() != b"identity"
     {

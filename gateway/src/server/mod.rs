@@ -7,6 +7,7 @@ pub mod auth;
 pub mod body;
 pub mod conn;
 pub mod error;
+pub mod explain;
 pub mod feedback;
 pub mod infer;
 pub mod limits;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub limits: ServerLimits,
     /// Body bytes held at once (`server.max_in_flight_bytes`).
     pub body_bytes: Arc<body::ByteBudget>,
+    /// Explanations computed at once (`explain.max_concurrent`, read at start).
+    pub explain_budget: Arc<crate::model::table::Budget>,
 }
 
 /// Where the server is in its life; connections watch it.

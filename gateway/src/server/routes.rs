@@ -28,6 +28,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: std::net
         (Method::POST, ["v2", "models", model, "versions", v, "infer"]) => {
             return infer(&state, req, model, Some(v)).await;
         }
+        (Method::POST, ["v2", "models", model, "explain"]) => {
+            return super::explain::explain(&state, req, model, None).await;
+        }
+        (Method::POST, ["v2", "models", model, "versions", v, "explain"]) => {
+            return super::explain::explain(&state, req, model, Some(v)).await;
+        }
         (_, ["admin", rest @ ..]) => super::admin::handle(&state, req, peer, rest).await,
         (Method::POST, ["v2", "models", model, "feedback"]) => {
             super::feedback::feedback(&state, req, model, peer).await
@@ -37,7 +43,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: std::net
         (Method::GET, ["v2", "health", "ready"]) => server_ready(&state),
         (Method::GET, ["v2", "models", "stats"]) => Ok(all_stats(&state)),
         (Method::POST, ["v2", "repository", "index"]) => Ok(repository_index(&state)),
-        (_, ["v2", "models", .., "infer"]) => Err(wrong_method_or_path(&method, &path, &segments)),
+        (_, ["v2", "models", .., "infer" | "explain"]) => Err(wrong_method_or_path(&method, &path, &segments)),
         (Method::GET, ["v2", "models", model, rest @ ..]) => model_get(&state, model, rest),
         (_, ["metrics"]) if method == Method::GET => return metrics(&state),
         (_, ["v2", ..]) | (_, ["metrics"]) => Err(wrong_method_or_path(&method, &path, &segments)),
@@ -51,7 +57,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: std::net
 
 fn wrong_method_or_path(method: &Method, path: &str, segments: &[&str]) -> ApiError {
     let allowed = match segments.last() {
-        Some(&"infer") | Some(&"feedback") => Some("POST"),
+        Some(&"infer") | Some(&"explain") | Some(&"feedback") => Some("POST"),
         Some(&"index") => Some("POST"),
         _ if segments.len() >= 2 => Some("GET"),
         _ => None,

@@ -75,6 +75,15 @@ enum Cmd {
         #[arg(long)]
         no_verify: bool,
     },
+    /// Write a version's reference profile (drift detection) and explanation background from
+    /// a CSV of its training rows: a header of feature names (the gateway's sample columns,
+    /// `in_<input>_<i>`), then one row of numbers per line.
+    Profile {
+        model: String,
+        version: String,
+        #[arg(long)]
+        rows: PathBuf,
+    },
     /// Check a version's signature against trusted public keys (exit status 1 if it fails).
     Verify {
         model: String,
@@ -83,6 +92,43 @@ enum Cmd {
         #[arg(long = "trusted-key", required = true)]
         trusted_keys: Vec<PathBuf>,
     },
+}
+
+/// A profile of the rows in a CSV file (header of names, then numbers); errors name the line.
+fn profile_from_csv(path: &std::path::Path) -> anyhow::Result<flywheel_registry::ReferenceProfile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let (_, header) = lines.next().ok_or_else(|| anyhow::anyhow!("{}: empty (no header line)", path.display()))?;
+    let names: Vec<String> = header.split(',').map(|n| n.trim().to_owned()).collect();
+    let mut rows = Vec::new();
+    for (n, line) in lines {
+        let row = line
+            .split(',')
+            .enumerate()
+            .map(|(c, v)| {
+                v.trim().parse::<f64>().map_err(|_| {
+                    anyhow::anyhow!(
+                        "{} line {}: column {} ({}) is not a number: {v:?}",
+                        path.display(),
+                        n + 1,
+                        c + 1,
+                        names.get(c).map_or("?", |s| s.as_str())
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<f64>>>()?;
+        anyhow::ensure!(
+            row.len() == names.len(),
+            "{} line {}: {} values, but the header names {} columns",
+            path.display(),
+            n + 1,
+            row.len(),
+            names.len()
+        );
+        rows.push(row);
+    }
+    anyhow::ensure!(!rows.is_empty(), "{}: no rows after the header", path.display());
+    Ok(flywheel_registry::ReferenceProfile::from_rows(&names, &rows, None, 2000))
 }
 
 /// The `--signing-key`, read when a command needs it.
@@ -142,6 +188,17 @@ fn main() -> anyhow::Result<()> {
     let mut registry = Registry::open(cli.root.strip_prefix("file://").unwrap_or(&cli.root));
     match cli.command {
         Cmd::Keygen { .. } | Cmd::Lineage { .. } => {}
+        Cmd::Profile { model, version, rows } => {
+            let version = registry.resolve(&model, &version)?;
+            let profile = profile_from_csv(&rows)?;
+            registry.write_profile(&model, version, &profile)?;
+            println!(
+                "{model} version {version}: profile of {} rows, {} features, {} background rows",
+                profile.rows,
+                profile.features.len(),
+                profile.background.len()
+            );
+        }
         Cmd::Sign { model, version } => {
             let signer = required_signer(cli.signing_key.as_ref())?;
             let version = registry.resolve(&model, &version)?;
@@ -222,6 +279,11 @@ fn main() -> anyhow::Result<()> {
 fn remote_main(remote: &Remote, command: Cmd, signing_key: Option<&PathBuf>) -> anyhow::Result<()> {
     match command {
         Cmd::Keygen { .. } | Cmd::Lineage { .. } => {}
+        Cmd::Profile { model, version, rows } => {
+            let version = remote.resolve(&model, &version)?;
+            remote.write_profile(&model, version, serde_json::to_vec(&profile_from_csv(&rows)?)?)?;
+            println!("{model} version {version}: profile written");
+        }
         Cmd::Sign { model, version } => {
             let signer = required_signer(signing_key)?;
             let version = remote.resolve(&model, &version)?;

@@ -1,0 +1,227 @@
+//! Explanations: per-feature Shapley attributions of a served version's score (the output and
+//! column its [`ScoreSpec`] names) for rows of its one tabular input, against a background
+//! sample of the version's training data (`background` in its `profile.json`).
+//!
+//! Each version gets its own explainer on first use: a second ONNX Runtime session on the same
+//! verified bytes, with one intra-op thread, so explanation batches never queue behind or in
+//! front of serving batches. Explanation work is bounded ([`ExplainSettings::max_concurrent`])
+//! and shed first: a full budget, or a version whose serving queue is not empty, refuses it.
+
+pub mod shapley;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use ort::environment::Environment;
+use ort::session::Session;
+use serde::Deserialize;
+
+use crate::batch::ort_values::{from_ort, to_ort};
+use crate::model::ModelVersion;
+use crate::model::score::ScoreSpec;
+use crate::model::signature::Signature;
+use crate::protocol::{DataType, Tensor, TensorData};
+pub use shapley::{Attribution, ShapleySettings, top};
+
+/// `[explain]`: how explanations are computed and bounded.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExplainSettings {
+    /// Explanations computed at once, server-wide; beyond it `/explain` answers 503.
+    pub max_concurrent: usize,
+    /// Rows one `/explain` request may ask for.
+    pub max_rows: usize,
+    /// Largest feature count explained exactly (every coalition: `2^F x background` rows).
+    pub exact_max_features: usize,
+    /// Orderings sampled above that (antithetic pairs).
+    pub permutations: usize,
+    /// Background rows used (the first of the profile's); fewer is faster and coarser.
+    pub background_rows: usize,
+    /// Reason codes per row (the largest attributions by magnitude).
+    pub top: usize,
+}
+
+impl Default for ExplainSettings {
+    fn default() -> Self {
+        Self { max_concurrent: 1, max_rows: 16, exact_max_features: 12, permutations: 64, background_rows: 100, top: 5 }
+    }
+}
+
+impl ExplainSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        let checks = [
+            ("max_concurrent", self.max_concurrent, 1, 64),
+            ("max_rows", self.max_rows, 1, 4096),
+            ("exact_max_features", self.exact_max_features, 0, 16),
+            ("permutations", self.permutations, 2, 100_000),
+            ("background_rows", self.background_rows, 1, 10_000),
+            ("top", self.top, 0, 1000),
+        ];
+        for (key, value, lo, hi) in checks {
+            if !(lo..=hi).contains(&value) {
+                return Err(format!("explain.{key} must be in {lo}..={hi}, given {value}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn shapley(&self) -> ShapleySettings {
+        ShapleySettings {
+            exact_max_features: self.exact_max_features,
+            permutations: self.permutations,
+            ..ShapleySettings::default()
+        }
+    }
+}
+
+/// What an explainer is built from, taken from the version when a request chose it.
+#[derive(Clone)]
+pub struct ExplainTarget {
+    pub model: String,
+    pub version: u64,
+    pub path: PathBuf,
+    pub sha256: String,
+    pub signature: Signature,
+    pub score: ScoreSpec,
+    pub slot: Arc<ExplainerSlot>,
+}
+
+impl ExplainTarget {
+    pub fn of(mv: &ModelVersion) -> Self {
+        Self {
+            model: mv.model.clone(),
+            version: mv.version,
+            path: mv.path.clone(),
+            sha256: mv.sha256.clone(),
+            signature: mv.signature.clone(),
+            score: mv.score.clone(),
+            slot: Arc::clone(&mv.explainer),
+        }
+    }
+
+    /// The one input explained: `(name, datatype, features)`, or why this model cannot be.
+    pub fn tabular_input(&self) -> Result<(String, DataType, usize), String> {
+        let inputs = &self.signature.inputs;
+        let [input] = inputs.as_slice() else {
+            return Err(format!("explanations need a model with one input; this one has {}", inputs.len()));
+        };
+        let features = match input.shape.as_slice() {
+            [batch, f] if *batch < 0 && *f > 0 => *f as usize,
+            shape => {
+                return Err(format!(
+                    "explanations need input '{}' shaped [batch, features] with a fixed feature count, given {shape:?}",
+                    input.name
+                ));
+            }
+        };
+        if !matches!(input.datatype, DataType::Fp32 | DataType::Fp64) {
+            return Err(format!("explanations need an FP32 or FP64 input; '{}' is {}", input.name, input.datatype));
+        }
+        Ok((input.name.clone(), input.datatype, features))
+    }
+}
+
+/// A version's explainer, made on first use and dropped with the version.
+#[derive(Default)]
+pub struct ExplainerSlot(Mutex<Option<Arc<Explainer>>>);
+
+impl ExplainerSlot {
+    /// The explainer, opening it (reading and checking the model file again, reading the
+    /// background with `background`) the first time. A failure is not kept: the next request
+    /// tries again (a profile may be written later).
+    pub fn get_or_open(
+        &self,
+        env: &Environment,
+        target: &ExplainTarget,
+        background: impl FnOnce() -> Result<Vec<Vec<f64>>, String>,
+    ) -> Result<Arc<Explainer>, String> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(explainer) = slot.as_ref() {
+            return Ok(Arc::clone(explainer));
+        }
+        let explainer = Arc::new(Explainer::open(env, target, background()?)?);
+        *slot = Some(Arc::clone(&explainer));
+        Ok(explainer)
+    }
+}
+
+/// A session of one version and the background it explains against.
+pub struct Explainer {
+    session: Mutex<Session>,
+    input: (String, DataType, usize),
+    outputs: Vec<crate::model::signature::TensorSpec>,
+    score: ScoreSpec,
+    pub background: Vec<Vec<f64>>,
+}
+
+impl Explainer {
+    fn open(env: &Environment, target: &ExplainTarget, background: Vec<Vec<f64>>) -> Result<Self, String> {
+        let input = target.tabular_input()?;
+        if background.is_empty() {
+            return Err(format!(
+                "{} version {} has no background sample (profile.json `background`): the trainer writes one; \
+                 for another model, `registry profile {} {} --rows training.csv`",
+                target.model, target.version, target.model, target.version
+            ));
+        }
+        if let Some((i, row)) = background.iter().enumerate().find(|(_, r)| r.len() != input.2) {
+            return Err(format!(
+                "background row {i} has {} values; input '{}' has {} features",
+                row.len(),
+                input.0,
+                input.2
+            ));
+        }
+        let bytes = std::fs::read(&target.path).map_err(|e| format!("{}: {e}", target.path.display()))?;
+        if flywheel_registry::sha256_hex(&bytes) != target.sha256 {
+            return Err(format!("{} changed since it was loaded; not explained", target.path.display()));
+        }
+        let session = crate::model::open_session(env, &bytes, 1)?;
+        Ok(Self {
+            session: Mutex::new(session),
+            input,
+            outputs: target.signature.outputs.clone(),
+            score: target.score.clone(),
+            background,
+        })
+    }
+
+    /// The input's name and feature count.
+    pub fn input(&self) -> (&str, usize) {
+        (&self.input.0, self.input.2)
+    }
+
+    /// Scores `n` rows given row-major.
+    fn scores(&self, rows: &[f64], n: usize) -> Result<Vec<f64>, String> {
+        let (name, datatype, features) = &self.input;
+        let data = match datatype {
+            DataType::Fp64 => TensorData::Fp64(rows.to_vec()),
+            _ => TensorData::Fp32(rows.iter().map(|v| *v as f32).collect()),
+        };
+        let value = to_ort(Tensor { name: name.clone(), shape: vec![n as i64, *features as i64], data })?;
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let inputs: Vec<(String, ort::session::SessionInputValue<'static>)> = vec![(name.clone(), value.into())];
+        let outputs = session.run(inputs).map_err(|e| e.to_string())?;
+        let tensors = self
+            .outputs
+            .iter()
+            .map(|spec| {
+                let value =
+                    outputs.get(&spec.name).ok_or_else(|| format!("the model produced no output '{}'", spec.name))?;
+                from_ort(&spec.name, value, spec.datatype)
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        self.score.scores(&tensors).ok_or_else(|| format!("output '{}' gave no score", self.score.output))
+    }
+
+    /// Attributions of each row (row-major `rows`, `F` values each).
+    pub fn explain(&self, rows: &[Vec<f64>], settings: &ShapleySettings) -> Result<Vec<Attribution>, String> {
+        let mut model = |batch: &[f64], n: usize| self.scores(batch, n);
+        rows.iter().map(|x| shapley::explain(x, &self.background, settings, &mut model)).collect()
+    }
+
+    /// The score explained: output name and column.
+    pub fn explained(&self) -> (&str, usize) {
+        (&self.score.output, self.score.column)
+    }
+}
