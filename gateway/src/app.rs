@@ -150,6 +150,12 @@ impl Gateway {
         let replica = self_replica(&reloader);
         let tap = start_tap(&config, reloader.fleet.as_ref().map(|_| replica.clone()), &replica);
         let sample_upload = start_upload(&config, tap.is_some(), replica);
+        let explain_budget = crate::model::table::Budget::new(config.explain.max_concurrent);
+        let auto_explain = config.sample_dir().and_then(|dir| {
+            crate::explain::auto::AutoExplain::start(Arc::clone(&reloader), Arc::clone(&explain_budget), dir)
+                .map_err(|e| tracing::error!(error = %e, "automatic explanations not started"))
+                .ok()
+        });
         let state = Arc::new(AppState {
             table,
             max_body_bytes: config.max_body_bytes,
@@ -161,7 +167,8 @@ impl Gateway {
             reloader: Some(Arc::clone(&reloader)),
             tap,
             admission: (config.max_in_flight > 0).then(|| crate::model::table::Budget::new(config.max_in_flight)),
-            explain_budget: crate::model::table::Budget::new(config.explain.max_concurrent),
+            explain_budget,
+            auto_explain,
         });
         let grace = Duration::from_millis(config.shutdown_grace_ms);
         let grpc = grpc_listener.map(|l| (l, crate::grpc::Grpc::new(Arc::clone(&state), config.grpc_message_limit())));

@@ -285,6 +285,8 @@ pub struct ModelOverrides {
     pub version_policy: Option<VersionPolicy>,
     /// Which output value is the score, its threshold, classifier or regressor.
     pub score: Option<crate::model::score::ScoreConfig>,
+    /// Answered rows explained automatically, off the hot path, into `explanations/`.
+    pub explain: Option<crate::explain::auto::ExplainPolicy>,
 }
 
 /// Triton's version policy, for models without a rollout: `{ latest = N }` loads the N highest
@@ -600,6 +602,9 @@ impl Config {
         for (name, m) in &self.models {
             if let Some(score) = &m.score {
                 score.validate(&format!("models.{name}.score"))?;
+            }
+            if let Some(policy) = &m.explain {
+                policy.validate(&format!("models.{name}.explain"))?;
             }
             if let Some(rate) = m.sample_rate.filter(|r| !(0.0..=1.0).contains(r)) {
                 return Err(format!("models.{name}.sample_rate must be in 0..=1, given {rate}"));

@@ -87,6 +87,9 @@ pub const REQUESTS_CUT: &str = "flywheel_requests_cut_total";
 
 /// Rows explained (`/explain`), by model.
 pub const EXPLAINED_ROWS: &str = "flywheel_explained_rows_total";
+/// Rows an explanation policy picked but did not explain, by model and reason (queue_full,
+/// budget, serving_busy, failed, write_failed): explanations are shed first.
+pub const EXPLANATIONS_DROPPED: &str = "flywheel_explanations_dropped_total";
 /// Time one explanation request took to compute, by model.
 pub const EXPLAIN_SECONDS: &str = "flywheel_explain_seconds";
 
@@ -174,7 +177,8 @@ fn describe() {
     describe_gauge!(CONTROLLER_LEADER, "1 while this replica holds the model's controller lease");
     describe_counter!(CONNECTIONS_CLOSED, "Connections closed by the server on a deadline, by reason");
     describe_counter!(REQUESTS_CUT, "Requests cut off on a deadline or the body-bytes budget, by reason");
-    describe_counter!(EXPLAINED_ROWS, "Rows explained (/explain), by model");
+    describe_counter!(EXPLAINED_ROWS, "Rows explained (/explain and the automatic policy), by model");
+    describe_counter!(EXPLANATIONS_DROPPED, "Rows an explanation policy picked but shed, by model and reason");
     describe_histogram!(EXPLAIN_SECONDS, "Time one /explain request spent computing attributions, by model");
 }
 

@@ -236,7 +236,11 @@ pub fn assemble(spec: &AssembleSpec) -> Result<Dataset, DatasetError> {
                 reason: format!("no {what} column"),
             };
             let (ids, rows, times) = keys(&batch).ok_or_else(|| bad("request_id, row or time"))?;
-            let arms = batch.column_by_name(samples::ARM).ok_or_else(|| bad("arm"))?.as_string::<i32>().clone();
+            let arms = batch
+                .column_by_name(samples::ARM)
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| bad("arm (Utf8)"))?
+                .clone();
             let columns: Vec<Vec<f64>> =
                 names.iter().map(|n| floats(&batch, n).ok_or_else(|| bad(n))).collect::<Result<_, _>>()?;
             for i in 0..batch.num_rows() {

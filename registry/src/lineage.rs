@@ -23,6 +23,9 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::dataset::{AssembleSpec, assemble, parquet_files};
+
+/// Folder of the gateway's explanation files under the sample folder.
+pub const EXPLANATIONS: &str = "explanations";
 use crate::manifest::Manifest;
 use crate::samples;
 use crate::signing::{SIGNATURE_FILE, SignatureFile};
@@ -49,7 +52,8 @@ pub struct Lineage {
     pub version: u64,
     /// Every sample row of the request: each row of a batch request, and shadow answers.
     pub rows: Vec<SampleRow>,
-    /// Explanations recorded for the request (none are recorded yet by this gateway).
+    /// Explanations recorded for the request (the gateway's automatic policy), one per row
+    /// explained: every column of `explanations/` as written.
     pub explanations: Vec<Value>,
     /// The answering version first, then its parent, back to the first version.
     pub versions: Vec<VersionLineage>,
@@ -117,12 +121,27 @@ pub fn lineage(
     model: Option<&str>,
 ) -> Result<Lineage, LineageError> {
     let rows = find_rows(&sources.sample_dir, request_id, model)?;
-    let (model, version) = rows
-        .iter()
-        .find(|r| r.0.arm != "shadow")
-        .or(rows.first())
-        .map(|(r, m)| (m.clone(), r.version))
-        .ok_or_else(|| LineageError::NotSampled(request_id.to_owned(), sources.sample_dir.display().to_string()))?;
+    let answered = rows.iter().find(|r| r.0.arm != "shadow").or(rows.first()).map(|(r, m)| (m.clone(), r.version));
+    let explained_dir = sources.sample_dir.join(EXPLANATIONS);
+    let (model, version, explanations) = match answered {
+        Some((model, version)) => {
+            let found = find_records(&explained_dir.join(format!("model={model}")), request_id)?;
+            (model, version, found)
+        }
+        // Not sampled but explained: the policy explains flagged rows whether or not sampled.
+        None => {
+            let mut found = Vec::new();
+            for dir in model_dirs(&explained_dir, model) {
+                found.extend(find_records(&dir, request_id)?);
+            }
+            let first = found.first().ok_or_else(|| {
+                LineageError::NotSampled(request_id.to_owned(), sources.sample_dir.display().to_string())
+            })?;
+            let model = first["model"].as_str().unwrap_or_default().to_owned();
+            let version = first["version"].as_u64().unwrap_or(0);
+            (model, version, found)
+        }
+    };
     let audit = read_audit(&sources.audit_logs, &model);
     let mut versions = Vec::new();
     let mut seen = BTreeSet::new();
@@ -153,7 +172,7 @@ pub fn lineage(
         model,
         version,
         rows: rows.into_iter().map(|(r, _)| r).collect(),
-        explanations: Vec::new(),
+        explanations,
         versions,
     })
 }
@@ -202,6 +221,20 @@ fn check_data(sample_dir: &Path, model: &str, manifest: &Manifest) -> Option<Dat
     Some(check)
 }
 
+/// The `model=<m>` folders under `root` (only `model`'s when given).
+fn model_dirs(root: &Path, model: Option<&str>) -> Vec<PathBuf> {
+    match model {
+        Some(m) => vec![root.join(format!("model={m}"))],
+        None => std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("model=")))
+            .map(|e| e.path())
+            .collect(),
+    }
+}
+
 /// The sample rows of `request_id`, with their model: each file's `request_id` column is read
 /// first, and the whole file only when it holds the id.
 fn find_rows(
@@ -209,19 +242,11 @@ fn find_rows(
     request_id: &str,
     model: Option<&str>,
 ) -> Result<Vec<(SampleRow, String)>, LineageError> {
-    let root = sample_dir.join(samples::SAMPLES);
-    let models: Vec<String> = match model {
-        Some(m) => vec![m.to_owned()],
-        None => std::fs::read_dir(&root)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_prefix("model=").map(str::to_owned))
-            .collect(),
-    };
     let mut found = Vec::new();
-    for model in models {
-        for path in parquet_files(&root.join(format!("model={model}")), None) {
+    for dir in model_dirs(&sample_dir.join(samples::SAMPLES), model) {
+        let name = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("model="));
+        let model = name.unwrap_or_default().to_owned();
+        for path in parquet_files(&dir, None) {
             if !holds_id(&path, request_id)? {
                 continue;
             }
@@ -231,6 +256,33 @@ fn find_rows(
         }
     }
     found.sort_by_key(|(r, _)| (r.arm == "shadow", r.row));
+    Ok(found)
+}
+
+/// Every row of the Parquet files under `dir` whose `request_id` is `request_id`, as JSON
+/// objects of all their columns.
+fn find_records(dir: &Path, request_id: &str) -> Result<Vec<Value>, LineageError> {
+    let mut found = Vec::new();
+    for path in parquet_files(dir, None) {
+        if !holds_id(&path, request_id)? {
+            continue;
+        }
+        for batch in read(&path, None)? {
+            let Some(ids) = batch.column_by_name(samples::REQUEST_ID).and_then(|c| c.as_string_opt::<i32>()) else {
+                continue;
+            };
+            for i in (0..batch.num_rows()).filter(|&i| ids.value(i) == request_id) {
+                let record: Map<String, Value> = batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .zip(batch.columns())
+                    .map(|(f, c)| (f.name().clone(), value(c, i)))
+                    .collect();
+                found.push(Value::Object(record));
+            }
+        }
+    }
     Ok(found)
 }
 
@@ -361,6 +413,13 @@ pub fn report(l: &Lineage) -> String {
     if l.explanations.is_empty() {
         out.push_str("  explanation: none recorded\n");
     }
+    for e in &l.explanations {
+        out.push_str(&format!(
+            "  explanation of row {} ({} of {} column {}): base {} -> prediction {}, top features {}, attributions {}\n",
+            e["row"], e["method"].as_str().unwrap_or("?"), e["output"].as_str().unwrap_or("?"), e["column"],
+            e["base_value"], e["prediction"], e["top_features"], e["attributions"]
+        ));
+    }
     for v in &l.versions {
         out.push_str(&format!("\nVersion {}\n", v.version));
         if let Some(why) = &v.missing {
@@ -370,7 +429,9 @@ pub fn report(l: &Lineage) -> String {
             out.push_str(&format!("  published {}, model SHA-256 {}\n", m.created_at, m.sha256));
             out.push_str(&format!(
                 "  signature: {}\n",
-                v.signed_by.as_deref().map_or_else(|| "none".to_owned(), |k| format!("by key {k}"))
+                v.signed_by
+                    .as_deref()
+                    .map_or_else(|| "none".to_owned(), |k| format!("by key {k} (check it: registry verify)"))
             ));
             if let Some(d) = &m.data {
                 out.push_str(&format!(

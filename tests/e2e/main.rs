@@ -8,6 +8,7 @@ mod credentials;
 mod durable_labels;
 mod endpoints;
 mod errors;
+mod explain;
 mod fleet;
 mod fleet_labels;
 mod fleet_lb;

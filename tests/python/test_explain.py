@@ -44,13 +44,14 @@ def registry_cli(repo, *args):
     subprocess.run([binary("registry"), "--root", str(repo), *args], check=True, capture_output=True)
 
 
-def publish(repo, tmp, name, onnx_bytes, background):
+def publish(repo, tmp, name, onnx_bytes, background, reversed_columns=False):
     path = tmp / f"{name}.onnx"
     path.write_bytes(onnx_bytes)
     registry_cli(repo, "publish", name, str(path))
     if background is not None:
         csv = tmp / f"{name}.csv"
-        header = ",".join(f"in_X_{j}" for j in range(background.shape[1]))
+        columns = [f"in_X_{j}" for j in range(background.shape[1])]
+        header = ",".join(reversed(columns) if reversed_columns else columns)
         np.savetxt(csv, background, delimiter=",", header=header, comments="", fmt="%.9g")
         registry_cli(repo, "profile", name, "1", "--rows", str(csv))
 
@@ -87,8 +88,9 @@ def served():
             publish(repo, tmp, name, onnx_bytes, background)
             models[name] = (onnx_bytes, background.astype(np.float32), x[-3:])
         publish(repo, tmp, "bare12", models["lr12"][0], None)
+        publish(repo, tmp, "reversed12", models["lr12"][0], models["lr12"][1].astype(np.float64), reversed_columns=True)
         config = tmp / "gateway.toml"
-        config.write_text("[explain]\nexact_max_features = 12\npermutations = 400\n")
+        config.write_text("[explain]\nexact_max_features = 12\npermutations = 400\nmax_evaluations = 1000000\n")
         process = subprocess.Popen(
             [binary("gateway"), "--config", str(config), "--model-repository", str(repo), "--listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE,
@@ -155,10 +157,15 @@ def test_above_the_exact_limit_the_sampled_estimate_is_within_its_stated_error(s
     assert answer["explained"]["max_standard_error"] < 0.01
 
 
-def test_a_version_without_background_and_too_many_rows_are_refused_with_the_reason(served):
+def test_refusals_name_the_reason(served):
+    """No background, a background in another column order, too many rows, too much work."""
     url, models = served
     status, answer = explain(url, "bare12", models["lr12"][2])
     assert status == 400
     assert "no background sample" in answer["error"] and "registry profile bare12 1" in answer["error"]
+    status, answer = explain(url, "reversed12", models["lr12"][2])
+    assert status == 400 and "at position 0 the profile has Some(\"in_X_11\")" in answer["error"], answer
     status, answer = explain(url, "lr12", np.zeros((17, 12), dtype=np.float32))
     assert status == 400 and "explain.max_rows" in answer["error"], answer
+    status, answer = explain(url, "lr16", np.zeros((16, 16), dtype=np.float32))
+    assert status == 400 and "over explain.max_evaluations (1000000)" in answer["error"], answer

@@ -5,8 +5,9 @@
 //! Each version gets its own explainer on first use: a second ONNX Runtime session on the same
 //! verified bytes, with one intra-op thread, so explanation batches never queue behind or in
 //! front of serving batches. Explanation work is bounded ([`ExplainSettings::max_concurrent`])
-//! and shed first: a full budget, or a version whose serving queue is not empty, refuses it.
+//! and shed first: a full budget, or a version with a serving backlog, refuses or stops it.
 
+pub mod auto;
 pub mod shapley;
 
 use std::path::PathBuf;
@@ -22,6 +23,9 @@ use crate::model::score::ScoreSpec;
 use crate::model::signature::Signature;
 use crate::protocol::{DataType, Tensor, TensorData};
 pub use shapley::{Attribution, ShapleySettings, top};
+
+/// The error an explanation stopped for serving ends with.
+pub const SHED: &str = "explanation shed: the version has a serving backlog";
 
 /// `[explain]`: how explanations are computed and bounded.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -39,11 +43,22 @@ pub struct ExplainSettings {
     pub background_rows: usize,
     /// Reason codes per row (the largest attributions by magnitude).
     pub top: usize,
+    /// Most model rows one request (or one automatic row) may cost; a request over it is
+    /// refused up front, naming the cost.
+    pub max_evaluations: u64,
 }
 
 impl Default for ExplainSettings {
     fn default() -> Self {
-        Self { max_concurrent: 1, max_rows: 16, exact_max_features: 12, permutations: 64, background_rows: 100, top: 5 }
+        Self {
+            max_concurrent: 1,
+            max_rows: 16,
+            exact_max_features: 12,
+            permutations: 64,
+            background_rows: 100,
+            top: 5,
+            max_evaluations: 20_000_000,
+        }
     }
 }
 
@@ -53,7 +68,7 @@ impl ExplainSettings {
             ("max_concurrent", self.max_concurrent, 1, 64),
             ("max_rows", self.max_rows, 1, 4096),
             ("exact_max_features", self.exact_max_features, 0, 16),
-            ("permutations", self.permutations, 2, 100_000),
+            ("permutations", self.permutations, 4, 100_000),
             ("background_rows", self.background_rows, 1, 10_000),
             ("top", self.top, 0, 1000),
         ];
@@ -61,6 +76,12 @@ impl ExplainSettings {
             if !(lo..=hi).contains(&value) {
                 return Err(format!("explain.{key} must be in {lo}..={hi}, given {value}"));
             }
+        }
+        if !(1000..=10_000_000_000).contains(&self.max_evaluations) {
+            return Err(format!(
+                "explain.max_evaluations must be in 1000..=10000000000, given {}",
+                self.max_evaluations
+            ));
         }
         Ok(())
     }
@@ -72,6 +93,23 @@ impl ExplainSettings {
             ..ShapleySettings::default()
         }
     }
+}
+
+/// The background of `target` from its profile: feature names and at most
+/// `settings.background_rows` rows.
+pub fn background(
+    reloader: &crate::rollout::Reloader,
+    target: &ExplainTarget,
+    settings: &ExplainSettings,
+) -> Result<(Vec<String>, Vec<Vec<f64>>), String> {
+    let registry = reloader.registry().ok_or("no registry to read the background from")?;
+    let Some(profile) = registry.profile(&target.model, target.version).map_err(|e| e.to_string())? else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let names = profile.features.iter().map(|f| f.name.clone()).collect();
+    let mut rows = profile.background;
+    rows.truncate(settings.background_rows);
+    Ok((names, rows))
 }
 
 /// What an explainer is built from, taken from the version when a request chose it.
@@ -127,13 +165,13 @@ pub struct ExplainerSlot(Mutex<Option<Arc<Explainer>>>);
 
 impl ExplainerSlot {
     /// The explainer, opening it (reading and checking the model file again, reading the
-    /// background with `background`) the first time. A failure is not kept: the next request
-    /// tries again (a profile may be written later).
+    /// background with `background`: feature names and rows) the first time. A failure is not
+    /// kept: the next request tries again (a profile may be written later).
     pub fn get_or_open(
         &self,
         env: &Environment,
         target: &ExplainTarget,
-        background: impl FnOnce() -> Result<Vec<Vec<f64>>, String>,
+        background: impl FnOnce() -> Result<(Vec<String>, Vec<Vec<f64>>), String>,
     ) -> Result<Arc<Explainer>, String> {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(explainer) = slot.as_ref() {
@@ -155,8 +193,30 @@ pub struct Explainer {
 }
 
 impl Explainer {
-    fn open(env: &Environment, target: &ExplainTarget, background: Vec<Vec<f64>>) -> Result<Self, String> {
+    fn open(
+        env: &Environment,
+        target: &ExplainTarget,
+        (names, background): (Vec<String>, Vec<Vec<f64>>),
+    ) -> Result<Self, String> {
         let input = target.tabular_input()?;
+        // The background's columns must be the input's, in its order (a profile written from a
+        // CSV keeps the CSV's order).
+        let expected: Vec<String> =
+            (0..input.2).map(|j| flywheel_registry::samples::input_column(&input.0, j)).collect();
+        if !background.is_empty() && names != expected {
+            let first =
+                names.iter().zip(&expected).position(|(a, b)| a != b).unwrap_or(names.len().min(expected.len()));
+            return Err(format!(
+                "{} version {}: the profile's features are {} columns, the input needs {} ({}); at position {first} the profile has {:?}, the input {:?}",
+                target.model,
+                target.version,
+                names.len(),
+                expected.len(),
+                expected.first().map_or("", String::as_str),
+                names.get(first),
+                expected.get(first)
+            ));
+        }
         if background.is_empty() {
             return Err(format!(
                 "{} version {} has no background sample (profile.json `background`): the trainer writes one; \
@@ -214,10 +274,26 @@ impl Explainer {
         self.score.scores(&tensors).ok_or_else(|| format!("output '{}' gave no score", self.score.output))
     }
 
-    /// Attributions of each row (row-major `rows`, `F` values each).
-    pub fn explain(&self, rows: &[Vec<f64>], settings: &ShapleySettings) -> Result<Vec<Attribution>, String> {
-        let mut model = |batch: &[f64], n: usize| self.scores(batch, n);
+    /// Attributions of each row (row-major `rows`, `F` values each). `busy` is asked before
+    /// each model call: when it says serving needs the cores, the explanation stops (shed).
+    pub fn explain(
+        &self,
+        rows: &[Vec<f64>],
+        settings: &ShapleySettings,
+        busy: &dyn Fn() -> bool,
+    ) -> Result<Vec<Attribution>, String> {
+        let mut model = |batch: &[f64], n: usize| {
+            if busy() {
+                return Err(SHED.to_owned());
+            }
+            self.scores(batch, n)
+        };
         rows.iter().map(|x| shapley::explain(x, &self.background, settings, &mut model)).collect()
+    }
+
+    /// Model rows explaining `rows` rows costs.
+    pub fn cost(&self, rows: usize, settings: &ShapleySettings) -> u64 {
+        shapley::cost(self.input.2, self.background.len(), settings).saturating_mul(rows as u64)
     }
 
     /// The score explained: output name and column.

@@ -21,14 +21,14 @@ pub struct ShapleySettings {
     pub exact_max_features: usize,
     /// Orderings sampled above that (rounded up to an even number: antithetic pairs).
     pub permutations: usize,
-    /// Most rows sent to the model at once.
-    pub chunk_rows: usize,
+    /// Most input values (rows x features) sent to the model at once.
+    pub chunk_values: usize,
     pub seed: u64,
 }
 
 impl Default for ShapleySettings {
     fn default() -> Self {
-        Self { exact_max_features: 12, permutations: 64, chunk_rows: 16_384, seed: 0x5eed }
+        Self { exact_max_features: 12, permutations: 64, chunk_values: 1 << 20, seed: 0x5eed }
     }
 }
 
@@ -66,11 +66,27 @@ pub fn explain(
     if let Some((i, row)) = background.iter().enumerate().find(|(_, r)| r.len() != features) {
         return Err(format!("background row {i} has {} values, the input has {features}", row.len()));
     }
-    let mut values = CoalitionValues { x, background, model, chunk_rows: settings.chunk_rows.max(1), evaluations: 0 };
-    if features <= settings.exact_max_features.min(20) {
+    let chunk_rows = (settings.chunk_values / features).max(background.len());
+    let mut values = CoalitionValues { x, background, model, chunk_rows, evaluations: 0 };
+    if exact_applies(features, settings) {
         exact(&mut values)
     } else {
         sampled(&mut values, settings.permutations.max(2).div_ceil(2), settings.seed)
+    }
+}
+
+fn exact_applies(features: usize, settings: &ShapleySettings) -> bool {
+    features <= settings.exact_max_features.min(20)
+}
+
+/// Model rows one explained row costs with `features` and `background` rows.
+pub fn cost(features: usize, background: usize, settings: &ShapleySettings) -> u64 {
+    let (f, b) = (features as u64, background as u64);
+    if exact_applies(features, settings) {
+        (1u64 << f) * b
+    } else {
+        let orderings = settings.permutations.max(2).div_ceil(2) as u64 * 2;
+        2 * b + orderings * f.saturating_sub(1) * b
     }
 }
 

@@ -52,6 +52,12 @@ pub struct ModelVersion {
 }
 
 impl ModelVersion {
+    /// Whether serving this version is backed up: at least a full batch waiting. Explanations
+    /// give way to it (a request waiting out its batch window is not a backlog).
+    pub fn backlogged(&self) -> bool {
+        self.queue.depth() >= self.effective_max_batch_size().max(1)
+    }
+
     /// The `max_batch_size` this version really batches to (0 when it cannot batch).
     pub fn effective_max_batch_size(&self) -> usize {
         if self.signature.batchable { self.settings.max_batch_size } else { 0 }

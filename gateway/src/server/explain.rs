@@ -10,7 +10,7 @@
 //! ```
 //! The prediction is served (routed, sampled, counted) as any inference; the explanation runs
 //! after it on the blocking pool under the explanation budget, and is refused (503) when the
-//! budget is full or the version's serving queue is not empty: explanations are shed first.
+//! budget is full or the version has a serving backlog (a full batch waiting): explanations are shed first.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -42,19 +42,20 @@ pub async fn explain(
         return done(error_response(&ApiError::NotReady("no reloader".into())), &AnswerMeta::default());
     };
     let settings = reloader.config.load().explain.clone();
-    // The budget before any work: a refused explanation costs nothing.
-    let Some(_slot) = state.explain_budget.try_acquire() else {
-        let busy = ApiError::ExplainBusy(format!(
-            "the explanation budget is full ({} at once, explain.max_concurrent); retry later",
-            settings.max_concurrent
-        ));
-        return done(error_response(&busy), &AnswerMeta::default());
-    };
     let (parts, body) = req.into_parts();
     let limits = BodyLimits { max_bytes: state.max_body_bytes, timeout: state.limits.body_timeout() };
     let (body, _bytes_held) = match body::read(&parts.headers, body, limits, &state.body_bytes).await {
         Ok(read) => read,
         Err(e) => return done(error_response(&e), &AnswerMeta::default()),
+    };
+    // The budget once the body is in (a slow upload holds none) and before any work. The slot
+    // moves into the computation: it is held until the work ends, even if the client leaves.
+    let Some(slot) = state.explain_budget.try_acquire() else {
+        let busy = ApiError::ExplainBusy(format!(
+            "the explanation budget is full ({} at once, explain.max_concurrent, shared with automatic explanations); retry later",
+            settings.max_concurrent
+        ));
+        return done(error_response(&busy), &AnswerMeta::default());
     };
     let headers = &parts.headers;
     let first_input: Arc<Mutex<Option<Tensor>>> = Arc::default();
@@ -67,31 +68,37 @@ pub async fn explain(
         *kept.lock().unwrap_or_else(|p| p.into_inner()) = inputs.first().cloned();
         Ok(Decoded { id, inputs, outputs, binary_default: false })
     };
-    let encode = |chosen: pipeline::Chosen<'_>| -> Result<(Vec<u8>, ExplainTarget, usize), ApiError> {
+    let encode = |chosen: pipeline::Chosen<'_>| -> Result<(Vec<u8>, ExplainTarget, bool), ApiError> {
         let version = chosen.mv.version.to_string();
         let header = ResponseHeader { model_name: &chosen.mv.model, model_version: &version, id: chosen.id };
         let encoded = encode_response(&header, &chosen.outputs);
-        Ok((encoded.body, ExplainTarget::of(chosen.mv), chosen.mv.queue.depth()))
+        Ok((encoded.body, ExplainTarget::of(chosen.mv), chosen.mv.backlogged()))
     };
     let deadline = parts.extensions.get::<super::Deadline>().map(|d| pipeline::Deadline { at: d.0, client_ms: None });
     let lookup = |name: &str| headers.get(name).map(|v| v.as_bytes().to_vec());
     let Answer { result, meta } =
         pipeline::answer(state, (model, version), lookup, &ids, started, deadline, decode, encode).await;
-    let (answer, target, queued) = match result {
+    let (answer, target, backlogged) = match result {
         Ok(ok) => ok,
         Err(e) => return done(error_response(&e), &meta),
     };
-    if queued > 0 {
+    if backlogged {
         let busy = ApiError::ExplainBusy(format!(
-            "version {} is serving a queue ({queued} waiting); explanations are shed first, retry later",
+            "version {} has a serving backlog (a full batch waiting); explanations are shed first, retry later",
             target.version
         ));
         return done(error_response(&busy), &meta);
     }
     let input = first_input.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let explained = tokio::task::spawn_blocking(move || compute(&reloader, &target, input, &settings))
-        .await
-        .unwrap_or_else(|e| Err(ApiError::BadRequest(format!("explanation failed: {e}"))));
+    // The serving version, to stop explaining the moment it has a queue.
+    let serving = state.table.load().models.get(&target.model).and_then(|m| m.versions.get(&target.version)).cloned();
+    let explained = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let busy = || serving.as_ref().is_some_and(|mv| mv.backlogged());
+        compute(&reloader, &target, input, &settings, &busy)
+    })
+    .await
+    .unwrap_or_else(|e| Err(ApiError::Infer(crate::batch::InferError::Runtime(format!("explanation failed: {e}")))));
     let response = explained.and_then(|(explained, explanations)| {
         let mut body: Value = serde_json::from_slice(&answer)
             .map_err(|e| ApiError::BadRequest(format!("the inference answer is not JSON: {e}")))?;
@@ -114,6 +121,7 @@ fn compute(
     target: &ExplainTarget,
     input: Option<Tensor>,
     settings: &crate::explain::ExplainSettings,
+    busy: &dyn Fn() -> bool,
 ) -> Result<(Value, Value), ApiError> {
     let (name, _, features) = target.tabular_input().map_err(ApiError::BadRequest)?;
     let input = input.ok_or_else(|| ApiError::BadRequest("the request has no input to explain".into()))?;
@@ -128,16 +136,24 @@ fn compute(
             settings.max_rows
         )));
     }
-    let background = || -> Result<Vec<Vec<f64>>, String> {
-        let registry = reloader.registry().ok_or("no registry to read the background from")?;
-        let profile = registry.profile(&target.model, target.version).map_err(|e| e.to_string())?;
-        let mut rows = profile.map(|p| p.background).unwrap_or_default();
-        rows.truncate(settings.background_rows);
-        Ok(rows)
-    };
-    let explainer = target.slot.get_or_open(&reloader.env, target, background).map_err(ApiError::BadRequest)?;
+    let explainer = target
+        .slot
+        .get_or_open(&reloader.env, target, || crate::explain::background(reloader, target, settings))
+        .map_err(ApiError::BadRequest)?;
+    let cost = explainer.cost(rows.len(), &settings.shapley());
+    if cost > settings.max_evaluations {
+        return Err(ApiError::BadRequest(format!(
+            "explaining {} rows of {features} features against {} background rows costs {cost} model rows, over explain.max_evaluations ({})",
+            rows.len(),
+            explainer.background.len(),
+            settings.max_evaluations
+        )));
+    }
     let started = Instant::now();
-    let attributions = explainer.explain(&rows, &settings.shapley()).map_err(ApiError::BadRequest)?;
+    let attributions = explainer.explain(&rows, &settings.shapley(), busy).map_err(|e| match e.as_str() {
+        crate::explain::SHED => ApiError::ExplainBusy(format!("{e}; retry later")),
+        _ => ApiError::BadRequest(e),
+    })?;
     crate::metrics::count_explanations(&target.model, rows.len(), started.elapsed());
     let (output, column) = explainer.explained();
     let first = attributions.first();

@@ -63,6 +63,8 @@ pub struct AppState {
     pub body_bytes: Arc<body::ByteBudget>,
     /// Explanations computed at once (`explain.max_concurrent`, read at start).
     pub explain_budget: Arc<crate::model::table::Budget>,
+    /// The automatic explanations' thread (absent without a sample folder).
+    pub auto_explain: Option<crate::explain::auto::AutoExplain>,
 }
 
 /// Where the server is in its life; connections watch it.

@@ -145,7 +145,11 @@ pub async fn answer<R>(
     };
     let mirror = extras.as_ref().is_some_and(|x| x.shadow.is_some());
     let tapping = state.tap.as_ref().map(|tap| TapDecision::new(tap, state, ids.sampling_key(), &mv.model, arm));
-    let keep_inputs = mirror || tapping.as_ref().is_some_and(|t| t.needs_inputs);
+    let explain_policy = state.auto_explain.as_ref().and_then(|_| {
+        let config = state.reloader.as_ref()?.config.load();
+        config.models.get(&mv.model)?.explain.clone()
+    });
+    let keep_inputs = mirror || explain_policy.is_some() || tapping.as_ref().is_some_and(|t| t.needs_inputs);
     // The whole-request deadline, applied here too so a request that runs out of time is
     // counted against the arm that was too slow (an outer deadline fires at the same instant
     // but polls this future first).
@@ -183,6 +187,11 @@ pub async fn answer<R>(
     metrics::counter!(ARM_REQUESTS, "model" => mv.model.clone(), "arm" => arm.as_str()).increment(1);
     // The answer's score per row, read once for the arm's evidence and the tap.
     let scores = answered.as_ref().and_then(|(out, _)| mv.score.scores(&out.outputs));
+    if let (Some(auto), Some(policy), Some((_, Some(inputs))), Some(scores)) =
+        (state.auto_explain.as_ref(), explain_policy, answered.as_ref(), scores.as_ref())
+    {
+        offer_explanations(auto, &policy, (&mv, arm), ids, inputs, scores);
+    }
     let evidence = extras.as_ref().map(|x| Arc::clone(&x.evidence));
     if let Some(extras) = extras {
         let sample = state
@@ -201,6 +210,38 @@ pub async fn answer<R>(
         decision.offer(tap, &mv, (ids, route), arm, (status, total), (answered, scores));
     }
     Answer { result, meta: AnswerMeta { version: Some(mv.version), arm: Some(arm), timing } }
+}
+
+/// Queues for explanation the rows of the first input whose score the policy picks (a tabular
+/// input only: `[rows, features]`).
+fn offer_explanations(
+    auto: &crate::explain::auto::AutoExplain,
+    policy: &crate::explain::auto::ExplainPolicy,
+    (mv, arm): (&Arc<ModelVersion>, Arm),
+    ids: &RequestIds,
+    inputs: &[Tensor],
+    scores: &[f64],
+) {
+    let at = crate::tap::id_fraction(ids.sampling_key());
+    let Some(first) = inputs.first().filter(|t| t.shape.len() == 2 && t.shape[1] > 0) else { return };
+    let picked: Vec<usize> = (0..scores.len()).filter(|&i| policy.picks(scores[i], at)).collect();
+    if picked.is_empty() {
+        return;
+    }
+    let Some(values) = first.data.to_f64() else { return };
+    let features = first.shape[1] as usize;
+    let time_us = crate::explain::auto::now_us();
+    for row in picked {
+        let Some(x) = values.get(row * features..(row + 1) * features) else { continue };
+        auto.offer(crate::explain::auto::Job {
+            request_id: ids.gateway(),
+            row: row as u32,
+            time_us,
+            arm: arm.as_str(),
+            version: Arc::clone(mv),
+            x: x.to_vec(),
+        });
+    }
 }
 
 /// Route-level work around a routed (not explicitly addressed) request: arm evidence and the
