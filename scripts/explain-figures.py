@@ -94,20 +94,26 @@ def knee(tmp):
     rows = rng.uniform(-2, 2, size=(500, 16))
     header = ",".join(f"in_input_{j}" for j in range(16))
     np.savetxt(tmp / "tiny.csv", rows, delimiter=",", header=header, comments="", fmt="%.9g")
-    subprocess.run([BIN / "registry", "--root", repo, "profile", "tiny", "1", "--rows", tmp / "tiny.csv"], check=True,
-                   capture_output=True, env=ENV)
+    subprocess.run([BIN / "registry", "--root", repo, "profile", "tiny", "latest", "--rows", tmp / "tiny.csv"],
+                   check=True, capture_output=True, env=ENV)
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
                                    "data": rows[0].astype(np.float32).tolist()}]})
     lua = tmp / "infer.lua"
     lua.write_text(f"wrk.method = 'POST'\nwrk.headers['content-type'] = 'application/json'\nwrk.body = '{body}'\n")
-    print("policy connections serving_req/s p50 p99 explained_rows/s shed_rows/s")
-    for policy in ("none", "rate = 1.0"):
-        extra = "" if policy == "none" else f"[models.tiny.explain]\n{policy}\n"
+    print("policy connections serving_req/s p50 p99 explained_rows/s shed_rows/s (by reason)")
+    runs = {
+        "none": "",
+        "rate=1,share=0.1": "[models.tiny.explain]\nrate = 1.0\n",
+        "rate=1,share=1.0": "[explain]\nauto_cpu_share = 1.0\n[models.tiny.explain]\nrate = 1.0\n",
+    }
+    for policy, extra in runs.items():
         process, url = start(f"[sampling]\nrate = 0.0\n{extra}", repo, tmp, "knee")
         try:
             for connections in (4, 32):
                 explained0 = metric(url, "flywheel_explained_rows_total")
                 shed0 = metric(url, "flywheel_explanations_dropped_total")
+                reasons0 = {r: metric(url, f'flywheel_explanations_dropped_total{{model="tiny",reason="{r}"}}')
+                            for r in ("queue_full", "budget", "serving_busy", "failed", "too_costly")}
                 out = subprocess.run(
                     ["wrk", "-t2", f"-c{connections}", f"-d{SECONDS}s", "--latency", "-s", lua,
                      f"http://{url}/v2/models/tiny/infer"], capture_output=True, text=True, check=True,
@@ -115,10 +121,13 @@ def knee(tmp):
                 time.sleep(0.5)
                 explained = (metric(url, "flywheel_explained_rows_total") - explained0) / SECONDS
                 shed = (metric(url, "flywheel_explanations_dropped_total") - shed0) / SECONDS
+                reasons = {r: metric(url, f'flywheel_explanations_dropped_total{{model="tiny",reason="{r}"}}') - v
+                           for r, v in reasons0.items()}
+                by = ",".join(f"{r}={v / SECONDS:.0f}" for r, v in reasons.items() if v)
                 rps = re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)
                 p50 = re.search(r"\s50%\s+(\S+)", out).group(1)
                 p99 = re.search(r"\s99%\s+(\S+)", out).group(1)
-                print(f"{policy.replace(' ', '')} {connections} {rps} {p50} {p99} {explained:.1f} {shed:.0f}")
+                print(f"{policy} {connections} {rps} {p50} {p99} {explained:.1f} {shed:.0f} {by}")
         finally:
             process.terminate()
             process.wait()

@@ -83,10 +83,22 @@ impl AutoExplain {
     /// Starts the explaining thread, writing under `sample_dir`.
     pub fn start(reloader: Arc<Reloader>, budget: Arc<Budget>, sample_dir: PathBuf) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-        std::thread::Builder::new()
-            .name("explain-auto".into())
-            .spawn(move || crate::health::guard("explain", || run(&reloader, &budget, &sample_dir, &rx)))?;
+        std::thread::Builder::new().name("explain-auto".into()).spawn(move || {
+            idle_priority();
+            crate::health::guard("explain", || run(&reloader, &budget, &sample_dir, &rx))
+        })?;
         Ok(Self { tx })
+    }
+
+    /// Whether the queue is full (the caller then drops its rows without building them).
+    pub fn is_full(&self) -> bool {
+        self.tx.is_full()
+    }
+
+    /// Counts `rows` dropped before they were built.
+    pub fn drop_rows(&self, model: &str, rows: usize) {
+        metrics::counter!(crate::metrics::EXPLANATIONS_DROPPED, "model" => model.to_owned(), "reason" => "queue_full")
+            .increment(rows as u64);
     }
 
     /// Queues a row, or drops it (counted) when the queue is full.
@@ -95,6 +107,24 @@ impl AutoExplain {
             Ok(()) => {}
             Err(TrySendError::Full(job)) => dropped(&job.version.model, "queue_full"),
             Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// Puts this thread under the idle scheduling class (Linux `SCHED_IDLE`): it gets a core only
+/// when no serving, HTTP or client thread wants it, so explaining never takes cycles from
+/// serving (ONNX Runtime runs a one-thread session on the calling thread). Elsewhere the thread
+/// keeps its priority.
+fn idle_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::unix::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+        let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        let id = thread_priority::unix::thread_native_id();
+        if let Err(e) =
+            thread_priority::unix::set_thread_priority_and_policy(id, thread_priority::ThreadPriority::Min, policy)
+        {
+            tracing::warn!(error = ?e, "automatic explanations run at normal priority (SCHED_IDLE refused)");
         }
     }
 }
@@ -158,7 +188,8 @@ fn explain_one(reloader: &Reloader, budget: &Arc<Budget>, writers: &mut Writers,
         return dropped(&model, "too_costly");
     }
     let busy = || job.version.backlogged();
-    let attributions = match explainer.explain(std::slice::from_ref(&job.x), &settings.shapley(), &busy) {
+    let rows = std::slice::from_ref(&job.x);
+    let attributions = match explainer.explain(rows, &settings.shapley(), &busy, settings.auto_cpu_share) {
         Ok(mut a) if !a.is_empty() => a.swap_remove(0),
         Ok(_) => return,
         Err(e) if e == super::SHED => return dropped(&model, "serving_busy"),

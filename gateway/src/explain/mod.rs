@@ -46,6 +46,10 @@ pub struct ExplainSettings {
     /// Most model rows one request (or one automatic row) may cost; a request over it is
     /// refused up front, naming the cost.
     pub max_evaluations: u64,
+    /// Share of one core automatic explanations may take over time: after each model call the
+    /// thread sleeps so that computing is at most this share of its time. On machines whose
+    /// cores share execution units, this, not the scheduler, is what keeps serving's p99.
+    pub auto_cpu_share: f64,
 }
 
 impl Default for ExplainSettings {
@@ -58,6 +62,7 @@ impl Default for ExplainSettings {
             background_rows: 100,
             top: 5,
             max_evaluations: 20_000_000,
+            auto_cpu_share: 0.1,
         }
     }
 }
@@ -76,6 +81,9 @@ impl ExplainSettings {
             if !(lo..=hi).contains(&value) {
                 return Err(format!("explain.{key} must be in {lo}..={hi}, given {value}"));
             }
+        }
+        if !(self.auto_cpu_share > 0.0 && self.auto_cpu_share <= 1.0) {
+            return Err(format!("explain.auto_cpu_share must be in (0, 1], given {}", self.auto_cpu_share));
         }
         if !(1000..=10_000_000_000).contains(&self.max_evaluations) {
             return Err(format!(
@@ -159,14 +167,22 @@ impl ExplainTarget {
     }
 }
 
-/// A version's explainer, made on first use and dropped with the version.
+/// A version's explainer, made on first use and dropped with the version; or why it could not
+/// be made, kept for [`RETRY_OPEN`] so a stream of rows does not re-read the profile each.
 #[derive(Default)]
-pub struct ExplainerSlot(Mutex<Option<Arc<Explainer>>>);
+pub struct ExplainerSlot(Mutex<Option<Opened>>);
+
+/// An opened explainer, or why it could not be opened and when that was found.
+type Opened = Result<Arc<Explainer>, (String, std::time::Instant)>;
+
+/// How long a failure to open an explainer is answered from memory.
+const RETRY_OPEN: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl ExplainerSlot {
     /// The explainer, opening it (reading and checking the model file again, reading the
     /// background with `background`: feature names and rows) the first time. A failure is not
-    /// kept: the next request tries again (a profile may be written later).
+    /// kept for long: after [`RETRY_OPEN`] the next request tries again (a profile may be
+    /// written later).
     pub fn get_or_open(
         &self,
         env: &Environment,
@@ -174,12 +190,14 @@ impl ExplainerSlot {
         background: impl FnOnce() -> Result<(Vec<String>, Vec<Vec<f64>>), String>,
     ) -> Result<Arc<Explainer>, String> {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(explainer) = slot.as_ref() {
-            return Ok(Arc::clone(explainer));
+        match slot.as_ref() {
+            Some(Ok(explainer)) => return Ok(Arc::clone(explainer)),
+            Some(Err((why, at))) if at.elapsed() < RETRY_OPEN => return Err(why.clone()),
+            _ => {}
         }
-        let explainer = Arc::new(Explainer::open(env, target, background()?)?);
-        *slot = Some(Arc::clone(&explainer));
-        Ok(explainer)
+        let opened = background().and_then(|b| Explainer::open(env, target, b)).map(Arc::new);
+        *slot = Some(opened.clone().map_err(|why| (why, std::time::Instant::now())));
+        opened
     }
 }
 
@@ -276,17 +294,25 @@ impl Explainer {
 
     /// Attributions of each row (row-major `rows`, `F` values each). `busy` is asked before
     /// each model call: when it says serving needs the cores, the explanation stops (shed).
+    /// With `cpu_share` below 1, each model call is followed by a sleep that keeps computing
+    /// to that share of the time.
     pub fn explain(
         &self,
         rows: &[Vec<f64>],
         settings: &ShapleySettings,
         busy: &dyn Fn() -> bool,
+        cpu_share: f64,
     ) -> Result<Vec<Attribution>, String> {
         let mut model = |batch: &[f64], n: usize| {
             if busy() {
                 return Err(SHED.to_owned());
             }
-            self.scores(batch, n)
+            let started = std::time::Instant::now();
+            let scores = self.scores(batch, n);
+            if cpu_share < 1.0 {
+                std::thread::sleep(started.elapsed().mul_f64(1.0 / cpu_share - 1.0));
+            }
+            scores
         };
         rows.iter().map(|x| shapley::explain(x, &self.background, settings, &mut model)).collect()
     }

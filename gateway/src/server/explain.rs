@@ -150,7 +150,7 @@ fn compute(
         )));
     }
     let started = Instant::now();
-    let attributions = explainer.explain(&rows, &settings.shapley(), busy).map_err(|e| match e.as_str() {
+    let attributions = explainer.explain(&rows, &settings.shapley(), busy, 1.0).map_err(|e| match e.as_str() {
         crate::explain::SHED => ApiError::ExplainBusy(format!("{e}; retry later")),
         _ => ApiError::BadRequest(e),
     })?;

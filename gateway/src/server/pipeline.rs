@@ -228,6 +228,10 @@ fn offer_explanations(
     if picked.is_empty() {
         return;
     }
+    // A full queue (the policy picks more than the thread explains) costs a count, not a copy.
+    if auto.is_full() {
+        return auto.drop_rows(&mv.model, picked.len());
+    }
     let Some(values) = first.data.to_f64() else { return };
     let features = first.shape[1] as usize;
     let time_us = crate::explain::auto::now_us();
