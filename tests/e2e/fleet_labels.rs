@@ -98,6 +98,10 @@ async fn a_replica_lost_with_its_disk_after_acknowledging_labels_loses_none_and_
         40,
         "the lost replica's objects stay for the trainer"
     );
+    // A replica's samples are not a fleet's training rows: its lineage re-check refuses.
+    let verify = http.get(&format!("{}/admin/lineage/any?verify=true", kept.base)).await;
+    assert_eq!(verify.status, 400);
+    assert!(verify.json()["error"].as_str().unwrap().contains("over the trainer's copy"), "{:?}", verify.body);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -83,6 +83,14 @@ pub async fn handle(
             let config = reloader.config.load_full();
             let query = req.uri().query().unwrap_or_default();
             let flag = |key: &str| query.split('&').any(|kv| kv == format!("{key}=true"));
+            // A fleet's versions are trained on every replica's rows; this replica holds its own.
+            if flag("verify") && config.registry_url.is_some() {
+                return Err(ApiError::BadRequest(
+                    "verify=true re-assembles training rows from this replica's samples, but a fleet trains on every \
+                     replica's: run `registry lineage` over the trainer's copy of the registry and sample store"
+                        .into(),
+                ));
+            }
             let sources = flywheel_registry::lineage::Sources {
                 sample_dir: config.sample_dir().ok_or_else(|| ApiError::NotReady("no sample folder".into()))?,
                 audit_logs: config.audit_log_path().into_iter().collect(),
