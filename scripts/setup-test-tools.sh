@@ -2,9 +2,10 @@
 # Installs the real Triton clients the compatibility tests drive, from package registries only:
 # - .venv/: Python with the current tritonclient[http,grpc] (grpcio), numpy, pytest, onnxruntime, and pyarrow
 #   and DuckDB to read the sample files back, moto's S3-compatible server for the fleet
-#   tests and Ray for bring-your-own training on a cluster (PyPI);
+#   tests, Ray for bring-your-own training on a cluster, websocket-client to drive a browser
+#   over the DevTools protocol (PyPI);
 # - haproxy (Debian) in front of a fleet of gateways; promtool (Debian's prometheus) for the
-#   alert rules;
+#   alert rules; headless Chromium (Debian) for the dashboard test;
 # - .tools/perf_analyzer/: the perf_analyzer binary shipped inside the tritonclient==2.35.0
 #   manylinux wheel (the current `perf-analyzer` PyPI package is an empty placeholder), with
 #   libcudart.so.12 from PyPI's nvidia-cuda-runtime-cu12 (no GPU is used for HTTP) and Debian's
@@ -17,10 +18,10 @@ tools="$root/.tools/perf_analyzer"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy, pytest, onnxruntime, pyarrow, duckdb, sklearn, skl2onnx, onnx, moto.server, flask, ray, shap" 2>/dev/null \
+if ! "$venv/bin/python" -c "import tritonclient.http, tritonclient.grpc, numpy, pytest, onnxruntime, pyarrow, duckdb, sklearn, skl2onnx, onnx, moto.server, flask, ray, shap, websocket" 2>/dev/null \
   || [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/ray" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "tritonclient[http,grpc]" numpy pytest "onnxruntime>=1.31" pyarrow duckdb scikit-learn skl2onnx onnx "moto[server]" ray shap
+    "tritonclient[http,grpc]" numpy pytest "onnxruntime>=1.31" pyarrow duckdb scikit-learn skl2onnx onnx "moto[server]" ray shap websocket-client
 fi
 
 # promtool (Debian's prometheus package; no service is started) checks the alert rules.
@@ -28,6 +29,13 @@ if ! command -v promtool >/dev/null && command -v apt-get >/dev/null; then
   (apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1) \
     || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
 fi
+
+# Chromium (Debian) for the dashboard test in a real browser (headless).
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
+  (apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1) \
+    || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null)
+fi
+command -v chromium >/dev/null || { echo "chromium is missing and could not be installed (apt-get install chromium)"; exit 1; }
 
 # HAProxy (Debian) for the fleet-behind-a-load-balancer test.
 if ! command -v haproxy >/dev/null; then

@@ -193,6 +193,14 @@ impl Gateway {
                 None
             }
         };
+        let dashboard = self.reloader.config.load().dashboard.clone();
+        let _history = match crate::dashboard::spawn_sampler(Arc::clone(&self.state.table), &dashboard) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(error = %e, "dashboard history not started; its charts stay empty");
+                None
+            }
+        };
         self.state.ready.store(true, Ordering::SeqCst);
         let tap = self.state.tap.clone();
         let _registry_sync = self.registry_sync;

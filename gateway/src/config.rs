@@ -126,6 +126,9 @@ pub struct Config {
     /// Explanations (`/explain`): their budget and method.
     #[serde(default)]
     pub explain: crate::explain::ExplainSettings,
+    /// The `/dashboard` page and its history.
+    #[serde(default)]
+    pub dashboard: crate::dashboard::DashboardSettings,
 }
 
 fn default_controller_ms() -> u64 {
@@ -465,6 +468,7 @@ impl Default for Config {
             sampling: crate::tap::SamplingSettings::default(),
             drift: crate::drift::DriftSettings::default(),
             explain: crate::explain::ExplainSettings::default(),
+            dashboard: crate::dashboard::DashboardSettings::default(),
             batching: Batching::default(),
             models: BTreeMap::new(),
         }
@@ -559,6 +563,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         check_batching("batching", &self.batching)?;
         self.explain.validate()?;
+        self.dashboard.validate()?;
         if self.require_signature && self.trusted_keys.is_empty() {
             return Err("require_signature is set but trusted_keys is empty: name the public keys to trust".into());
         }

@@ -16,6 +16,7 @@
 //! - [`rollout`]: building tables from config + registry, hot swaps, the watcher.
 //! - [`tap`]: the lossy channel of served requests, Parquet samples and labels.
 //! - [`drift`]: PSI/KS windows, Page-Hinkley, drift events.
+//! - [`dashboard`]: the `/dashboard` page and the per-arm history it charts.
 //! - [`metrics`]: every metric name and bucket.
 //! - [`health`]: panics in background work caught, counted and reported; [`fuzzing`]: the fuzz
 //!   targets' entry points.
@@ -24,6 +25,7 @@
 pub mod app;
 pub mod batch;
 pub mod config;
+pub mod dashboard;
 pub mod drift;
 pub mod explain;
 pub mod fuzzing;

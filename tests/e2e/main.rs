@@ -5,6 +5,7 @@ mod approvals;
 mod bad_files;
 mod batching;
 mod credentials;
+mod dashboard;
 mod durable_labels;
 mod endpoints;
 mod errors;

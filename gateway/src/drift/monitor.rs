@@ -340,6 +340,7 @@ fn close_window(
     let tests = profile.features.len() + usize::from(profile.prediction.is_some());
     let alpha = settings.ks_alpha / tests.max(1) as f64;
     let mut trips = Vec::new();
+    let mut shown = Vec::new();
     let mut checks: Vec<(&FeatureProfile, Vec<f64>)> =
         profile.features.iter().zip(std::mem::take(&mut state.columns)).collect();
     if let Some(p) = &profile.prediction {
@@ -368,6 +369,13 @@ fn close_window(
         } else {
             None
         };
+        shown.push(crate::dashboard::history::FeatureWindow {
+            feature: feature.name.clone(),
+            psi: value,
+            ks: d,
+            ks_p_value: p,
+            tripped: tripped.map(|t| t.0),
+        });
         match tripped {
             Some(trip) if state.active.insert(feature.name.clone()) => trips.push((feature.name.clone(), trip)),
             Some(_) => {}
@@ -384,6 +392,13 @@ fn close_window(
         .collect();
     state.columns = vec![Vec::new(); profile.features.len()];
     state.window_start = None;
+    let window = crate::dashboard::history::DriftWindow {
+        version: served.version,
+        time_ms: crate::dashboard::history::unix_ms(SystemTime::now()),
+        rows: window_rows,
+        features: shown,
+    };
+    crate::dashboard::history::global().record_drift_window(&served.model, window);
     events
 }
 

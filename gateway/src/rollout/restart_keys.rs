@@ -50,6 +50,7 @@ pub fn restart_only_changes(started: &Config, new: &Config) -> Vec<&'static str>
     let live_rate = |s: &crate::tap::SamplingSettings| crate::tap::SamplingSettings { rate: 0.0, ..s.clone() };
     check("sampling (every key but rate)", live_rate(a) != live_rate(b));
     check("drift", started.drift != new.drift);
+    check("dashboard", started.dashboard != new.dashboard);
     changed
 }
 

@@ -35,19 +35,35 @@ pub async fn handle(
     match (method, rest) {
         (Method::GET, ["routing"]) => Ok(routing(state, &reloader)),
         (Method::GET, ["audit"]) => {
+            // `?model=M` keeps one model's entries; `?limit=N` reads the newest N lines (100).
+            let model = query_value(&req, "model").map(str::to_owned);
+            let limit = query_number(&req, "limit")?.unwrap_or(100);
+            if !(1..=MAX_AUDIT_LINES).contains(&limit) {
+                return Err(ApiError::BadRequest(format!("limit must be in 1..={MAX_AUDIT_LINES}, given {limit}")));
+            }
             let r = Arc::clone(&reloader);
-            off_runtime(move || json!({"entries": r.audit.tail(100)})).await
+            off_runtime(move || {
+                let entries: Vec<Value> = r
+                    .audit
+                    .tail(limit as usize)
+                    .into_iter()
+                    .filter(|e| model.as_deref().is_none_or(|m| e.get("model").and_then(Value::as_str) == Some(m)))
+                    .collect();
+                json!({"entries": entries})
+            })
+            .await
+        }
+        (Method::GET, ["history", model]) => {
+            let since = query_number(&req, "since")?.unwrap_or(0);
+            let served = state.table.load().models.contains_key(*model);
+            match crate::dashboard::history::global().view(model, since) {
+                Some(view) => Ok(serde_json::to_value(view).unwrap_or_default()),
+                None if served => Ok(json!({"model": model, "points": [], "drift_window": null})),
+                None => Err(crate::model::RouteError::ModelNotFound((*model).to_owned()).into()),
+            }
         }
         (Method::GET, ["drift", model]) => {
-            let since = req
-                .uri()
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("since=")))
-                .map(|v| {
-                    v.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("since must be a number, given {v:?}")))
-                })
-                .transpose()?
-                .unwrap_or(0);
+            let since = query_number(&req, "since")?.unwrap_or(0);
             let registry = reloader.registry().ok_or_else(|| ApiError::NotReady("no registry".into()))?;
             let path = registry.root().join(model).join(flywheel_registry::DRIFT_EVENTS_FILE);
             let model = String::from(*model);
@@ -367,6 +383,20 @@ fn approve(
 
 /// Most drift events one `/admin/drift` call returns (the newest).
 const MAX_EVENTS: usize = 1000;
+/// Most audit lines one `/admin/audit` call reads (the newest).
+const MAX_AUDIT_LINES: u64 = 5000;
+
+/// The value of `key` in the request's query string.
+fn query_value<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The number `key` names in the query string; a value that is not one is a 400 naming it.
+fn query_number(req: &Request<Incoming>, key: &str) -> Result<Option<u64>, ApiError> {
+    query_value(req, key)
+        .map(|v| v.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("{key} must be a number, given {v:?}"))))
+        .transpose()
+}
 
 /// Runs file reads and fsyncs on the blocking pool, never on an async worker.
 async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {

@@ -46,6 +46,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: std::net
         (_, ["v2", "models", .., "infer" | "explain"]) => Err(wrong_method_or_path(&method, &path, &segments)),
         (Method::GET, ["v2", "models", model, rest @ ..]) => model_get(&state, model, rest),
         (_, ["metrics"]) if method == Method::GET => return metrics(&state),
+        (Method::GET, ["dashboard", rest @ ..]) if rest.len() <= 1 && dashboard_enabled(&state) => {
+            if let Some(page) = crate::dashboard::asset(rest.first().copied()) {
+                return page;
+            }
+            Err(ApiError::NotFound { method: method.to_string(), path: path.clone() })
+        }
         (_, ["v2", ..]) | (_, ["metrics"]) => Err(wrong_method_or_path(&method, &path, &segments)),
         _ => Err(ApiError::NotFound { method: method.to_string(), path: path.clone() }),
     };
@@ -53,6 +59,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: std::net
         Ok(body) => json_response(200, &body),
         Err(e) => error_response(&e),
     }
+}
+
+fn dashboard_enabled(state: &AppState) -> bool {
+    state.reloader.as_ref().is_some_and(|r| r.config.load().dashboard.enabled)
 }
 
 fn wrong_method_or_path(method: &Method, path: &str, segments: &[&str]) -> ApiError {

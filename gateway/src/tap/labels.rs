@@ -273,6 +273,13 @@ impl LabelIndex {
                 ];
                 let q = self.quality.entry((recent.model.clone(), recent.version, recent.arm)).or_default();
                 q.add(p, label.label, recent.threshold);
+                crate::dashboard::history::global().record_label(
+                    &recent.model,
+                    (recent.version, recent.arm),
+                    p,
+                    label.label,
+                    recent.threshold,
+                );
                 metrics::gauge!(
                     QUALITY,
                     &[labels[0].clone(), labels[1].clone(), labels[2].clone(), ("measure", "accuracy".to_owned())]

@@ -70,6 +70,10 @@ pub struct DemoArgs {
     /// What must happen for exit code 0: promoted or rejected.
     #[arg(long, default_value = "promoted")]
     pub expect: String,
+    /// After the summary, keep the gateway serving (its `/dashboard` shows the loop that just
+    /// ran) until Ctrl-C or SIGTERM.
+    #[arg(long)]
+    pub keep_serving: bool,
 }
 
 /// Runs the demo; returns the exit code (0 when `expect` happened).
@@ -122,6 +126,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
     let (mut watcher, lines) = procs::start_watch(&watch_args, &dir.join("trainer.log"))?;
     let mut timeline = Timeline::new(start, &base, &config.model, Registry::open(&models), champion.version);
     timeline.say("gateway", &format!("serving '{}' version {} on {base}", config.model, champion.version));
+    timeline.say("gateway", &format!("dashboard: {base}/dashboard"));
 
     let log = Arc::new(Mutex::new(traffic::Log::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -189,7 +194,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
     stop.store(true, Ordering::Relaxed);
     let _ = sender.join();
     watcher.stop();
-    gateway.stop();
     let log = log.lock().map_err(|_| anyhow::anyhow!("traffic log poisoned"))?;
     let summary = report::summarise(&args, &config, &timeline.marks, &log, champion.version, &registry);
     report::print(&summary, &dir);
@@ -197,6 +201,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
     let expected_promotion = args.expect == "promoted";
     let promoted = registry.resolve(&config.model, &config.champion_alias).ok() != Some(champion.version);
     let ok = outcome_ok && log.failures.is_empty() && promoted == expected_promotion;
+    if args.keep_serving && gateway.alive() {
+        println!("\nThe gateway keeps serving; watch the loop that ran at {base}/dashboard (Ctrl-C stops it)");
+        procs::until_stopped(&mut gateway)?;
+    }
+    gateway.stop();
     Ok(if ok { 0 } else { 1 })
 }
 

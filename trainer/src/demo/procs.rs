@@ -45,6 +45,23 @@ impl Drop for Proc {
     }
 }
 
+/// Waits until Ctrl-C, SIGTERM, or `proc` exiting on its own.
+pub fn until_stopped(proc: &mut Proc) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = terminate.recv() => break,
+                _ = tick.tick() => if !proc.alive() { break },
+            }
+        }
+        Ok(())
+    })
+}
+
 /// The gateway binary: `explicit`, else `gateway` beside this executable.
 pub fn gateway_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(path) = explicit {
