@@ -87,7 +87,7 @@ def main():
                 value = None
                 while value is None and time.time() < deadline:
                     time.sleep(0.05)
-                    value = b.evaluate("document.body.dataset.firstRenderMs || null")
+                    value = b.evaluate("(document.body && document.body.dataset.firstRenderMs) || null")
                 renders.append(float(value))
                 b.close()
             load.terminate()
