@@ -2,6 +2,8 @@
 //! `bench`: measurements of the gateway against in-process ONNX Runtime.
 //! - [`load`]: closed-loop HTTP load generator (HTTP/1.1 or HTTP/2, JSON or binary tensors).
 //! - [`inproc`]: the same model in this process (the physical limit).
+//! - [`floor`]: a bare hyper server answering a fixed body (the HTTP exchange's physical limit).
+//! - [`hotpath`]: gateway vs the floor server and in-process ORT with wrk, plus callgrind.
 //! - [`compare`]: runs both side by side and writes the Markdown/JSON report.
 //! - [`rollout`]: primary latency during hot swaps and with a full shadow; memory over swaps.
 //! - [`sampling`]: throughput with sampling at 0/10/100% and drift on; tap drops.
@@ -11,6 +13,8 @@
 //! - [`summary`]: hdrhistogram percentiles and throughput.
 
 mod compare;
+mod floor;
+mod hotpath;
 mod inproc;
 mod load;
 mod peer;
@@ -22,6 +26,10 @@ mod summary;
 mod verdicts;
 
 use std::path::PathBuf;
+
+/// The same allocator as the gateway binary, so the floor server is no slower for want of it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -132,6 +140,30 @@ enum Cmd {
         #[arg(long, default_value_t = 8000)]
         max_rows: u64,
     },
+    /// The floor server: reads each POST body, answers a fixed JSON body (prints its address).
+    Floor {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Size of the fixed answer in bytes.
+        #[arg(long, default_value_t = 200)]
+        response_bytes: usize,
+    },
+    /// The hot path's goal ratios in one run: gateway vs the floor server (wrk, tiny, c=64 and
+    /// c=1), heavy vs in-process batch 64, instructions per request (callgrind).
+    Hotpath {
+        #[arg(long, default_value_t = 8)]
+        duration: u64,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Requests measured under callgrind per server (0 skips callgrind).
+        #[arg(long, default_value_t = 2000)]
+        callgrind_requests: usize,
+        #[arg(long, default_value = "bench/results")]
+        results: PathBuf,
+        /// Measure this gateway binary instead of the one beside `bench`.
+        #[arg(long)]
+        gateway: Option<PathBuf>,
+    },
     /// Primary latency during hot swaps and with a 100% shadow; memory after many swaps.
     Rollout {
         #[arg(long, default_value_t = 1.0)]
@@ -204,6 +236,18 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Suite { results, quick } => {
             println!("{}", suite::run(&results, quick)?);
+            Ok(())
+        }
+        Cmd::Floor { listen, response_bytes } => floor::serve(&listen, response_bytes),
+        Cmd::Hotpath { duration, rounds, callgrind_requests, results, gateway } => {
+            let spec = hotpath::HotpathSpec {
+                duration: Duration::from_secs(duration),
+                rounds,
+                callgrind_requests,
+                results,
+                gateway,
+            };
+            println!("{}", hotpath::run(&spec)?);
             Ok(())
         }
         Cmd::Verdicts { runs, max_rows } => {

@@ -106,11 +106,15 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the gateway over `repo`, with `config` if given.
     pub fn start(repo: &Path, config: Option<&Path>, pin: bool) -> anyhow::Result<Self> {
-        let exe = this_exe()?.with_file_name("gateway");
+        Self::start_exe(&this_exe()?.with_file_name("gateway"), repo, config, pin)
+    }
+
+    /// Starts the gateway binary `exe` over `repo`, with `config` if given.
+    pub fn start_exe(exe: &Path, repo: &Path, config: Option<&Path>, pin: bool) -> anyhow::Result<Self> {
         if !exe.exists() {
             bail!("{} is missing: cargo build --release -p flywheel-gateway", exe.display());
         }
-        let mut cmd = pinned(&exe, "1", pin);
+        let mut cmd = pinned(exe, "1", pin);
         cmd.args(["--listen", "127.0.0.1:0", "--model-repository"]).arg(repo);
         if let Some(config) = config {
             cmd.arg("--config").arg(config);

@@ -51,7 +51,18 @@ fn batch(c: &mut Criterion) {
     c.bench_function("merge 64 requests of 1x16", |b| b.iter(|| merge_input(&refs).unwrap()));
     let out = Tensor { name: "output".into(), shape: vec![64, 1], data: TensorData::Fp32(vec![0.5; 64]) };
     let rows = vec![1usize; 64];
-    c.bench_function("split 64x1 into 64", |b| b.iter(|| split_output(&out, &rows).unwrap()));
+    c.bench_function("split 64x1 into 64", |b| {
+        b.iter_batched(|| out.clone(), |o| split_output(o, &rows).unwrap(), criterion::BatchSize::SmallInput)
+    });
+    // One request's output is handed over whole (moved, never copied).
+    let single = Tensor { name: "output".into(), shape: vec![1, 1024], data: TensorData::Fp32(vec![0.5; 1024]) };
+    c.bench_function("split 1x1024 for one request", |b| {
+        b.iter_batched(|| single.clone(), |o| split_output(o, &[1]).unwrap(), criterion::BatchSize::SmallInput)
+    });
+    // The arm record reads one score column, not the whole output converted.
+    let scores = Tensor { name: "probabilities".into(), shape: vec![64, 2], data: TensorData::Fp32(vec![0.25; 128]) };
+    let spec = flywheel_gateway::model::score::ScoreSpec { column: 1, ..Default::default() };
+    c.bench_function("score column of a 64x2 output", |b| b.iter(|| spec.scores(std::slice::from_ref(&scores))));
     let one = Tensor { name: "output".into(), shape: vec![1, 1], data: TensorData::Fp32(vec![0.5]) };
     let header = ResponseHeader { model_name: "tiny", model_version: "2", id: Some("b") };
     c.bench_function("encode json response 1x1", |b| b.iter(|| encode_response(&header, &[(&one, false)])));

@@ -198,6 +198,8 @@ pub struct VersionMetrics {
     pub queue_depth: Gauge,
     pub pending: Gauge,
     pub batch_retries: Counter,
+    /// `flywheel_arm_requests_total` of this model per arm: champion, canary, explicit.
+    arm_requests: [Counter; 3],
 }
 
 impl VersionMetrics {
@@ -218,7 +220,19 @@ impl VersionMetrics {
             queue_depth: metrics::gauge!(QUEUE_DEPTH, &labels),
             pending: metrics::gauge!(PENDING, &labels),
             batch_retries: metrics::counter!(BATCH_RETRIES, &labels),
+            arm_requests: ["champion", "canary", "explicit"]
+                .map(|arm| metrics::counter!(ARM_REQUESTS, "model" => model.to_owned(), "arm" => arm)),
         }
+    }
+
+    /// Counts a request answered by `arm` (`champion`, `canary` or `explicit`).
+    pub fn count_arm(&self, arm: &str) {
+        let index = match arm {
+            "champion" => 0,
+            "canary" => 1,
+            _ => 2,
+        };
+        self.arm_requests[index].increment(1);
     }
 
     /// Counts a request answered with `code`.
@@ -245,7 +259,9 @@ pub struct InFlight(Gauge);
 impl InFlight {
     /// Starts counting one request.
     pub fn start() -> Self {
-        let gauge = metrics::gauge!(IN_FLIGHT);
+        // Resolved once, on the first request (after the recorder is installed at start).
+        static GAUGE: OnceLock<Gauge> = OnceLock::new();
+        let gauge = GAUGE.get_or_init(|| metrics::gauge!(IN_FLIGHT)).clone();
         gauge.increment(1.0);
         Self(gauge)
     }

@@ -16,8 +16,8 @@ pub fn merge_input(parts: &[&Tensor]) -> Result<Tensor, String> {
     Ok(Tensor { name: first.name.clone(), shape, data })
 }
 
-/// Splits one batch output into pieces of `rows[i]` rows each.
-pub fn split_output(output: &Tensor, rows: &[usize]) -> Result<Vec<Tensor>, String> {
+/// Splits one batch output into pieces of `rows[i]` rows each (one piece: the output itself).
+pub fn split_output(output: Tensor, rows: &[usize]) -> Result<Vec<Tensor>, String> {
     let total: usize = rows.iter().sum();
     let first_dim = output.shape.first().copied().unwrap_or(0);
     if first_dim != total as i64 {
@@ -25,6 +25,9 @@ pub fn split_output(output: &Tensor, rows: &[usize]) -> Result<Vec<Tensor>, Stri
             "output '{}' has first dimension {first_dim} for a batch of {total} rows; it cannot be split per request",
             output.name
         ));
+    }
+    if rows.len() == 1 {
+        return Ok(vec![output]);
     }
     let per_row = output.data.len().checked_div(total).unwrap_or(0);
     let lengths: Vec<usize> = rows.iter().map(|r| r * per_row).collect();
@@ -60,14 +63,14 @@ mod tests {
             let merged = merge_input(&refs).unwrap();
             prop_assert_eq!(merged.shape[0] as usize, rows.iter().sum::<usize>());
             prop_assert_eq!(&merged, &rows_tensor(0, start, width));
-            prop_assert_eq!(split_output(&merged, &rows).unwrap(), parts);
+            prop_assert_eq!(split_output(merged, &rows).unwrap(), parts);
         }
     }
 
     #[test]
     fn output_without_batch_dimension_is_an_error() {
         let out = Tensor { name: "y".into(), shape: vec![1], data: TensorData::Fp32(vec![0.0]) };
-        let err = split_output(&out, &[2, 1]).unwrap_err();
+        let err = split_output(out, &[2, 1]).unwrap_err();
         assert!(err.contains("'y' has first dimension 1 for a batch of 3"), "{err}");
     }
 }

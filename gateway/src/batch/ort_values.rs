@@ -1,6 +1,7 @@
 //! Conversion between protocol tensors and ONNX Runtime values.
 
-use ort::value::{DynValue, Tensor as OrtTensor};
+use ort::session::SessionInputValue;
+use ort::value::{DynValue, Tensor as OrtTensor, TensorRef};
 
 use crate::protocol::{DataType, Element, Tensor, TensorData};
 
@@ -27,6 +28,43 @@ pub fn to_ort(tensor: Tensor) -> Result<DynValue, String> {
         TensorData::Fp64(v) => primitive(shape, v),
     };
     value.map_err(|e| format!("input '{name}': {e}"))
+}
+
+/// A runtime view of `tensor`'s own buffer (no copy) for the run's inputs; BYTES are copied
+/// into ONNX strings (they must be UTF-8).
+pub fn to_ort_view(tensor: &Tensor) -> Result<SessionInputValue<'_>, String> {
+    let shape = tensor.shape.as_slice();
+    let value = match &tensor.data {
+        TensorData::Bytes(items) => {
+            let strings = items
+                .iter()
+                .map(|b| std::str::from_utf8(b).map(str::to_owned))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    format!("input '{}' BYTES element is not UTF-8, which ONNX string tensors need: {e}", tensor.name)
+                })?;
+            OrtTensor::from_string_array((shape.to_vec(), strings.as_slice())).map(|t| t.into_dyn().into())
+        }
+        TensorData::Bool(v) => view(shape, v),
+        TensorData::Uint8(v) => view(shape, v),
+        TensorData::Uint16(v) => view(shape, v),
+        TensorData::Uint32(v) => view(shape, v),
+        TensorData::Uint64(v) => view(shape, v),
+        TensorData::Int8(v) => view(shape, v),
+        TensorData::Int16(v) => view(shape, v),
+        TensorData::Int32(v) => view(shape, v),
+        TensorData::Int64(v) => view(shape, v),
+        TensorData::Fp32(v) => view(shape, v),
+        TensorData::Fp64(v) => view(shape, v),
+    };
+    value.map_err(|e| format!("input '{}': {e}", tensor.name))
+}
+
+fn view<'a, T>(shape: &'a [i64], values: &'a [T]) -> ort::Result<SessionInputValue<'a>>
+where
+    T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static,
+{
+    TensorRef::from_array_view((shape, values)).map(SessionInputValue::from)
 }
 
 fn primitive<T>(shape: Vec<i64>, values: Vec<T>) -> ort::Result<DynValue>

@@ -20,6 +20,9 @@ pub struct Job {
 #[derive(Debug)]
 pub struct JobOutput {
     pub outputs: Vec<Tensor>,
+    /// The job's inputs, handed back: the model ran on views of them, so the tap, the shadow
+    /// and explanations read them afterwards without a copy.
+    pub inputs: Vec<Tensor>,
     pub queue: Duration,
     pub compute: Duration,
     /// Rows in the batch this job ran in.

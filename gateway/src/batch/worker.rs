@@ -9,7 +9,7 @@ use ort::session::SessionInputValue;
 
 use super::BatchSettings;
 use super::assemble::{merge_input, split_output};
-use super::ort_values::{from_ort, to_ort};
+use super::ort_values::{from_ort, to_ort, to_ort_view};
 use super::queue::{InferError, Job, JobOutput};
 use crate::metrics::VersionMetrics;
 use crate::model::signature::Signature;
@@ -132,8 +132,7 @@ fn run_batch(session: &mut Session, jobs: Vec<Job>, ctx: &WorkerContext) {
         Ok((per_job, times)) => {
             ctx.stats.record_batch(jobs.len(), total_rows, times);
             for (job, outputs) in jobs.into_iter().zip(per_job) {
-                let queue = started.duration_since(job.enqueued);
-                let _ = job.reply.send(Ok(JobOutput { outputs, queue, compute, batch_rows: total_rows }));
+                answer(job, outputs, started, (compute, total_rows));
             }
         }
         Err(e) if jobs.len() == 1 => {
@@ -172,8 +171,7 @@ fn isolate(session: &mut Session, jobs: Vec<Job>, started: Instant, ctx: &Worker
             ctx.stats.record_batch(jobs.len(), total_rows, times);
             let compute = run_started.elapsed();
             for (job, outputs) in jobs.into_iter().zip(per_job) {
-                let queue = started.duration_since(job.enqueued);
-                let _ = job.reply.send(Ok(JobOutput { outputs, queue, compute, batch_rows: total_rows }));
+                answer(job, outputs, started, (compute, total_rows));
             }
         }
         Err(e) if jobs.len() == 1 => {
@@ -188,6 +186,13 @@ fn isolate(session: &mut Session, jobs: Vec<Job>, started: Instant, ctx: &Worker
             isolate(session, second, started, ctx);
         }
     }
+}
+
+/// Sends `job` its outputs and hands its inputs back with them.
+fn answer(job: Job, outputs: Vec<Tensor>, started: Instant, (compute, batch_rows): (Duration, usize)) {
+    let Job { inputs, enqueued, reply, .. } = job;
+    let queue = started.duration_since(enqueued);
+    let _ = reply.send(Ok(JobOutput { outputs, inputs, queue, compute, batch_rows }));
 }
 
 /// Why a batch produced no outputs, and whether the input's values were the cause.
@@ -228,12 +233,18 @@ fn execute(
     ctx: &WorkerContext,
 ) -> Result<(Vec<Vec<Tensor>>, BatchTimes), ExecError> {
     let t0 = Instant::now();
-    let mut values: Vec<(String, SessionInputValue<'static>)> = Vec::with_capacity(ctx.signature.inputs.len());
+    let mut values: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(ctx.signature.inputs.len());
+    // One request (or a model that batches nothing) runs on views of its own buffers; only a
+    // batch of several is copied, into one merged buffer per input.
+    let alone = jobs.len() == 1 || !ctx.signature.batchable;
     for (index, spec) in ctx.signature.inputs.iter().enumerate() {
-        let parts: Vec<&Tensor> = jobs.iter().map(|j| &j.inputs[index]).collect();
-        let merged =
-            if ctx.signature.batchable { merge_input(&parts).map_err(ExecError::ours)? } else { parts[0].clone() };
-        values.push((spec.name.clone(), to_ort(merged).map_err(ExecError::ours)?.into()));
+        let value = if alone {
+            to_ort_view(&jobs[0].inputs[index])
+        } else {
+            let parts: Vec<&Tensor> = jobs.iter().map(|j| &j.inputs[index]).collect();
+            merge_input(&parts).and_then(to_ort).map(SessionInputValue::from)
+        };
+        values.push((spec.name.as_str(), value.map_err(ExecError::ours)?));
     }
     let t1 = Instant::now();
     let outputs = session.run(values).map_err(|e| ExecError {
@@ -249,7 +260,7 @@ fn execute(
             .ok_or_else(|| ExecError::ours(format!("the model produced no output '{}'", spec.name)))?;
         let tensor = from_ort(&spec.name, value, spec.datatype).map_err(ExecError::ours)?;
         if ctx.signature.batchable {
-            for (slot, piece) in per_job.iter_mut().zip(split_output(&tensor, rows).map_err(ExecError::ours)?) {
+            for (slot, piece) in per_job.iter_mut().zip(split_output(tensor, rows).map_err(ExecError::ours)?) {
                 slot.push(piece);
             }
         } else {

@@ -105,13 +105,16 @@ impl ScoreSpec {
     /// is missing, not numeric, or narrower than the column.
     pub fn scores(&self, outputs: &[Tensor]) -> Option<Vec<f64>> {
         let tensor = outputs.get(self.index)?;
-        let values = tensor.data.to_f64()?;
+        let len = tensor.data.len();
         let rows = tensor.shape.first().map_or(1, |r| (*r).max(1) as usize);
-        let width = values.len() / rows;
-        if self.column >= width || values.len() != rows * width {
+        let width = len / rows;
+        if self.column >= width || len != rows * width {
             return None;
         }
-        Some(values.chunks_exact(width).map(|row| row[self.column]).collect())
+        // Only the score column is read (not the whole output converted first).
+        crate::with_data!(&tensor.data, v => {
+            v.iter().skip(self.column).step_by(width).map(crate::protocol::Element::as_f64).collect()
+        })
     }
 
     /// Whether the score is a classifier's probability (thresholds apply).
@@ -170,6 +173,10 @@ mod tests {
         assert_eq!((score.index, score.column), (0, 0));
         let answer = [Tensor { name: "output".into(), shape: vec![3, 1], data: TensorData::Fp32(vec![0.1, 0.2, 0.3]) }];
         assert_eq!(score.scores(&answer).map(|s| s.len()), Some(3), "one score per row");
+        let text = [Tensor { name: "output".into(), shape: vec![1, 1], data: TensorData::Bytes(vec![b"x".to_vec()]) }];
+        assert_eq!(score.scores(&text), None, "text is no score");
+        let ragged = [Tensor { name: "output".into(), shape: vec![2, 1], data: TensorData::Fp32(vec![0.1, 0.2, 0.3]) }];
+        assert_eq!(score.scores(&ragged), None, "values that are not rows x width");
         let bad = ScoreConfig { output: Some("proba".into()), ..ScoreConfig::default() };
         let err = ScoreSpec::resolve(Some(&bad), &outputs, "models.m.score").unwrap_err();
         assert_eq!(err, "models.m.score.output = \"proba\": the model's outputs are [\"output\"]");

@@ -6,7 +6,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_ENCODING, HeaderMap};
+use hyper::header::{CONTENT_ENCODING, HeaderMap, HeaderValue};
 use hyper::{Request, Response};
 
 use super::body::{self, BodyLimits};
@@ -57,9 +57,14 @@ fn encode(chosen: pipeline::Chosen<'_>) -> Result<HttpResponse, ApiError> {
     let header = ResponseHeader { model_name: &chosen.mv.model, model_version: &version, id: chosen.id };
     let encoded = encode_response(&header, &chosen.outputs);
     let mut builder = Response::builder().status(200);
+    // Parsed names and static values: nothing is parsed or validated per answer.
+    const HEADER_LENGTH_NAME: hyper::header::HeaderName = hyper::header::HeaderName::from_static(HEADER_LENGTH);
+    let content_type = hyper::header::CONTENT_TYPE;
     builder = match encoded.header_length {
-        Some(n) => builder.header("content-type", "application/octet-stream").header(HEADER_LENGTH, n.to_string()),
-        None => builder.header("content-type", "application/json"),
+        Some(n) => builder
+            .header(content_type, HeaderValue::from_static("application/octet-stream"))
+            .header(HEADER_LENGTH_NAME, HeaderValue::from(n)),
+        None => builder.header(content_type, HeaderValue::from_static("application/json")),
     };
     Ok(builder
         .body(Full::new(Bytes::from(encoded.body)))

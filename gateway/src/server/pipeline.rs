@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use hyper::header::{HeaderMap, HeaderValue};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{ApiError, AppState};
 use crate::batch::{InferError, JobOutput};
-use crate::metrics::{ARM_REQUESTS, SHADOW_REQUESTS};
+use crate::metrics::SHADOW_REQUESTS;
 use crate::model::table::{BudgetPermit, RouteEvidence, ServedModel};
 use crate::model::{Arm, ModelVersion, ValidationError};
 use crate::protocol::{RequestedOutput, Tensor};
@@ -25,34 +25,46 @@ pub const MODEL_VERSION: &str = "x-model-version";
 /// Names the routing arm that answered (champion, canary, explicit).
 pub const ARM: &str = "x-flywheel-arm";
 
+// The names as parsed header names: inserting by `&str` parses the name on every answer.
+const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
+const GATEWAY_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(GATEWAY_REQUEST_ID);
+const MODEL_VERSION_NAME: HeaderName = HeaderName::from_static(MODEL_VERSION);
+const ARM_NAME: HeaderName = HeaderName::from_static(ARM);
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+
 /// Writes what every answer carries, as HTTP headers or gRPC metadata: the request ids, the
 /// answering version and arm, and `Server-Timing` (queue, compute, total; milliseconds).
 pub fn answer_headers(headers: &mut HeaderMap, ids: &RequestIds, answer: &AnswerMeta, started: Instant) {
-    headers.insert(REQUEST_ID, ids.echoed().clone());
-    headers.insert(GATEWAY_REQUEST_ID, ids.gateway.clone());
-    if let Some(v) = answer.version.and_then(|v| HeaderValue::from_str(&v.to_string()).ok()) {
-        headers.insert(MODEL_VERSION, v);
+    headers.insert(REQUEST_ID_NAME, ids.echoed().clone());
+    headers.insert(GATEWAY_REQUEST_ID_NAME, ids.gateway.clone());
+    if let Some(v) = answer.version {
+        headers.insert(MODEL_VERSION_NAME, HeaderValue::from(v));
     }
     if let Some(arm) = answer.arm {
-        headers.insert(ARM, HeaderValue::from_static(arm.as_str()));
+        headers.insert(ARM_NAME, HeaderValue::from_static(arm.as_str()));
     }
-    let total = millis(started.elapsed());
-    let value = match answer.timing {
-        Some((queue, compute)) => {
-            format!("queue;dur={}, compute;dur={}, total;dur={total}", millis(queue), millis(compute))
-        }
-        None => format!("total;dur={total}"),
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("server-timing", v);
+    // One buffer, written in place (no String per number).
+    let mut value = String::with_capacity(64);
+    if let Some((queue, compute)) = answer.timing {
+        value.push_str("queue;dur=");
+        push_millis(&mut value, queue);
+        value.push_str(", compute;dur=");
+        push_millis(&mut value, compute);
+        value.push_str(", ");
+    }
+    value.push_str("total;dur=");
+    push_millis(&mut value, started.elapsed());
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+        headers.insert(SERVER_TIMING, v);
     }
 }
 
-/// A duration as milliseconds with three decimals, by integer arithmetic (float formatting
-/// with a precision is a visible share of a small request's cost).
-fn millis(d: Duration) -> String {
+/// Appends a duration as milliseconds with three decimals, by integer arithmetic (float
+/// formatting with a precision is a visible share of a small request's cost).
+fn push_millis(out: &mut String, d: Duration) {
+    use std::fmt::Write as _;
     let us = d.as_micros();
-    format!("{}.{:03}", us / 1000, us % 1000)
+    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
 }
 
 /// A request as its protocol decoded it, not yet checked against any model.
@@ -144,11 +156,13 @@ pub async fn answer<R>(
         Err(e) => return Answer::refused(e.into()),
     };
     let mirror = extras.as_ref().is_some_and(|x| x.shadow.is_some());
-    let tapping = state.tap.as_ref().map(|tap| TapDecision::new(tap, state, ids.sampling_key(), &mv.model, arm));
-    let explain_policy = state.auto_explain.as_ref().and_then(|_| {
-        let config = state.reloader.as_ref()?.config.load();
-        config.models.get(&mv.model)?.explain.clone()
-    });
+    // The config is read once per request: sampling, the label join and explanations.
+    let config = state.reloader.as_ref().map(|r| r.config.load());
+    let config_now = config.as_deref().map(|c| &**c);
+    let tapping = state.tap.as_ref().map(|tap| TapDecision::new(tap, config_now, ids.sampling_key(), &mv.model, arm));
+    let explain_policy =
+        state.auto_explain.as_ref().and_then(|_| config.as_ref()?.models.get(&mv.model)?.explain.clone());
+    drop(config);
     let keep_inputs = mirror || explain_policy.is_some() || tapping.as_ref().is_some_and(|t| t.needs_inputs);
     // The whole-request deadline, applied here too so a request that runs out of time is
     // counted against the arm that was too slow (an outer deadline fires at the same instant
@@ -184,7 +198,7 @@ pub async fn answer<R>(
     mv.stats.record_request(timing.is_some(), total);
     mv.metrics.count_response(status);
     mv.metrics.request_seconds.record(total.as_secs_f64());
-    metrics::counter!(ARM_REQUESTS, "model" => mv.model.clone(), "arm" => arm.as_str()).increment(1);
+    mv.metrics.count_arm(arm.as_str());
     // The answer's score per row, read once for the arm's evidence and the tap.
     let scores = answered.as_ref().and_then(|(out, _)| mv.score.scores(&out.outputs));
     if let (Some(auto), Some(policy), Some((_, Some(inputs))), Some(scores)) =
@@ -355,12 +369,11 @@ struct TapDecision {
 impl TapDecision {
     /// `key` is the client's id when it sent one (so the decision is the same on every replica
     /// and retry), the gateway's otherwise.
-    fn new(tap: &Tap, state: &AppState, key: &str, model: &str, arm: Arm) -> Self {
+    fn new(tap: &Tap, config: Option<&crate::config::Config>, key: &str, model: &str, arm: Arm) -> Self {
         let at = id_fraction(key);
-        let config = state.reloader.as_ref().map(|r| r.config.load());
-        let rate = config.as_ref().map_or(tap.sampling.rate, |c| c.sample_rate_for(model));
-        let join_labels = arm != Arm::Explicit
-            && config.as_ref().and_then(|c| c.rollout_for(model)).is_some_and(|r| r.policy.is_some());
+        let rate = config.map_or(tap.sampling.rate, |c| c.sample_rate_for(model));
+        let join_labels =
+            arm != Arm::Explicit && config.and_then(|c| c.rollout_for(model)).is_some_and(|r| r.policy.is_some());
         let sampled = at < rate || (tap.sampling.keep_canary && arm == Arm::Canary);
         let drift = tap.drift.enabled && at < tap.drift.rate;
         let uncertain_within = tap.sampling.keep_uncertain_within;
@@ -442,7 +455,6 @@ async fn run_shadow(job: ShadowJob) {
     let _permit = permit;
     let started = Instant::now();
     let rows = if shadow.signature.batchable { inputs[0].shape.first().map_or(1, |r| *r as usize) } else { 1 };
-    let kept_inputs = sample.as_ref().map(|_| inputs.clone());
     let reply = match shadow.queue.submit_shadow(inputs, rows) {
         Ok(reply) => reply,
         Err(_) => {
@@ -450,7 +462,9 @@ async fn run_shadow(job: ShadowJob) {
             return;
         }
     };
-    let (status, outputs) = match reply.await {
+    // A sampled shadow answer is tapped with its inputs, handed back by the batch (a failed
+    // one is tapped without them).
+    let (status, outputs, kept_inputs) = match reply.await {
         Ok(Ok(out)) => {
             match shadow.score.scores(&out.outputs) {
                 Some(answer) => {
@@ -460,15 +474,16 @@ async fn run_shadow(job: ShadowJob) {
                 }
                 None => count_shadow(&shadow.model, "not_comparable"),
             }
-            (200, out.outputs)
+            (200, out.outputs, out.inputs)
         }
         _ => {
             evidence.each(|r| r.shadow.record_candidate_error(primary_latency));
             count_shadow(&shadow.model, "error");
-            (500, Vec::new())
+            (500, Vec::new(), Vec::new())
         }
     };
-    if let (Some((tap, ids)), Some(inputs)) = (sample, kept_inputs) {
+    if let Some((tap, ids)) = sample {
+        let inputs = kept_inputs;
         tap.offer(Served {
             request_id: ids.gateway(),
             client_request_id: ids.client(),
@@ -503,13 +518,15 @@ async fn run<R>(
     let Decoded { id, inputs, outputs: requested, binary_default } = decode()?;
     let selection = select_outputs(mv, &requested, binary_default)?;
     let checked = mv.signature.check(inputs, mv.effective_max_batch_size())?;
-    // The shadow needs its own copy: the primary's inputs move into its batch.
-    let mirrored = mirror.then(|| checked.tensors.clone());
     let reply = mv.queue.submit(checked.tensors, checked.rows)?;
     let pending = crate::metrics::Pending::start(&mv.metrics);
     mv.metrics.queue_depth.set(mv.queue.depth() as f64);
-    let output = reply.await.map_err(|_| InferError::Runtime("the inference thread dropped the request".into()))??;
+    let mut output =
+        reply.await.map_err(|_| InferError::Runtime("the inference thread dropped the request".into()))??;
     drop(pending);
+    // The inputs come back with the answer (the model ran on views of them): the shadow, the
+    // tap and explanations read them without a copy.
+    let mirrored = mirror.then(|| std::mem::take(&mut output.inputs));
     let outputs = selection.iter().map(|(index, binary)| (&output.outputs[*index], *binary)).collect();
     let encoded = encode(Chosen { mv, id: id.as_deref(), outputs })?;
     Ok((encoded, output, mirrored))
@@ -554,9 +571,14 @@ impl RequestIds {
     /// visible characters).
     pub fn with_client(client: Option<HeaderValue>) -> Self {
         let client = client.filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok());
-        // 32 hex digits are always a valid header value.
-        let gateway =
-            HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..))).unwrap_or(HeaderValue::from_static("0"));
+        // 32 hex digits, written in place; always a valid header value.
+        let mut hex = [0u8; 32];
+        let mut bits = fastrand::u128(..);
+        for digit in hex.iter_mut().rev() {
+            *digit = b"0123456789abcdef"[(bits & 0xf) as usize];
+            bits >>= 4;
+        }
+        let gateway = HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"));
         Self { gateway, client }
     }
 
@@ -582,7 +604,34 @@ impl RequestIds {
 #[cfg(test)]
 #[test]
 fn server_timing_milliseconds_keep_three_decimals() {
+    let millis = |d| {
+        let mut s = String::new();
+        push_millis(&mut s, d);
+        s
+    };
     assert_eq!(millis(Duration::from_micros(1_234_567)), "1234.567");
     assert_eq!(millis(Duration::from_micros(5)), "0.005");
     assert_eq!(millis(Duration::ZERO), "0.000");
+}
+
+#[cfg(test)]
+#[test]
+#[allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+fn every_answer_carries_its_ids_version_arm_and_timing() {
+    let ids = RequestIds::with_client(None);
+    assert_eq!(ids.gateway.len(), 32);
+    assert!(ids.gateway.to_str().unwrap().bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert_ne!(RequestIds::with_client(None).gateway, ids.gateway, "a fresh id each request");
+    let mut headers = HeaderMap::new();
+    let meta = AnswerMeta {
+        version: Some(12),
+        arm: Some(Arm::Canary),
+        timing: Some((Duration::from_micros(1500), Duration::from_micros(250))),
+    };
+    answer_headers(&mut headers, &ids, &meta, Instant::now());
+    assert_eq!(headers[MODEL_VERSION], "12");
+    assert_eq!(headers[ARM], "canary");
+    assert_eq!(headers[REQUEST_ID], ids.gateway, "no client id: the gateway's is echoed");
+    let timing = headers["server-timing"].to_str().unwrap();
+    assert!(timing.starts_with("queue;dur=1.500, compute;dur=0.250, total;dur="), "{timing}");
 }
