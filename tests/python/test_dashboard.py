@@ -83,8 +83,8 @@ class Browser:
         self.process.wait(timeout=10)
 
 
-# What the test reads off the page each second.
-PAGE_STATE = """JSON.stringify({
+# What the test reads off the page each second (null while the page is still loading).
+PAGE_STATE = """(() => { try { return JSON.stringify({
   marker: window.__testMarker || null,
   status: document.getElementById('status').textContent,
   champion: document.getElementById('champion').dataset.version || null,
@@ -96,7 +96,7 @@ PAGE_STATE = """JSON.stringify({
   qualityLines: document.querySelectorAll('#chart-auc path.series').length,
   promoteMarks: document.querySelectorAll('#chart-auc line.mark.promote').length,
   runs: document.querySelectorAll('#runs tbody tr .badge').length,
-})"""
+}); } catch (e) { return null; } })()"""
 
 
 def test_the_dashboard_follows_the_loop_live_in_a_browser():
@@ -133,7 +133,10 @@ def test_the_dashboard_follows_the_loop_live_in_a_browser():
             deadline = time.time() + 240
             while time.time() < deadline:
                 time.sleep(1)
-                state = json.loads(browser.evaluate(PAGE_STATE))
+                read = browser.evaluate(PAGE_STATE)
+                if read is None:
+                    continue
+                state = json.loads(read)
                 if marked:
                     assert state["marker"] == "first load", f"the page reloaded: {state}"
                 if not marked and state["champion"]:
@@ -152,6 +155,7 @@ def test_the_dashboard_follows_the_loop_live_in_a_browser():
                     break
             browser.screenshot(ARTIFACTS / "dashboard.png")
             output = "".join(lines)
+            assert state, f"the page never loaded\n{output}"
             assert state["status"] == "live", state
             assert seen["champions"][:1] == ["1"], f"the page showed the first champion: {seen}\n{output}"
             assert len(seen["champions"]) >= 2 and seen["champions"][-1] != "1", \

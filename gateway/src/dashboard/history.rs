@@ -13,7 +13,7 @@ use flywheel_shadow::arm::ArmExport;
 use flywheel_shadow::quality::Quality;
 use serde::Serialize;
 
-use crate::model::table::RoutingTable;
+use crate::model::table::{ArmsRecord, RoutingTable};
 
 /// Labels an arm's quality is computed over: at most this many, the newest ...
 const QUALITY_ROWS: usize = 1000;
@@ -101,10 +101,19 @@ struct LabelRow {
 
 /// The previous look at one arm's lifetime record.
 struct Previous {
-    /// Identity of the lifetime record (a new route starts a new one).
-    record: usize,
+    /// The lifetime record looked at (a new route starts a new one). Held, so its address is
+    /// never another record's.
+    record: Arc<ArmsRecord>,
     version: u64,
     export: ArmExport,
+}
+
+/// One model's arms as exported before the history's lock is taken.
+struct Looked {
+    model: String,
+    record: Arc<ArmsRecord>,
+    /// (arm, version, canary weight, export) of the arms the route has.
+    arms: Vec<(&'static str, u64, Option<u32>, ArmExport)>,
 }
 
 #[derive(Default)]
@@ -186,6 +195,21 @@ impl History {
 
     /// Takes one point per served model from its route's lifetime records.
     pub fn sample(&self, table: &RoutingTable) {
+        // Exported first, outside the history's lock: each export holds its arm's lock (which
+        // requests take) only for its own copy, and readers of the history never wait on it.
+        let looked: Vec<Looked> = table
+            .models
+            .iter()
+            .map(|(name, served)| {
+                let route = &served.route;
+                let lifetime = &route.evidence.lifetime;
+                let mut arms = vec![("champion", route.champion, None, lifetime.champion.export())];
+                if let Some((version, weight)) = route.canary {
+                    arms.push(("canary", version, Some(weight), lifetime.canary.export()));
+                }
+                Looked { model: name.clone(), record: Arc::clone(lifetime), arms }
+            })
+            .collect();
         let now = Instant::now();
         let time_ms = unix_ms(SystemTime::now());
         let mut inner = self.lock();
@@ -193,30 +217,19 @@ impl History {
         inner.last_sample = Some(now);
         let keep = inner.keep;
         inner.models.retain(|name, _| table.models.contains_key(name));
-        for (name, served) in &table.models {
-            let Some(m) = model_entry(&mut inner.models, name) else { continue };
-            let route = &served.route;
-            let record = Arc::as_ptr(&route.evidence.lifetime) as usize;
+        for Looked { model, record, arms: looked_arms } in looked {
+            let Some(m) = model_entry(&mut inner.models, &model) else { continue };
             let mut arms = BTreeMap::new();
-            let canary = route.canary.map(|(v, w)| (v, Some(w)));
-            for (arm, found, lifetime) in [
-                ("champion", Some((route.champion, None)), &route.evidence.lifetime.champion),
-                ("canary", canary, &route.evidence.lifetime.canary),
-            ] {
-                let Some((version, weight)) = found else {
-                    m.previous.remove(arm);
-                    continue;
-                };
-                let export = lifetime.export();
-                let before = m
-                    .previous
-                    .get(arm)
-                    .filter(|p| p.record == record && p.version == version && p.export.requests <= export.requests);
+            m.previous.retain(|arm, _| looked_arms.iter().any(|(a, ..)| a == arm));
+            for (arm, version, weight, export) in looked_arms {
+                let before = m.previous.get(arm).filter(|p| {
+                    Arc::ptr_eq(&p.record, &record) && p.version == version && p.export.requests <= export.requests
+                });
                 let mut point = interval_point(before.map(|p| &p.export), &export, seconds);
                 point.version = version;
                 point.weight = weight;
                 point.quality = m.labels.get_mut(arm).and_then(|rows| quality(rows, version, now));
-                m.previous.insert(arm, Previous { record, version, export });
+                m.previous.insert(arm, Previous { record: Arc::clone(&record), version, export });
                 arms.insert(arm, point);
             }
             m.points.push_back(Point { time_ms, seconds, arms });

@@ -78,7 +78,8 @@ pub fn spawn_sampler(table: Arc<ArcSwap<RoutingTable>>, settings: &DashboardSett
             if std::time::Instant::now() < next {
                 continue;
             }
-            next += interval;
+            // After a stall, one point now rather than a burst that would push real ones out.
+            next = (next + interval).max(std::time::Instant::now());
             crate::health::guard("dashboard", || history::global().sample(&table.load()));
         }
     })

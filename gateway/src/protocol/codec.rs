@@ -102,6 +102,8 @@ fn decode_input(input: InputJson<'_>, binary: &mut &[u8]) -> Result<Tensor, Prot
             input.shape
         )));
     }
+    let expected = element_count(&input.shape)
+        .ok_or_else(|| ProtocolError::Invalid(format!("input '{name}' shape {:?} is too large", input.shape)))?;
     let binary_size = input.parameters.get("binary_data_size");
     let data = match (binary_size, input.data) {
         (Some(size), None) => {
@@ -120,15 +122,13 @@ fn decode_input(input: InputJson<'_>, binary: &mut &[u8]) -> Result<Tensor, Prot
             *binary = rest;
             TensorData::from_binary(datatype, mine)
         }
-        (None, Some(raw)) => TensorData::from_json(datatype, raw.get()),
+        (None, Some(raw)) => TensorData::from_json_expecting(datatype, raw.get(), expected),
         (Some(_), Some(_)) => {
             return Err(ProtocolError::Invalid(format!("input '{name}' has both data and binary_data_size")));
         }
         (None, None) => return Err(ProtocolError::Invalid(format!("input '{name}' has no data"))),
     }
     .map_err(|e| ProtocolError::Invalid(format!("input '{name}': {e}")))?;
-    let expected = element_count(&input.shape)
-        .ok_or_else(|| ProtocolError::Invalid(format!("input '{name}' shape {:?} is too large", input.shape)))?;
     if data.len() != expected {
         return Err(ProtocolError::Invalid(format!(
             "input '{name}' has {} elements but shape {:?} needs {expected}",

@@ -33,7 +33,14 @@ impl fmt::Display for Scalar<'_> {
 
 /// Parses `raw` (a JSON array, nested or flat) into elements of `T`, in row-major order.
 pub fn parse<T: Element>(raw: &str) -> Result<Vec<T>, String> {
-    let mut out = Vec::new();
+    parse_expecting(raw, 0)
+}
+
+/// [`parse`] into a buffer sized for `expected` elements (the shape's count; bounded by what
+/// `raw` can hold, so a lying shape allocates nothing extra).
+pub fn parse_expecting<T: Element>(raw: &str, expected: usize) -> Result<Vec<T>, String> {
+    // Every element takes at least one character and a separator.
+    let mut out = Vec::with_capacity(expected.min(raw.len() / 2 + 1));
     let mut de = serde_json::Deserializer::from_str(raw);
     Flatten(&mut out).deserialize(&mut de).map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;

@@ -331,10 +331,15 @@ impl TensorData {
 
     /// Decodes JSON `data` (flat or nested row-major arrays) as `datatype`.
     pub fn from_json(datatype: DataType, raw: &str) -> Result<TensorData, String> {
-        fn go<T: Element>(raw: &str) -> Result<TensorData, String> {
-            super::json_data::parse::<T>(raw).map(T::wrap)
+        Self::from_json_expecting(datatype, raw, 0)
+    }
+
+    /// [`TensorData::from_json`] into a buffer sized for the `expected` elements of its shape.
+    pub fn from_json_expecting(datatype: DataType, raw: &str, expected: usize) -> Result<TensorData, String> {
+        fn go<T: Element>(raw: &str, expected: usize) -> Result<TensorData, String> {
+            super::json_data::parse_expecting::<T>(raw, expected).map(T::wrap)
         }
-        with_element_type!(datatype, T => go::<T>(raw), Err(unsupported(datatype)))
+        with_element_type!(datatype, T => go::<T>(raw, expected), Err(unsupported(datatype)))
     }
 
     /// `len` default elements (zeros, false, empty strings) of `datatype`; `None` for FP16.

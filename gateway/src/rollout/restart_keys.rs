@@ -50,7 +50,10 @@ pub fn restart_only_changes(started: &Config, new: &Config) -> Vec<&'static str>
     let live_rate = |s: &crate::tap::SamplingSettings| crate::tap::SamplingSettings { rate: 0.0, ..s.clone() };
     check("sampling (every key but rate)", live_rate(a) != live_rate(b));
     check("drift", started.drift != new.drift);
-    check("dashboard", started.dashboard != new.dashboard);
+    // `dashboard.enabled` is read per request; the sampler's timing is taken at start.
+    let (a, b) = (&started.dashboard, &new.dashboard);
+    check("dashboard.interval_ms", a.interval_ms != b.interval_ms);
+    check("dashboard.keep_minutes", a.keep_minutes != b.keep_minutes);
     changed
 }
 
@@ -65,6 +68,7 @@ mod tests {
         new.sampling.rate = 0.5;
         new.admin_token = Some("0123456789abcdef".into());
         new.batching.max_batch_size = 8;
+        new.dashboard.enabled = false;
         assert!(restart_only_changes(&started, &new).is_empty(), "live keys need no restart");
         new.max_in_flight = 7;
         new.server.body_timeout_ms = 1234;
@@ -72,6 +76,7 @@ mod tests {
         new.drift.window_rows = 77;
         new.fleet.lease_ttl_ms = 2000;
         new.registry.poll_interval_ms = 500;
+        new.dashboard.interval_ms = 1000;
         assert_eq!(
             restart_only_changes(&started, &new),
             vec![
@@ -79,7 +84,8 @@ mod tests {
                 "max_in_flight",
                 "server.body_timeout_ms",
                 "sampling (every key but rate)",
-                "drift"
+                "drift",
+                "dashboard.interval_ms"
             ]
         );
     }

@@ -202,8 +202,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
     let promoted = registry.resolve(&config.model, &config.champion_alias).ok() != Some(champion.version);
     let ok = outcome_ok && log.failures.is_empty() && promoted == expected_promotion;
     if args.keep_serving && gateway.alive() {
-        println!("\nThe gateway keeps serving; watch the loop that ran at {base}/dashboard (Ctrl-C stops it)");
-        procs::until_stopped(&mut gateway)?;
+        let said =
+            format!("\nThe gateway keeps serving; watch the loop that ran at {base}/dashboard (Ctrl-C stops it)");
+        procs::until_stopped(&mut gateway, &said)?;
     }
     gateway.stop();
     Ok(if ok { 0 } else { 1 })

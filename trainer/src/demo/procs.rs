@@ -45,15 +45,20 @@ impl Drop for Proc {
     }
 }
 
-/// Waits until Ctrl-C, SIGTERM, or `proc` exiting on its own.
-pub fn until_stopped(proc: &mut Proc) -> anyhow::Result<()> {
+/// Prints `said` once Ctrl-C and SIGTERM are caught, then waits for either, or for `proc`
+/// exiting on its own.
+pub fn until_stopped(proc: &mut Proc, said: &str) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        // Both handlers are in place before the line that tells a watcher it may stop us.
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        println!("{said}");
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
+                _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
                 _ = tick.tick() => if !proc.alive() { break },
             }

@@ -13,6 +13,11 @@ const ROLLOUT_ACTIONS = new Set([
 ]);
 
 const $ = (id) => document.getElementById(id);
+// The candidate an audit entry is about: a rollback is written from the candidate to the champion.
+const subject = (e) => (e.action === "roll_back" ? e.from : e.to);
+// What the page keeps at most (the server keeps at most 20000 points per model).
+const MAX_POINTS = 20000;
+const MAX_DRIFT_EVENTS = 1000;
 const state = {
   token: null,
   model: null,
@@ -173,7 +178,7 @@ function decisionMarks(withDrift) {
     .filter((e) => e.action === "promote" || e.action === "roll_back")
     .map((e) => ({
       ms: Date.parse(e.time), color: MARK_COLORS[e.action], kind: e.action,
-      label: `${e.action} v${e.to ?? "?"} (${e.actor}) ${e.reason || ""}`,
+      label: `${e.action} v${subject(e) ?? "?"} (${e.actor}) ${e.reason || ""}`,
     }));
   if (withDrift) {
     for (const event of state.driftEvents) {
@@ -256,9 +261,9 @@ function drawRouting(routing) {
 function drawRollout() {
   const entries = state.audit.filter((e) => ROLLOUT_ACTIONS.has(e.action) || e.action.endsWith("_conflict") || e.action.endsWith("_failed"));
   const model = state.routing && state.routing.models.find((m) => m.name === state.model);
-  const candidate = model && model.canary ? model.canary.version
-    : (entries.filter((e) => e.action === "promote" || e.action === "roll_back" || e.action === "reject").at(-1) || {}).to;
-  const steps = entries.filter((e) => candidate === undefined || e.to === candidate || e.from === candidate);
+  const decided = entries.filter((e) => e.action === "promote" || e.action === "roll_back" || e.action === "reject").at(-1);
+  const candidate = model && model.canary ? model.canary.version : decided && subject(decided);
+  const steps = entries.filter((e) => candidate === undefined || subject(e) === candidate);
   const items = steps.slice().reverse().map((e) => {
     const verdict = e.action === "advance" ? "passed" : (e.action === "roll_back" ? "failed" : e.action);
     return el("li", { class: verdict, "data-action": e.action },
@@ -359,19 +364,22 @@ async function poll() {
     $("model").value = state.model || "";
   }
   if (!state.model) return;
-  const model = encodeURIComponent(state.model);
+  const asked = state.model;
+  const model = encodeURIComponent(asked);
   const [history, drift, audit, runs] = await Promise.all([
     api(`/admin/history/${model}?since=${state.lastPointMs}`),
     api(`/admin/drift/${model}?since=${state.driftNext}`).catch(() => null),
     state.polls % 2 === 0 ? api(`/admin/audit?model=${model}&limit=${AUDIT_LINES}`).catch(() => null) : Promise.resolve(null),
     state.polls % 3 === 0 ? api(`/admin/runs/${model}`).catch(() => null) : Promise.resolve(null),
   ]);
+  // The user picked another model while this poll was out: its answers are not that model's.
+  if (state.model !== asked) return;
   state.points.push(...history.points);
   if (history.points.length) state.lastPointMs = history.points.at(-1).time_ms;
-  const keep = Date.now() - 3600 * 1000 * 24;
-  state.points = state.points.filter((p) => p.time_ms >= keep);
+  state.points = state.points.slice(-MAX_POINTS);
   if (drift) {
     state.driftEvents.push(...drift.events);
+    state.driftEvents = state.driftEvents.slice(-MAX_DRIFT_EVENTS);
     state.driftNext = drift.next;
   }
   if (audit) state.audit = audit.entries;
