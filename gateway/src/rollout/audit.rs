@@ -63,11 +63,24 @@ pub struct AuditLog {
     /// fleet's decisions (the lease holders', the operators') are in one place.
     store: Option<Arc<super::store_writer::StoreWriter>>,
     lines: std::sync::atomic::AtomicU64,
+    /// The last [`AuditLog::tail_of`] answer, by (file length, model, n): dashboards poll it
+    /// every few seconds and the log changes only on a decision.
+    last_tail_of: Mutex<Option<(TailKey, Vec<Value>)>>,
 }
+
+/// (file length, model, entries asked for) of a [`AuditLog::tail_of`] answer.
+type TailKey = (u64, String, usize);
 
 impl AuditLog {
     pub fn new(path: Option<PathBuf>) -> Self {
-        Self { path, lock: Mutex::new(()), replica: None, store: None, lines: Default::default() }
+        Self {
+            path,
+            lock: Mutex::new(()),
+            replica: None,
+            store: None,
+            lines: Default::default(),
+            last_tail_of: Mutex::new(None),
+        }
     }
 
     /// Stamps every entry with the replica's name and puts it to `store` too.
@@ -115,7 +128,46 @@ impl AuditLog {
         let lines = flywheel_registry::tail_lines(path, n).unwrap_or_default();
         lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
+
+    /// The last `n` entries about `model`, oldest first: read back from the end in widening
+    /// steps until there are `n` of them, the file's start, or [`MAX_SCAN_LINES`] lines, so a
+    /// quiet model's decisions are found behind a busy model's.
+    pub fn tail_of(&self, model: &str, n: usize) -> Vec<Value> {
+        let Some(path) = &self.path else { return Vec::new() };
+        let key = (std::fs::metadata(path).map_or(0, |m| m.len()), model.to_owned(), n);
+        let mut last = self.last_tail_of.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, entries)) = last.as_ref().filter(|(k, _)| *k == key) {
+            return entries.clone();
+        }
+        let entries = self.scan_for(path, model, n);
+        *last = Some((key, entries.clone()));
+        entries
+    }
+
+    fn scan_for(&self, path: &std::path::Path, model: &str, n: usize) -> Vec<Value> {
+        // Lines are compact JSON: a cheap test before parsing (the parsed check is exact).
+        let needle = format!("\"model\":{}", serde_json::to_string(model).unwrap_or_default());
+        let mut read = n.max(1);
+        loop {
+            let lines = flywheel_registry::tail_lines(path, read).unwrap_or_default();
+            let done = lines.len() < read || read >= MAX_SCAN_LINES;
+            let entries: Vec<Value> = lines
+                .iter()
+                .filter(|l| l.contains(&needle))
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|e| e.get("model").and_then(Value::as_str) == Some(model))
+                .collect();
+            if entries.len() >= n || done {
+                let skip = entries.len().saturating_sub(n);
+                return entries.into_iter().skip(skip).collect();
+            }
+            read = (read * 4).min(MAX_SCAN_LINES);
+        }
+    }
 }
+
+/// Most lines [`AuditLog::tail_of`] reads back to find one model's entries.
+const MAX_SCAN_LINES: usize = 50_000;
 
 /// Size at which the audit log is set aside as `<name>.<unix ms>` and a new one started.
 const ROTATE_AT_BYTES: u64 = 64 << 20;
@@ -130,5 +182,39 @@ fn rotate_if_full(path: &std::path::Path) {
     match std::fs::rename(path, &aside) {
         Ok(()) => tracing::info!(path = %aside.display(), "audit log rotated"),
         Err(e) => tracing::error!(path = %path.display(), error = %e, "audit log not rotated"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_models_entries_are_found_behind_a_busy_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::new(Some(dir.path().join("audit.jsonl")));
+        for to in [1, 2] {
+            let mut entry = AuditEntry::now("quiet", "controller", "promote");
+            entry.to = Some(to);
+            log.append(&entry);
+        }
+        for _ in 0..300 {
+            log.append(&AuditEntry::now("busy", "reload", "swap"));
+        }
+        // A model whose name another's contains is not mistaken for it.
+        log.append(&AuditEntry::now("quiet-too", "reload", "swap"));
+        assert!(log.tail(100).iter().all(|e| e["model"] != "quiet"), "the newest 100 lines are others'");
+        let quiet = log.tail_of("quiet", 100);
+        assert_eq!(quiet.len(), 2, "{quiet:?}");
+        assert_eq!((quiet[0]["to"].as_u64(), quiet[1]["to"].as_u64()), (Some(1), Some(2)), "oldest first");
+        assert_eq!(log.tail_of("busy", 10).len(), 10);
+        assert!(log.tail_of("absent", 10).is_empty());
+        // A new decision is seen at once (the remembered answer is for the old file length).
+        let mut entry = AuditEntry::now("quiet", "admin", "roll_back");
+        entry.from = Some(3);
+        log.append(&entry);
+        assert_eq!(log.tail_of("quiet", 100).len(), 3);
+        assert_eq!(log.tail_of("quiet", 100).last().unwrap()["action"], "roll_back");
     }
 }

@@ -35,7 +35,7 @@ pub async fn handle(
     match (method, rest) {
         (Method::GET, ["routing"]) => Ok(routing(state, &reloader)),
         (Method::GET, ["audit"]) => {
-            // `?model=M` keeps one model's entries; `?limit=N` reads the newest N lines (100).
+            // `?limit=N`: the newest N entries (100); `?model=M`: the newest N of that model's.
             let model = query_value(&req, "model").map(str::to_owned);
             let limit = query_number(&req, "limit")?.unwrap_or(100);
             if !(1..=MAX_AUDIT_LINES).contains(&limit) {
@@ -43,12 +43,10 @@ pub async fn handle(
             }
             let r = Arc::clone(&reloader);
             off_runtime(move || {
-                let entries: Vec<Value> = r
-                    .audit
-                    .tail(limit as usize)
-                    .into_iter()
-                    .filter(|e| model.as_deref().is_none_or(|m| e.get("model").and_then(Value::as_str) == Some(m)))
-                    .collect();
+                let entries = match model {
+                    Some(model) => r.audit.tail_of(&model, limit as usize),
+                    None => r.audit.tail(limit as usize),
+                };
                 json!({"entries": entries})
             })
             .await
