@@ -194,6 +194,13 @@ async fn killing_the_controllers_replica_mid_rollout_moves_the_lease_and_the_nex
     assert!(mid, "the rollout never passed its first step");
     let (leader, term) = lease_of(&remote, "tiny").expect("a lease holder");
     let index: usize = leader.strip_prefix('r').unwrap().parse().unwrap();
+    // The holder writes the step to the store, then its audit line (fsynced): kill it once both
+    // are down, not after a fixed pause a loaded machine can outlast.
+    let logged = wait_until(Duration::from_secs(10), || async {
+        audit_of(&replicas[index]).iter().any(|e| e["actor"] == "controller" && e["action"] == "advance")
+    })
+    .await;
+    assert!(logged, "the holder never audited the step it passed");
     live.lock().unwrap().retain(|b| *b != replicas[index].base);
     tokio::time::sleep(Duration::from_millis(100)).await;
     replicas[index].child.kill().unwrap();
