@@ -17,6 +17,17 @@ use crate::store::{
 /// How many times a compare-and-set re-reads after losing a race before giving up.
 const CAS_ATTEMPTS: usize = 16;
 
+/// After the `lost`-th lost compare-and-set, waits a random time up to 1 ms x 2^lost (at most
+/// 50 ms: "full jitter"), so writers that keep colliding spread out instead of one of them
+/// losing every round (16 losses cost at most ~0.6 s).
+fn back_off(lost: usize) {
+    use std::hash::{BuildHasher, Hasher};
+    let cap_us = (1000u64 << lost.min(6)).min(50_000);
+    // A fresh RandomState is differently keyed each call: random enough for jitter.
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    std::thread::sleep(std::time::Duration::from_micros(random % (cap_us + 1)));
+}
+
 /// One model's versions as listed: committed (manifest present) and every number in use.
 #[derive(Debug, Default)]
 pub struct Listing {
@@ -225,7 +236,10 @@ impl Remote {
         model: &str,
         mut change: impl FnMut(&mut BTreeMap<String, u64>) -> Result<(), RegistryError>,
     ) -> Result<BTreeMap<String, u64>, RegistryError> {
-        for _ in 0..CAS_ATTEMPTS {
+        for lost in 0..CAS_ATTEMPTS {
+            if lost > 0 {
+                back_off(lost);
+            }
             let (mut aliases, fetched) = self.aliases_versioned(model)?;
             let before = aliases.clone();
             change(&mut aliases)?;
@@ -276,7 +290,10 @@ impl Remote {
     ) -> Result<Option<RolloutState>, RegistryError> {
         check_model(model)?;
         let parts = [model, ROLLOUT_STATE_FILE];
-        for _ in 0..CAS_ATTEMPTS {
+        for lost in 0..CAS_ATTEMPTS {
+            if lost > 0 {
+                back_off(lost);
+            }
             let (current, mode) = match self.get(&parts)? {
                 None => (RolloutState::default(), PutMode::Create),
                 Some(f) => {
