@@ -2,11 +2,12 @@
 //! restricted to a model and a time window, split by time (train before holdout, no leakage
 //! from the future), checked, and digested so lineage records exactly which rows were used.
 
-use std::collections::HashMap;
-use std::fs::File;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+use crate::manifest::sha256_hex;
 use crate::samples;
+use crate::training_set::DataFile;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, TimestampMicrosecondType, UInt32Type};
 use arrow_array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
@@ -34,6 +35,9 @@ pub struct AssembleSpec {
     pub max_nan_rate: f64,
     /// Fewest rows of each class.
     pub min_per_class: usize,
+    /// Read only these files (paths relative to `sample_dir`, as [`DataFile::path`]): a past
+    /// training set exactly. `None` reads every file of the window.
+    pub only_files: Option<BTreeSet<String>>,
 }
 
 /// Rows of one split, in time order.
@@ -58,6 +62,9 @@ pub struct Dataset {
     /// The newest label time read (µs since the epoch; 0 without labels): with `window_us`,
     /// what re-assembles exactly these rows later, when more labels have arrived.
     pub labels_until_us: i64,
+    /// Every sample, label and label-journal file read, sorted by path: what re-assembles
+    /// exactly these rows later, when a replica has uploaded more of the window.
+    pub files: Vec<DataFile>,
 }
 
 /// Why a dataset cannot be used; the message says what and how much.
@@ -122,12 +129,44 @@ pub(crate) fn parquet_files(dir: &Path, since_us: Option<i64>) -> Vec<PathBuf> {
     files
 }
 
-fn read_batches(path: &Path) -> Result<Vec<RecordBatch>, DatasetError> {
-    let err = |reason: String| DatasetError::Read { path: path.display().to_string(), reason };
-    let file = File::open(path).map_err(|e| err(e.to_string()))?;
-    let reader =
-        ParquetRecordBatchReaderBuilder::try_new(file).and_then(|b| b.build()).map_err(|e| err(e.to_string()))?;
-    reader.collect::<Result<Vec<_>, _>>().map_err(|e| err(e.to_string()))
+/// `path` relative to `base`, with `/` between parts: its key in a sample store.
+pub(crate) fn store_key(base: &Path, path: &Path) -> String {
+    let relative = path.strip_prefix(base).unwrap_or(path);
+    relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+}
+
+/// The files read so far, and which ones a spec allows.
+struct Reading<'a> {
+    spec: &'a AssembleSpec,
+    files: Vec<DataFile>,
+}
+
+impl Reading<'_> {
+    /// `path` relative to the sample folder, with `/` between parts (a store key).
+    fn relative(&self, path: &Path) -> String {
+        store_key(&self.spec.sample_dir, path)
+    }
+
+    /// Whether the spec reads `path`.
+    fn allows(&self, path: &Path) -> bool {
+        self.spec.only_files.as_ref().is_none_or(|only| only.contains(&self.relative(path)))
+    }
+
+    /// The bytes of `path`, recorded (size and SHA-256) as read.
+    fn read(&mut self, path: &Path) -> std::io::Result<Vec<u8>> {
+        let bytes = std::fs::read(path)?;
+        let record = DataFile { path: self.relative(path), bytes: bytes.len() as u64, sha256: sha256_hex(&bytes) };
+        self.files.push(record);
+        Ok(bytes)
+    }
+
+    fn batches(&mut self, path: &Path) -> Result<Vec<RecordBatch>, DatasetError> {
+        let err = |reason: String| DatasetError::Read { path: path.display().to_string(), reason };
+        let bytes = bytes::Bytes::from(self.read(path).map_err(|e| err(e.to_string()))?);
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| err(e.to_string()))?;
+        reader.collect::<Result<Vec<_>, _>>().map_err(|e| err(e.to_string()))
+    }
 }
 
 fn floats(batch: &RecordBatch, name: &str) -> Option<Vec<f64>> {
@@ -153,11 +192,13 @@ fn keys(batch: &RecordBatch) -> Option<(StringArray, UInt32Array, TimestampMicro
 /// The labels of `model`: (request id, row) → (label, time); a later label replaces an earlier one.
 /// Read from the label files and from the fleet's label journal (labels acknowledged by a
 /// replica whose label file is not in the store yet, or never will be: a replica lost).
-fn labels(spec: &AssembleSpec) -> Result<Labels, DatasetError> {
-    let mut map: Labels = journaled_labels(spec);
+fn labels(reading: &mut Reading) -> Result<Labels, DatasetError> {
+    let spec = reading.spec;
+    let mut map: Labels = journaled_labels(reading);
     let dir = spec.sample_dir.join(samples::LABELS).join(format!("model={}", spec.model));
-    for path in parquet_files(&dir, spec.since_us) {
-        for batch in read_batches(&path)? {
+    let paths: Vec<PathBuf> = parquet_files(&dir, spec.since_us).into_iter().filter(|p| reading.allows(p)).collect();
+    for path in paths {
+        for batch in reading.batches(&path)? {
             let bad = |what: &str| DatasetError::Read {
                 path: path.display().to_string(),
                 reason: format!("no {what} column"),
@@ -181,7 +222,8 @@ fn labels(spec: &AssembleSpec) -> Result<Labels, DatasetError> {
 
 /// The labels of `model` in `<sample_dir>/label-journal/model=<m>/*.jsonl` (the store's
 /// [`samples::LABEL_JOURNAL`] objects, copied down). An unreadable line is skipped with a warning.
-fn journaled_labels(spec: &AssembleSpec) -> Labels {
+fn journaled_labels(reading: &mut Reading) -> Labels {
+    let spec = reading.spec;
     let mut map: Labels = HashMap::new();
     let dir = spec.sample_dir.join(samples::LABEL_JOURNAL).join(format!("{}={}", samples::MODEL, spec.model));
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -189,11 +231,12 @@ fn journaled_labels(spec: &AssembleSpec) -> Labels {
         .flatten()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl") && reading.allows(p))
         .collect();
     files.sort();
     for path in files {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let bytes = reading.read(&path).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
         for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             match serde_json::from_str::<samples::JournaledLabel>(line) {
                 Ok(l) if spec.labels_until_us.is_some_and(|u| l.time_us > u) => {}
@@ -212,12 +255,14 @@ fn journaled_labels(spec: &AssembleSpec) -> Labels {
 
 /// Assembles the dataset `spec` describes.
 pub fn assemble(spec: &AssembleSpec) -> Result<Dataset, DatasetError> {
-    let labels = labels(spec)?;
+    let mut reading = Reading { spec, files: Vec::new() };
+    let labels = labels(&mut reading)?;
     let dir = spec.sample_dir.join(samples::SAMPLES).join(format!("model={}", spec.model));
     let mut features: Option<Vec<String>> = None;
     let mut joined: Vec<Joined> = Vec::new();
-    for path in parquet_files(&dir, spec.since_us) {
-        for batch in read_batches(&path)? {
+    let paths: Vec<PathBuf> = parquet_files(&dir, spec.since_us).into_iter().filter(|p| reading.allows(p)).collect();
+    for path in paths {
+        for batch in reading.batches(&path)? {
             let names: Vec<String> =
                 batch.schema().fields().iter().map(|f| f.name().clone()).filter(|n| n.starts_with("in_")).collect();
             match &features {
@@ -269,6 +314,8 @@ pub fn assemble(spec: &AssembleSpec) -> Result<Dataset, DatasetError> {
     let labels_until_us = labels.values().map(|(_, t)| *t).max().unwrap_or(0);
     let holdout_rows = ((joined.len() as f64) * spec.holdout_fraction).round() as usize;
     let cut = joined.len() - holdout_rows.min(joined.len());
+    let mut files = reading.files;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
     let split = |rows: &[Joined]| Split {
         x: rows.iter().map(|j| j.x.clone()).collect(),
         y: rows.iter().map(|j| j.label).collect(),
@@ -281,6 +328,7 @@ pub fn assemble(spec: &AssembleSpec) -> Result<Dataset, DatasetError> {
         digest,
         window_us,
         labels_until_us,
+        files,
     })
 }
 
@@ -319,4 +367,38 @@ fn digest(rows: &[Joined]) -> String {
         }
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sample files under `spec`'s window partitions that are not in `listed` and hold rows of
+/// `spec.model` served in `[since_us, until_us)` (not on the shadow arm), with how many: what
+/// reached the sample folder after a training set was read (a replica's late upload).
+pub fn unlisted_rows(spec: &AssembleSpec, listed: &BTreeSet<String>) -> Result<Vec<(String, u64)>, DatasetError> {
+    let mut reading = Reading { spec, files: Vec::new() };
+    let dir = spec.sample_dir.join(samples::SAMPLES).join(format!("model={}", spec.model));
+    let mut found = Vec::new();
+    for path in parquet_files(&dir, spec.since_us) {
+        let relative = reading.relative(&path);
+        if listed.contains(&relative) {
+            continue;
+        }
+        let mut rows = 0;
+        for batch in reading.batches(&path)? {
+            let bad =
+                || DatasetError::Read { path: path.display().to_string(), reason: "no time or arm column".into() };
+            let (_, _, times) = keys(&batch).ok_or_else(bad)?;
+            let arms = batch.column_by_name(samples::ARM).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(bad)?;
+            rows += (0..batch.num_rows())
+                .filter(|&i| {
+                    let time = times.value(i);
+                    arms.value(i) != "shadow"
+                        && spec.since_us.is_none_or(|s| time >= s)
+                        && spec.until_us.is_none_or(|u| time < u)
+                })
+                .count() as u64;
+        }
+        if rows > 0 {
+            found.push((relative, rows));
+        }
+    }
+    Ok(found)
 }

@@ -8,7 +8,11 @@
 //! - [`rollout_state`]: the controller's durable rollout state per model.
 //! - [`dataset`]: samples joined with labels, windowed and digested (what the trainer trains on
 //!   and what lineage re-verifies).
-//! - [`lineage`]: a served request back to its version, data, decisions and ancestors.
+//! - [`training_set`]: which sample-store files (path, size, SHA-256) a version's rows were
+//!   read from, kept beside the samples and found from the manifest's data digest.
+//! - [`lineage`]: a served request back to its version, data, decisions and ancestors;
+//!   [`data_check`] re-assembles a version's rows and compares their digest;
+//!   [`lineage_store`] copies a fleet's store into a fresh folder for the same query.
 //! - [`samples`]: the sample and label Parquet layout and column names.
 //! - [`events`]: the drift event format and the trainer's run log name.
 //! - [`signing`]: Ed25519 signatures over manifests (`manifest.sig`), trusted keys, key pairs.
@@ -18,10 +22,12 @@
 #![forbid(unsafe_code)]
 
 pub mod alias_cas;
+pub mod data_check;
 pub mod dataset;
 pub mod events;
 pub mod fsutil;
 pub mod lineage;
+pub mod lineage_store;
 pub mod manifest;
 pub mod profile;
 pub mod remote;
@@ -30,6 +36,7 @@ pub mod samples;
 pub mod signing;
 pub mod store;
 pub mod tail;
+pub mod training_set;
 
 pub use alias_cas::AliasChange;
 pub use events::{

@@ -3,7 +3,8 @@
 //! hyperparameters, gate evidence, the drift event that triggered it) → the rollout decisions
 //! and approvals about it, with times → its parent, and so on back to the first version. Each
 //! version trained on the sample store has its data digest re-checked by re-assembling the same
-//! rows ([`crate::dataset::assemble`] with the window and label cutoff its manifest recorded).
+//! rows ([`crate::data_check`]: from the files its training-set record lists, or by the window
+//! and label cutoff its manifest recorded).
 //!
 //! Read-only: files are read as they are; nothing is written.
 
@@ -22,7 +23,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::dataset::{AssembleSpec, assemble, parquet_files};
+pub use crate::data_check::DataCheck;
+use crate::data_check::check_data;
+use crate::dataset::parquet_files;
 
 /// Folder of the gateway's explanation files under the sample folder.
 pub const EXPLANATIONS: &str = "explanations";
@@ -89,18 +92,6 @@ pub struct VersionLineage {
     /// Audit entries about this version (to or from it), oldest first.
     pub decisions: Vec<Value>,
     pub data_check: Option<DataCheck>,
-}
-
-/// The re-assembly of a version's training rows.
-#[derive(Clone, Debug, Serialize)]
-pub struct DataCheck {
-    /// Whether the recomputed digest and row count are the manifest's.
-    pub verified: bool,
-    pub recorded_digest: String,
-    pub recorded_rows: u64,
-    pub recomputed_digest: Option<String>,
-    pub recomputed_rows: Option<u64>,
-    pub detail: String,
 }
 
 /// Why a lineage cannot be given.
@@ -175,50 +166,6 @@ pub fn lineage(
         explanations,
         versions,
     })
-}
-
-/// Re-assembles the rows a version was trained on and compares digests; `None` when its data
-/// did not come from the sample store (synthetic data, a file).
-fn check_data(sample_dir: &Path, model: &str, manifest: &Manifest) -> Option<DataCheck> {
-    let data = manifest.data.as_ref()?;
-    let window = data.sample_window_us?;
-    let spec = AssembleSpec {
-        sample_dir: sample_dir.to_path_buf(),
-        model: model.to_owned(),
-        since_us: Some(window.first_row),
-        until_us: Some(window.last_row.saturating_add(1)),
-        labels_until_us: Some(window.labels_until),
-        holdout_fraction: 0.0,
-        min_rows: 0,
-        max_nan_rate: 1.0,
-        min_per_class: 0,
-    };
-    let mut check = DataCheck {
-        verified: false,
-        recorded_digest: data.digest.clone(),
-        recorded_rows: data.rows,
-        recomputed_digest: None,
-        recomputed_rows: None,
-        detail: String::new(),
-    };
-    match assemble(&spec) {
-        Ok(d) => {
-            let rows = (d.train.y.len() + d.holdout.y.len()) as u64;
-            check.verified = d.digest == data.digest && rows == data.rows;
-            check.detail = if check.verified {
-                format!("the {rows} rows served in the window with labels given by then hash to the recorded digest")
-            } else {
-                format!(
-                    "MISMATCH: the sample store now gives {rows} rows with digest {} for the recorded window, \
-                     not {} rows with {}: sample or label files were changed or removed since training",
-                    d.digest, data.rows, data.digest
-                )
-            };
-            (check.recomputed_digest, check.recomputed_rows) = (Some(d.digest), Some(rows));
-        }
-        Err(e) => check.detail = format!("MISMATCH: the rows could not be re-assembled: {e}"),
-    }
-    Some(check)
 }
 
 /// The `model=<m>` folders under `root` (only `model`'s when given).

@@ -3,6 +3,9 @@
 
 use std::process::Command;
 
+mod support;
+use support::{sample_files, sample_part, spec};
+
 fn registry(root: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_registry")).arg("--root").arg(root).args(args).output().unwrap();
     (
@@ -71,85 +74,15 @@ fn keygen_publish_signed_sign_later_and_verify() {
     assert!(!ok && err.contains("does not match manifest.json"), "{err}");
 }
 
-/// Writes a sample file (4 rows of model `m`, two features; `shift` changes one value) and
-/// a label file for it under `dir`.
-fn sample_files(dir: &std::path::Path, shift: f32) {
-    use std::sync::Arc;
-
-    use arrow_array::{ArrayRef, Float32Array, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-    use arrow_array::{UInt32Array, UInt64Array};
-    use arrow_schema::{DataType, Field, Schema, TimeUnit};
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let write = |path: std::path::PathBuf, fields: Vec<Field>, columns: Vec<ArrayRef>| {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
-        let file = std::fs::File::create(path).unwrap();
-        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-    };
-    let t0 = 1_790_000_000_000_000i64;
-    let times: Vec<i64> = (0..4).map(|i| t0 + i * 1000).collect();
-    let ids = vec!["a", "b", "c", "d"];
-    write(
-        dir.join("samples/model=m/date=2026-09-21/part-1.parquet"),
-        vec![
-            Field::new("request_id", DataType::Utf8, false),
-            Field::new("row", DataType::UInt32, false),
-            Field::new("time", ts.clone(), false),
-            Field::new("version", DataType::UInt64, false),
-            Field::new("arm", DataType::Utf8, false),
-            Field::new("in_x_0", DataType::Float32, true),
-            Field::new("in_x_1", DataType::Float32, true),
-        ],
-        vec![
-            Arc::new(StringArray::from(ids.clone())),
-            Arc::new(UInt32Array::from(vec![0u32; 4])),
-            Arc::new(TimestampMicrosecondArray::from(times.clone()).with_timezone("UTC")),
-            Arc::new(UInt64Array::from(vec![2u64; 4])),
-            Arc::new(StringArray::from(vec!["champion"; 4])),
-            Arc::new(Float32Array::from(vec![0.1, 0.2, 0.3 + shift, 0.4])),
-            Arc::new(Float32Array::from(vec![1.0, 0.0, 1.0, 0.0])),
-        ],
-    );
-    write(
-        dir.join("labels/model=m/date=2026-09-21/part-1.parquet"),
-        vec![
-            Field::new("request_id", DataType::Utf8, false),
-            Field::new("row", DataType::UInt32, false),
-            Field::new("label", DataType::Float64, false),
-            Field::new("time", ts, false),
-        ],
-        vec![
-            Arc::new(StringArray::from(ids)),
-            Arc::new(UInt32Array::from(vec![0u32; 4])),
-            Arc::new(Float64Array::from(vec![1.0, 0.0, 1.0, 0.0])),
-            Arc::new(
-                TimestampMicrosecondArray::from(times.iter().map(|t| t + 10).collect::<Vec<_>>()).with_timezone("UTC"),
-            ),
-        ],
-    );
-}
-
 #[test]
 fn lineage_reports_the_chain_and_fails_when_the_training_rows_were_changed() {
-    use flywheel_registry::dataset::{AssembleSpec, assemble};
+    use flywheel_registry::dataset::assemble;
     use flywheel_registry::manifest::SampleWindow;
     use flywheel_registry::{DataLineage, ManifestDraft, Registry};
     let dir = tempfile::tempdir().unwrap();
     let (root, samples) = (dir.path().join("models"), dir.path().join("samples"));
     sample_files(&samples, 0.0);
-    let spec = AssembleSpec {
-        sample_dir: samples.clone(),
-        model: "m".into(),
-        since_us: None,
-        until_us: None,
-        labels_until_us: None,
-        holdout_fraction: 0.25,
-        min_rows: 4,
-        max_nan_rate: 0.0,
-        min_per_class: 1,
-    };
+    let spec = spec(&samples);
     let d = assemble(&spec).unwrap();
     let store = Registry::open(&root);
     store.publish("m", b"first", ManifestDraft::default()).unwrap();
@@ -184,4 +117,109 @@ fn lineage_reports_the_chain_and_fails_when_the_training_rows_were_changed() {
     assert!(!ok && out.contains("MISMATCH") && err.contains("version(s) 2 did not re-verify"), "{out}{err}");
     let (ok, _, err) = registry(&root, &["lineage", "--request-id", "zz"]);
     assert!(!ok && err.contains("\"zz\" is in no sample file"), "{err}");
+}
+
+/// Publishes version 1 and, trained on what `samples` holds now, version 2 of model `m` with
+/// its data lineage; records its training set when `record` is set.
+fn publish_trained(root: &std::path::Path, samples: &std::path::Path, record: bool) {
+    use flywheel_registry::dataset::assemble;
+    use flywheel_registry::manifest::SampleWindow;
+    use flywheel_registry::training_set::TrainingSet;
+    use flywheel_registry::{DataLineage, ManifestDraft, Registry};
+    let d = assemble(&spec(samples)).unwrap();
+    let window = SampleWindow { first_row: d.window_us.0, last_row: d.window_us.1, labels_until: d.labels_until_us };
+    let rows = (d.train.y.len() + d.holdout.y.len()) as u64;
+    if record {
+        let set = TrainingSet {
+            model: "m".into(),
+            digest: d.digest.clone(),
+            rows,
+            window_us: window,
+            files: d.files.clone(),
+            created_at: "2026-09-21T00:00:00Z".into(),
+        };
+        set.write(samples, None).unwrap();
+    }
+    let store = Registry::open(root);
+    store.publish("m", b"first", ManifestDraft::default()).unwrap();
+    let data = DataLineage { digest: d.digest, rows, window: None, sample_window_us: Some(window) };
+    store
+        .publish("m", b"second", ManifestDraft { parent_version: Some(1), data: Some(data), ..Default::default() })
+        .unwrap();
+}
+
+#[test]
+fn lineage_re_assembles_exactly_the_recorded_files_and_reports_later_uploads_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, samples) = (dir.path().join("models"), dir.path().join("samples"));
+    sample_files(&samples, 0.0);
+    publish_trained(&root, &samples, true);
+    let record = std::fs::read_to_string(
+        samples.join("training-sets/model=m").read_dir().unwrap().next().unwrap().unwrap().path(),
+    )
+    .unwrap();
+    for file in ["samples/model=m/date=2026-09-21/part-1.parquet", "labels/model=m/date=2026-09-21/part-1.parquet"] {
+        assert!(record.contains(file), "{file} in {record}");
+    }
+    // A replica uploads rows served inside the training window, with labels given before the
+    // cutoff, after training: not this version's data.
+    sample_part(&samples, "part-late.parquet", &["e", "f"], 500, 0.0);
+    let (ok, out, err) = registry(&root, &["lineage", "--request-id", "c"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("re-assembled from the 2 files recorded at training hash to the recorded digest"), "{out}");
+    assert!(out.contains("1 file(s) not read at training hold 2 row(s) served in the window"), "{out}");
+    assert!(out.contains("samples/model=m/date=2026-09-21/part-late.parquet"), "{out}");
+    let (_, out, _) = registry(&root, &["lineage", "--request-id", "c", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let check = &json["versions"][0]["data_check"];
+    assert!(check["verified"] == true && check["method"] == "files", "{check}");
+    assert_eq!(check["later_files"][0][1], 2, "{check}");
+
+    // Without the record, the window alone cannot tell the late rows from the trained ones.
+    std::fs::remove_dir_all(samples.join("training-sets")).unwrap();
+    let (ok, out, _) = registry(&root, &["lineage", "--request-id", "c"]);
+    assert!(!ok && out.contains("MISMATCH") && out.contains("no training-set record"), "{out}");
+
+    // A recorded file changed since training: named, and the check fails.
+    let dir = tempfile::tempdir().unwrap();
+    let (root, samples) = (dir.path().join("models"), dir.path().join("samples"));
+    sample_files(&samples, 0.0);
+    publish_trained(&root, &samples, true);
+    sample_files(&samples, 0.5);
+    let (ok, out, err) = registry(&root, &["lineage", "--request-id", "c"]);
+    assert!(!ok && out.contains("MISMATCH: the 2 files recorded at training"), "{out}{err}");
+    assert!(out.contains("samples/model=m/date=2026-09-21/part-1.parquet changed since training"), "{out}");
+    assert!(!out.contains("labels/model=m/date=2026-09-21/part-1.parquet changed"), "only the sample file: {out}");
+}
+
+#[test]
+fn labels_read_from_a_journal_object_since_folded_into_a_label_file_still_re_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, samples) = (dir.path().join("models"), dir.path().join("samples"));
+    sample_files(&samples, 0.0);
+    // Rows e and f were labelled through a replica's journal; their label file is not up yet.
+    sample_part(&samples, "part-2.parquet", &["e", "f"], 5000, 0.0);
+    let label_file = samples.join("labels/model=m/date=2026-09-21/part-2.parquet");
+    let held = dir.path().join("part-2.labels");
+    std::fs::rename(&label_file, &held).unwrap();
+    let journal = samples.join("label-journal/model=m/1790000000005-r1-1.jsonl");
+    std::fs::create_dir_all(journal.parent().unwrap()).unwrap();
+    let t = support::T0 + 5000;
+    let lines = format!(
+        "{{\"id\":\"e\",\"row\":0,\"label\":1.0,\"time_us\":{}}}\n{{\"id\":\"f\",\"row\":0,\"label\":0.0,\"time_us\":{}}}\n",
+        t + 10,
+        t + 1010
+    );
+    std::fs::write(&journal, lines).unwrap();
+    publish_trained(&root, &samples, true);
+    // The label file is uploaded and the journal object deleted, as a replica does.
+    std::fs::rename(&held, &label_file).unwrap();
+    std::fs::remove_file(&journal).unwrap();
+    let (ok, out, err) = registry(&root, &["lineage", "--request-id", "e"]);
+    assert!(ok && out.contains("hash to the recorded digest"), "{out}{err}");
+    assert!(out.contains("1 label-journal object(s) read at training are gone"), "{out}");
+    // Trained on 6 rows: without e and f's labels the digest would not match.
+    let (_, out, _) = registry(&root, &["lineage", "--request-id", "e", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["versions"][0]["data_check"]["recomputed_rows"], 6, "{json}");
 }

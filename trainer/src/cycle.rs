@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use flywheel_onnx::Mlp;
+use flywheel_registry::manifest::SampleWindow;
+use flywheel_registry::training_set::TrainingSet;
 use flywheel_registry::{AliasChange, DataLineage, ManifestDraft, ReferenceProfile, Registry};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -167,17 +169,20 @@ fn cycle(config: &TrainerConfig, since_us: Option<i64>, record: &mut RunRecord) 
     }
 
     let t = Instant::now();
+    let sample_window = SampleWindow {
+        first_row: dataset.window_us.0,
+        last_row: dataset.window_us.1,
+        labels_until: dataset.labels_until_us,
+    };
+    let rows = (dataset.train.y.len() + dataset.holdout.y.len()) as u64;
+    record_training_set(config, &dataset, rows, sample_window)?;
     let draft = ManifestDraft {
         parent_version: Some(champion_version),
         data: Some(DataLineage {
             digest: dataset.digest.clone(),
-            rows: (dataset.train.y.len() + dataset.holdout.y.len()) as u64,
+            rows,
             window: Some(window_text(dataset.window_us)),
-            sample_window_us: Some(flywheel_registry::manifest::SampleWindow {
-                first_row: dataset.window_us.0,
-                last_row: dataset.window_us.1,
-                labels_until: dataset.labels_until_us,
-            }),
+            sample_window_us: Some(sample_window),
         }),
         code_revision: Some(code_revision(config)),
         hyperparameters: candidate.hyperparameters.clone(),
@@ -219,6 +224,28 @@ fn cycle(config: &TrainerConfig, since_us: Option<i64>, record: &mut RunRecord) 
     Ok(())
 }
 
+/// Writes which files the dataset was read from beside the samples (and to the fleet's sample
+/// store), before the version that names its digest is published: lineage re-assembles exactly
+/// these rows later, whatever a replica uploads afterwards.
+fn record_training_set(
+    config: &TrainerConfig,
+    dataset: &Dataset,
+    rows: u64,
+    window: SampleWindow,
+) -> Result<(), String> {
+    let set = TrainingSet {
+        model: config.model.clone(),
+        digest: dataset.digest.clone(),
+        rows,
+        window_us: window,
+        files: dataset.files.clone(),
+        created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+    };
+    let remote = config.samples_url.as_deref().map(flywheel_registry::Remote::shared).transpose();
+    let remote = remote.map_err(|e| format!("sample store: {e}"))?;
+    set.write(&config.samples, remote.as_deref()).map_err(|e| format!("recording the training set: {e}"))
+}
+
 /// The champion alias's version and its verified bytes.
 fn current_champion(registry: &Registry, config: &TrainerConfig) -> Result<(u64, Vec<u8>), String> {
     let model = config.model.as_str();
@@ -245,6 +272,7 @@ pub fn assemble_spec(config: &TrainerConfig, since_us: Option<i64>) -> AssembleS
         min_rows: config.min_rows,
         max_nan_rate: config.max_nan_rate,
         min_per_class: config.min_per_class,
+        only_files: None,
     }
 }
 

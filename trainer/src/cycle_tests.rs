@@ -215,7 +215,7 @@ fn a_promotion_during_training_is_gated_against_the_new_champion_and_recorded_as
 
 /// One sample row answered by `version` of `fraud` (as the gateway writes it, version column and
 /// output included).
-fn served_by(dir: &Path, id: &str, version: u64, time_us: i64) {
+fn served_by(dir: &Path, id: &str, version: u64, time_us: i64, file: &str) {
     use arrow_array::{Int32Array, Int64Array, UInt64Array};
     let mut fields = vec![
         Field::new("request_id", DataType::Utf8, false),
@@ -244,7 +244,7 @@ fn served_by(dir: &Path, id: &str, version: u64, time_us: i64) {
     fields.push(Field::new("out_output_0", DataType::Float32, true));
     columns.push(Arc::new(Float32Array::from(vec![0.93f32])));
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
-    write(&dir.join("samples/model=fraud/date=2026-09-22/part-9.parquet"), batch);
+    write(&dir.join(format!("samples/model=fraud/date=2026-09-22/{file}")), batch);
 }
 
 #[test]
@@ -257,7 +257,14 @@ fn lineage_of_a_request_served_by_a_retrained_version_reaches_the_bootstrap_and_
     // A label that arrives after training (a relabel of a row inside its window) does not change
     // what the version was trained on.
     crate::test_files::labels(&samples, ("fraud", "2026-09-23"), "part-late.parquet", &[("r5", 0, 0.5, T0 * 2)]);
-    served_by(&samples, "req-by-2", 2, T0 + 86_400_000_000);
+    served_by(&samples, "req-by-2", 2, T0 + 86_400_000_000, "part-9.parquet");
+    // A replica's late upload: a labelled row served inside the training window, which the
+    // version was not trained on (its training-set record lists the files it read).
+    let set = flywheel_registry::training_set::TrainingSet::read(&samples, "fraud", record.digest().unwrap());
+    let set = set.unwrap().expect("the cycle recorded its training set");
+    assert!(set.files.iter().any(|f| f.path == "samples/model=fraud/date=2026-09-21/part-0.parquet"), "{set:?}");
+    served_by(&samples, "late", 1, T0 + 5_000, "part-late.parquet");
+    crate::test_files::labels(&samples, ("fraud", "2026-09-22"), "part-late.parquet", &[("late", 0, 1.0, T0 + 6_000)]);
     let audit = dir.path().join("models/audit.jsonl");
     let lines = [
         r#"{"time":"2026-09-22T10:00:00.000Z","model":"fraud","actor":"controller","action":"await_approval","from":1,"to":2,"reason":"step 1 passed","evidence":null}"#,
@@ -277,7 +284,8 @@ fn lineage_of_a_request_served_by_a_retrained_version_reaches_the_bootstrap_and_
     assert_eq!(chain, [2, 1], "back to the bootstrap version");
     let v2 = &found.versions[0];
     let check = v2.data_check.as_ref().unwrap();
-    assert!(check.verified, "{check:?}");
+    assert!(check.verified && check.method == "files", "{check:?}");
+    assert_eq!(check.later_files, [("samples/model=fraud/date=2026-09-22/part-late.parquet".to_owned(), 1)]);
     assert_eq!(check.recomputed_digest.as_deref(), record.digest());
     assert_eq!(v2.manifest.as_ref().unwrap().trigger.as_ref().unwrap()["drift_event"]["feature"], "in_input_7");
     let actions: Vec<&str> = v2.decisions.iter().map(|e| e["action"].as_str().unwrap()).collect();

@@ -47,6 +47,7 @@ fn spec(dir: &Path) -> AssembleSpec {
         min_rows: 4,
         max_nan_rate: 0.1,
         min_per_class: 1,
+        only_files: None,
     }
 }
 

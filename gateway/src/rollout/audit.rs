@@ -51,7 +51,7 @@ impl AuditEntry {
 
 /// The fleet's audit folder at the registry's root in object storage (not a model name: those
 /// cannot start with '.').
-pub const AUDIT_DIR: &str = ".audit";
+pub const AUDIT_DIR: &str = flywheel_registry::lineage_store::AUDIT_RECORDS;
 
 /// Appends entries to a JSON-lines file (or only logs them without a path).
 #[derive(Debug)]

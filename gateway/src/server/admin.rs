@@ -101,7 +101,8 @@ pub async fn handle(
             if flag("verify") && config.registry_url.is_some() {
                 return Err(ApiError::BadRequest(
                     "verify=true re-assembles training rows from this replica's samples, but a fleet trains on every \
-                     replica's: run `registry lineage` over the trainer's copy of the registry and sample store"
+                     replica's: run `registry --root <registry URL> lineage --request-id <id>`, which reads the \
+                     fleet's sample store and the files each version's training-set record lists"
                         .into(),
                 ));
             }

@@ -7,8 +7,17 @@ use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
 use flywheel_registry::{
-    ManifestDraft, Registry, Remote, Signer, TrustedKeys, is_remote, lineage, signing, valid_alias,
+    ManifestDraft, Registry, Remote, Signer, TrustedKeys, is_remote, lineage, lineage_store, signing, valid_alias,
 };
+
+/// A folder removed (with what it holds) when this is dropped.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// Operate a Flywheel model registry.
 #[derive(Parser)]
@@ -62,10 +71,12 @@ enum Cmd {
         /// Look in this model's samples only.
         #[arg(long)]
         model: Option<String>,
-        /// The sample folder; default `samples` beside the registry root.
+        /// The sample folder; default `samples` beside the registry root. With a registry in
+        /// object storage, the sample store's URL; default `<root>/.data`.
         #[arg(long)]
-        samples: Option<PathBuf>,
+        samples: Option<String>,
         /// Audit log (repeat for several, e.g. one per replica); default `<root>/audit.jsonl`.
+        /// With a registry in object storage the fleet's audit records there are read too.
         #[arg(long = "audit")]
         audit_logs: Vec<PathBuf>,
         /// JSON instead of the report.
@@ -148,6 +159,70 @@ enum AliasCmd {
     Rm { model: String, alias: String },
 }
 
+/// What `registry lineage` was asked.
+struct LineageQuery<'a> {
+    request_id: &'a str,
+    model: Option<&'a str>,
+    samples: Option<&'a str>,
+    audit_logs: &'a [PathBuf],
+}
+
+/// `registry lineage`: over a folder, or over a store copied into a fresh folder for this query
+/// (removed when it ends). Fails when a version's data does not re-verify.
+fn lineage_main(root: &str, query: &LineageQuery, json: bool, verify_data: bool) -> anyhow::Result<()> {
+    let copy_dir = is_remote(root).then(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        std::env::temp_dir().join(format!("flywheel-lineage-{}-{}", std::process::id(), nanos.as_nanos()))
+    });
+    let _removed = copy_dir.clone().map(RemovedOnDrop);
+    let copied = match &copy_dir {
+        Some(dir) => Some(lineage_store::copy(root, query.samples, query.model, dir, verify_data)?),
+        None => None,
+    };
+    let folder;
+    let (registry, mut sources) = match &copied {
+        Some(copied) => {
+            for problem in &copied.problems {
+                eprintln!("registry copy: {problem}");
+            }
+            (&copied.registry, copied.sources.clone())
+        }
+        None => {
+            let root = PathBuf::from(root.strip_prefix("file://").unwrap_or(root));
+            let beside = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            let sources = lineage::Sources {
+                sample_dir: query.samples.map_or_else(|| beside.join("samples"), PathBuf::from),
+                audit_logs: vec![root.join("audit.jsonl")],
+                verify_data,
+            };
+            folder = Registry::open(&root);
+            (&folder, sources)
+        }
+    };
+    // Logs given replace a folder's default log; a store's audit records are kept.
+    if !query.audit_logs.is_empty() {
+        sources.audit_logs.retain(|_| copied.is_some());
+        sources.audit_logs.extend(query.audit_logs.iter().cloned());
+    }
+    let mut found = lineage::lineage(registry, &sources, query.request_id, query.model)?;
+    if let Some(copied) = &copied {
+        copied.name_in_store(&mut found);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+    } else {
+        print!("{}", lineage::report(&found));
+    }
+    let failed: Vec<String> = found
+        .versions
+        .iter()
+        .filter(|v| v.data_check.as_ref().is_some_and(|c| !c.verified))
+        .map(|v| v.version.to_string())
+        .collect();
+    anyhow::ensure!(failed.is_empty(), "the training data of version(s) {} did not re-verify", failed.join(", "));
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Cmd::Keygen { prefix } = &cli.command {
@@ -156,31 +231,8 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if let Cmd::Lineage { request_id, model, samples, audit_logs, json, no_verify } = &cli.command {
-        anyhow::ensure!(
-            !is_remote(&cli.root),
-            "lineage reads a folder: give the local copy (the gateway's registry.cache_dir or the trainer's) as --root"
-        );
-        let root = PathBuf::from(cli.root.strip_prefix("file://").unwrap_or(&cli.root));
-        let beside = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-        let sources = lineage::Sources {
-            sample_dir: samples.clone().unwrap_or_else(|| beside.join("samples")),
-            audit_logs: if audit_logs.is_empty() { vec![root.join("audit.jsonl")] } else { audit_logs.clone() },
-            verify_data: !no_verify,
-        };
-        let found = lineage::lineage(&Registry::open(&root), &sources, request_id, model.as_deref())?;
-        if *json {
-            println!("{}", serde_json::to_string_pretty(&found)?);
-        } else {
-            print!("{}", lineage::report(&found));
-        }
-        let failed: Vec<String> = found
-            .versions
-            .iter()
-            .filter(|v| v.data_check.as_ref().is_some_and(|c| !c.verified))
-            .map(|v| v.version.to_string())
-            .collect();
-        anyhow::ensure!(failed.is_empty(), "the training data of version(s) {} did not re-verify", failed.join(", "));
-        return Ok(());
+        let query = LineageQuery { request_id, model: model.as_deref(), samples: samples.as_deref(), audit_logs };
+        return lineage_main(&cli.root, &query, *json, !no_verify);
     }
     if is_remote(&cli.root) {
         return remote_main(&*Remote::shared(&cli.root)?, cli.command, cli.signing_key.as_ref());
