@@ -101,7 +101,11 @@ async fn a_replica_lost_with_its_disk_after_acknowledging_labels_loses_none_and_
     // A replica's samples are not a fleet's training rows: its lineage re-check refuses.
     let verify = http.get(&format!("{}/admin/lineage/any?verify=true", kept.base)).await;
     assert_eq!(verify.status, 400);
-    assert!(verify.json()["error"].as_str().unwrap().contains("registry --root <registry URL> lineage"), "{:?}", verify.body);
+    assert!(
+        verify.json()["error"].as_str().unwrap().contains("registry --root <registry URL> lineage"),
+        "{:?}",
+        verify.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -92,12 +92,14 @@ def served():
         config = tmp / "gateway.toml"
         config.write_text("[explain]\nexact_max_features = 12\npermutations = 400\nmax_evaluations = 1000000\n")
         process = subprocess.Popen(
-            [binary("gateway"), "--config", str(config), "--model-repository", str(repo), "--listen", "127.0.0.1:0"],
+            [binary("gateway"), "--config", str(config), "--model-repository", str(repo), "--listen", "127.0.0.1:0",
+             "--grpc-listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE,
             env={**os.environ, "FLYWHEEL_LOG": "warn"},
             text=True,
         )
-        url, _ = read_addresses(process, grpc=False)
+        url, grpc_url = read_addresses(process)
+        models["grpc"] = grpc_url
         try:
             yield url, models
         finally:
@@ -169,3 +171,40 @@ def test_refusals_name_the_reason(served):
     assert status == 400 and "explain.max_rows" in answer["error"], answer
     status, answer = explain(url, "lr16", np.zeros((16, 16), dtype=np.float32))
     assert status == 400 and "over explain.max_evaluations (1000000)" in answer["error"], answer
+
+
+def grpc_infer(grpc_url, model, rows, parameters):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    tensor = grpcclient.InferInput("X", list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows.astype(np.float32))
+    return client.infer(model, [tensor], parameters=parameters)
+
+
+def test_grpc_explains_with_the_explain_parameter_as_http_does(served):
+    """tritonclient.grpc, unmodified: parameters={"explain": True} adds the same JSON as HTTP's
+    /explain in the response parameters; without it, none; a model that cannot be explained is
+    INVALID_ARGUMENT with HTTP's message."""
+    from tritonclient.utils import InferenceServerException
+
+    url, models = served
+    _, _, rows = models["lr12"]
+    result = grpc_infer(models["grpc"], "lr12", rows, {"explain": True})
+    parameters = result.get_response().parameters
+    explained = json.loads(parameters["explained"].string_param)
+    explanations = json.loads(parameters["explanations"].string_param)
+    status, answer = explain(url, "lr12", rows)
+    assert status == 200, answer
+    assert explained["method"] == answer["explained"]["method"] == "exact"
+    assert len(explanations) == len(rows)
+    probabilities = result.as_numpy("probabilities")[:, 1]
+    for i, (ours, http) in enumerate(zip(explanations, answer["explanations"])):
+        np.testing.assert_allclose(ours["attributions"], http["attributions"], atol=1e-12)
+        assert abs(ours["prediction"] - probabilities[i]) < 1e-6
+        assert ours["top"] == http["top"]
+    plain = grpc_infer(models["grpc"], "lr12", rows, None)
+    assert "explanations" not in plain.get_response().parameters
+    with pytest.raises(InferenceServerException) as refused:
+        grpc_infer(models["grpc"], "bare12", rows, {"explain": True})
+    assert "INVALID_ARGUMENT" in str(refused.value.status()) and "no background sample" in refused.value.message()

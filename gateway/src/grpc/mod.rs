@@ -5,6 +5,7 @@
 //! concurrent-stream limit, and GOAWAY on drain as HTTP.
 
 mod convert;
+mod explain;
 mod service;
 mod tensors;
 

@@ -12,9 +12,11 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::explain::{self, Explaining};
 use super::pb::grpc_inference_service_server::GrpcInferenceService;
 use super::{convert, pb, status_of, tensors};
-use crate::server::pipeline::{self, Answer, RequestIds};
+use crate::explain::ExplainTarget;
+use crate::server::pipeline::{self, RequestIds};
 use crate::server::{ApiError, AppState, routes};
 
 /// Requests of one stream answered at once; the stream's next ones wait (answers keep the
@@ -53,21 +55,39 @@ impl Inference {
             }
             held => held,
         };
+        // Explanations take their budget unit before any work (HTTP's `/explain` does the same).
+        let explaining = match explain::asked(&message).and_then(|on| on.then(|| Explaining::start(state)).transpose())
+        {
+            Ok(explaining) => explaining,
+            Err(e) => return (Err(status_of(&e)), HeaderMap::new()),
+        };
         let deadline = deadline(headers, server_deadline, state.limits.request_timeout());
         let (model, version) = (message.model_name.clone(), message.model_version.clone());
         let version = (!version.is_empty()).then_some(version.as_str());
         let lookup = |name: &str| headers.get(name).map(|v| v.as_bytes().to_vec());
-        let decode = move || tensors::decode(message).map_err(ApiError::from);
-        let answer: Answer<pb::ModelInferResponse> =
+        let kept = explaining.as_ref().map(|e| Arc::clone(&e.first_input));
+        let decode = move || {
+            let decoded = tensors::decode(message)?;
+            if let Some(kept) = kept {
+                *kept.lock().unwrap_or_else(|p| p.into_inner()) = decoded.inputs.first().cloned();
+            }
+            Ok(decoded)
+        };
+        let explain = explaining.is_some();
+        let encode = move |chosen: pipeline::Chosen<'_>| -> Result<_, ApiError> {
+            let target = explain.then(|| (ExplainTarget::of(chosen.mv), chosen.mv.backlogged()));
+            Ok((tensors::encode(chosen), target))
+        };
+        let answer =
             pipeline::answer(state, (&model, version), lookup, &ids, started, Some(deadline), decode, encode).await;
         let mut meta = HeaderMap::new();
         pipeline::answer_headers(&mut meta, &ids, &answer.meta, started);
-        (answer.result.map_err(|e| status_of(&e)), meta)
+        let answered = match (answer.result, explaining) {
+            (Ok((response, Some(target))), Some(explaining)) => explaining.finish(state, target, response).await,
+            (result, _) => result.map(|(response, _)| response),
+        };
+        (answered.map_err(|e| status_of(&e)), meta)
     }
-}
-
-fn encode(chosen: pipeline::Chosen<'_>) -> Result<pb::ModelInferResponse, ApiError> {
-    Ok(tensors::encode(chosen))
 }
 
 /// When the request must be answered: the server's request deadline (`server`, set when the

@@ -25,8 +25,10 @@ use super::body::{self, BodyLimits};
 use super::pipeline::{self, Answer, AnswerMeta, Decoded, RequestIds};
 use super::routes::error_response;
 use super::{ApiError, AppState, HttpResponse};
-use crate::explain::{Attribution, ExplainTarget, top};
+use crate::explain::{Attribution, ExplainSettings, ExplainTarget, top};
+use crate::model::table::BudgetPermit;
 use crate::protocol::{InferRequest, ResponseHeader, Tensor, decode_request, encode_response};
+use crate::rollout::Reloader;
 
 /// Answers one explanation request over HTTP.
 pub async fn explain(
@@ -50,12 +52,9 @@ pub async fn explain(
     };
     // The budget once the body is in (a slow upload holds none) and before any work. The slot
     // moves into the computation: it is held until the work ends, even if the client leaves.
-    let Some(slot) = state.explain_budget.try_acquire() else {
-        let busy = ApiError::ExplainBusy(format!(
-            "the explanation budget is full ({} at once, explain.max_concurrent, shared with automatic explanations); retry later",
-            settings.max_concurrent
-        ));
-        return done(error_response(&busy), &AnswerMeta::default());
+    let slot = match acquire(state, &settings) {
+        Ok(slot) => slot,
+        Err(busy) => return done(error_response(&busy), &AnswerMeta::default()),
     };
     let headers = &parts.headers;
     let first_input: Arc<Mutex<Option<Tensor>>> = Arc::default();
@@ -82,24 +81,9 @@ pub async fn explain(
         Ok(ok) => ok,
         Err(e) => return done(error_response(&e), &meta),
     };
-    if backlogged {
-        let busy = ApiError::ExplainBusy(format!(
-            "version {} has a serving backlog (a full batch waiting); explanations are shed first, retry later",
-            target.version
-        ));
-        return done(error_response(&busy), &meta);
-    }
     let input = first_input.lock().unwrap_or_else(|p| p.into_inner()).take();
-    // The serving version, to stop explaining the moment it has a queue.
-    let serving = state.table.load().models.get(&target.model).and_then(|m| m.versions.get(&target.version)).cloned();
-    let explained = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        let busy = || serving.as_ref().is_some_and(|mv| mv.backlogged());
-        compute(&reloader, &target, input, &settings, &busy)
-    })
-    .await
-    .unwrap_or_else(|e| Err(ApiError::Infer(crate::batch::InferError::Runtime(format!("explanation failed: {e}")))));
-    let response = explained.and_then(|(explained, explanations)| {
+    let job = Job { reloader, target, backlogged, input, settings, slot };
+    let response = after_answer(state, job).await.and_then(|(explained, explanations)| {
         let mut body: Value = serde_json::from_slice(&answer)
             .map_err(|e| ApiError::BadRequest(format!("the inference answer is not JSON: {e}")))?;
         if let Some(object) = body.as_object_mut() {
@@ -115,12 +99,58 @@ pub async fn explain(
     done(response.unwrap_or_else(|e| error_response(&e)), &meta)
 }
 
+/// A unit of the explanation budget, or why there is none (shared with automatic explanations).
+pub(crate) fn acquire(state: &AppState, settings: &ExplainSettings) -> Result<BudgetPermit, ApiError> {
+    state.explain_budget.try_acquire().ok_or_else(|| {
+        ApiError::ExplainBusy(format!(
+            "the explanation budget is full ({} at once, explain.max_concurrent, shared with automatic explanations); retry later",
+            settings.max_concurrent
+        ))
+    })
+}
+
+/// What explaining an answered request needs (HTTP's `/explain`, gRPC's `explain` parameter).
+pub(crate) struct Job {
+    pub reloader: Arc<Reloader>,
+    /// The version that answered.
+    pub target: ExplainTarget,
+    /// Whether that version had a serving backlog when it answered.
+    pub backlogged: bool,
+    /// The request's first input, as decoded.
+    pub input: Option<Tensor>,
+    pub settings: ExplainSettings,
+    /// Held until the computation ends, even if the client leaves.
+    pub slot: BudgetPermit,
+}
+
+/// After the inference: refused when the version has a serving backlog (explanations are shed
+/// first), else the rows are explained on the blocking pool, stopping if a backlog forms:
+/// `(explained, explanations)`.
+pub(crate) async fn after_answer(state: &AppState, job: Job) -> Result<(Value, Value), ApiError> {
+    let Job { reloader, target, backlogged, input, settings, slot } = job;
+    if backlogged {
+        return Err(ApiError::ExplainBusy(format!(
+            "version {} has a serving backlog (a full batch waiting); explanations are shed first, retry later",
+            target.version
+        )));
+    }
+    // The serving version, to stop explaining the moment it has a queue.
+    let serving = state.table.load().models.get(&target.model).and_then(|m| m.versions.get(&target.version)).cloned();
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let busy = || serving.as_ref().is_some_and(|mv| mv.backlogged());
+        compute(&reloader, &target, input, &settings, &busy)
+    })
+    .await
+    .unwrap_or_else(|e| Err(ApiError::Infer(crate::batch::InferError::Runtime(format!("explanation failed: {e}")))))
+}
+
 /// Opens (once) the version's explainer and explains the request's rows: `(explained, explanations)`.
 fn compute(
-    reloader: &crate::rollout::Reloader,
+    reloader: &Reloader,
     target: &ExplainTarget,
     input: Option<Tensor>,
-    settings: &crate::explain::ExplainSettings,
+    settings: &ExplainSettings,
     busy: &dyn Fn() -> bool,
 ) -> Result<(Value, Value), ApiError> {
     let (name, _, features) = target.tabular_input().map_err(ApiError::BadRequest)?;
