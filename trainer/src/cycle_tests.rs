@@ -250,10 +250,15 @@ fn served_by(dir: &Path, id: &str, version: u64, time_us: i64, file: &str) {
 #[test]
 fn lineage_of_a_request_served_by_a_retrained_version_reaches_the_bootstrap_and_tampering_fails_loudly() {
     use flywheel_registry::lineage::{Sources, lineage, report};
-    let (dir, config) = setup(3000, 0.0);
+    let (dir, mut config) = setup(3000, 0.0);
+    // A fleet's sample store (the local folder stands for the trainer's copy of it).
+    config.samples_url = Some("memory://lineage-fleet/data".into());
     let record = run(&config, Some(serde_json::json!({"drift_event": {"feature": "in_input_7", "seq": 4}})), None);
     assert_eq!(record.outcome, "registered", "{record:#?}");
     let samples = dir.path().join("samples");
+    let store = flywheel_registry::Remote::shared("memory://lineage-fleet/data").unwrap();
+    let put = flywheel_registry::copy_down(&store, &["training-sets", "model=fraud"], &dir.path().join("put")).unwrap();
+    assert_eq!(put, [format!("{}.json", record.digest().unwrap())], "the record is in the fleet's store too");
     // A label that arrives after training (a relabel of a row inside its window) does not change
     // what the version was trained on.
     crate::test_files::labels(&samples, ("fraud", "2026-09-23"), "part-late.parquet", &[("r5", 0, 0.5, T0 * 2)]);
