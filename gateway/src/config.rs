@@ -259,6 +259,9 @@ pub struct Batching {
     pub queue_capacity: usize,
     pub instances: usize,
     pub intra_op_threads: usize,
+    /// A version whose one-row run (measured at load) takes at most this many µs runs a
+    /// request that finds its queue empty on the connection's thread; 0 turns it off.
+    pub inline_max_us: u64,
 }
 
 impl Default for Batching {
@@ -266,7 +269,14 @@ impl Default for Batching {
         // One instance with one intra-op thread leaves a 2-core machine one core for HTTP.
         // No queue delay by default (Triton's default too): a lone request runs at once, and
         // under load batches still form from what queues while the thread is busy.
-        Self { max_batch_size: 64, max_queue_delay_us: 0, queue_capacity: 1024, instances: 1, intra_op_threads: 1 }
+        Self {
+            max_batch_size: 64,
+            max_queue_delay_us: 0,
+            queue_capacity: 1024,
+            instances: 1,
+            intra_op_threads: 1,
+            inline_max_us: 50,
+        }
     }
 }
 
@@ -279,6 +289,7 @@ pub struct ModelOverrides {
     pub queue_capacity: Option<usize>,
     pub instances: Option<usize>,
     pub intra_op_threads: Option<usize>,
+    pub inline_max_us: Option<u64>,
     /// Which versions serve and how traffic splits; without it `version_policy` decides which
     /// versions load (default: the latest) and the highest serves by default.
     pub rollout: Option<Rollout>,
@@ -792,6 +803,7 @@ impl Config {
             queue_capacity: o.queue_capacity.unwrap_or(base.queue_capacity),
             instances: o.instances.unwrap_or(base.instances),
             intra_op_threads: o.intra_op_threads.unwrap_or(base.intra_op_threads),
+            inline_max_us: o.inline_max_us.unwrap_or(base.inline_max_us),
         }
     }
 
@@ -805,6 +817,7 @@ impl Config {
             instances: b.instances,
             intra_op_threads: b.intra_op_threads,
             max_warmup_bytes: self.max_warmup_bytes,
+            inline_max: Duration::from_micros(b.inline_max_us),
         }
     }
 }
@@ -886,7 +899,8 @@ fn check_batching(at: &str, b: &Batching) -> Result<(), String> {
     range("max_queue_delay_us", b.max_queue_delay_us, 0, 1_000_000)?;
     range("queue_capacity", b.queue_capacity as u64, 1, 1_000_000)?;
     range("instances", b.instances as u64, 1, 64)?;
-    range("intra_op_threads", b.intra_op_threads as u64, 1, 256)
+    range("intra_op_threads", b.intra_op_threads as u64, 1, 256)?;
+    range("inline_max_us", b.inline_max_us, 0, 10_000)
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ fn each_bad_value_is_rejected_naming_key_and_value() {
         ("[batching]\nqueue_capacity = 0", "batching.queue_capacity must be in 1..=1000000, given 0"),
         ("[models.m]\ninstances = 0", "models.m.instances must be in 1..=64, given 0"),
         ("[models.m]\nmax_queue_delay_us = 5000000", "models.m.max_queue_delay_us"),
+        ("[models.m]\ninline_max_us = 20000", "models.m.inline_max_us must be in 0..=10000, given 20000"),
         ("max_body_bytes = 10", "max_body_bytes must be at least 1024, given 10"),
         ("admin_token = \"\"", "admin_token must be at least 16 characters, given one of 0"),
         ("feedback_token = \"short\"", "feedback_token must be at least 16 characters, given one of 5"),

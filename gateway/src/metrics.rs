@@ -27,6 +27,9 @@ pub const PENDING: &str = "flywheel_pending_requests";
 pub const BUSY_SECONDS: &str = "flywheel_inference_busy_seconds";
 /// Inference threads per model version.
 pub const INSTANCES: &str = "flywheel_inference_instances";
+/// Requests that found their version's queue empty and ran inline on the connection's thread
+/// (a cheap model's inline lane, `batching.inline_max_us`) instead of on an inference thread.
+pub const INLINE_RUNS: &str = "flywheel_inline_runs_total";
 /// Panics caught in background work, by component (tap, watcher, controller, inference).
 pub const COMPONENT_PANICS: &str = "flywheel_component_panics_total";
 /// 1 while a component is degraded (it panicked in the last 10 minutes), else 0.
@@ -150,6 +153,7 @@ fn describe() {
     describe_gauge!(PENDING, Unit::Count, "Requests queued or computing on a model version");
     describe_gauge!(BUSY_SECONDS, Unit::Seconds, "Cumulative seconds inference threads spent busy");
     describe_gauge!(INSTANCES, Unit::Count, "Inference threads per model version");
+    describe_counter!(INLINE_RUNS, "Requests run inline on the connection's thread (queue empty, cheap model)");
     describe_counter!(REJECTED, "Requests refused because the queue was full");
     describe_counter!(COMPONENT_PANICS, "Panics caught in background work, by component");
     describe_gauge!(COMPONENT_DEGRADED, "1 while a component is degraded (a recent panic)");
@@ -198,6 +202,7 @@ pub struct VersionMetrics {
     pub queue_depth: Gauge,
     pub pending: Gauge,
     pub batch_retries: Counter,
+    pub inline_runs: Counter,
     /// `flywheel_arm_requests_total` of this model per arm: champion, canary, explicit.
     arm_requests: [Counter; 3],
 }
@@ -220,6 +225,7 @@ impl VersionMetrics {
             queue_depth: metrics::gauge!(QUEUE_DEPTH, &labels),
             pending: metrics::gauge!(PENDING, &labels),
             batch_retries: metrics::counter!(BATCH_RETRIES, &labels),
+            inline_runs: metrics::counter!(INLINE_RUNS, &labels),
             arm_requests: ["champion", "canary", "explicit"]
                 .map(|arm| metrics::counter!(ARM_REQUESTS, "model" => model.to_owned(), "arm" => arm)),
         }

@@ -138,3 +138,46 @@ async fn a_poisoned_row_fails_alone_in_a_batch_of_good_ones() {
         .unwrap_or(0.0);
     assert!(retried >= 1.0, "the poisoned request shared a batch that was retried request by request:\n{metrics}");
 }
+
+/// `flywheel_inline_runs_total` of tiny version 2.
+async fn inline_runs(http: &Http, base: &str) -> f64 {
+    let text = String::from_utf8(http.get(&format!("{base}/metrics")).await.body.to_vec()).unwrap();
+    crate::support::metric_value(&text, "flywheel_inline_runs_total{model=\"tiny\",version=\"2\"}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cheap_models_lone_request_runs_inline_and_concurrent_ones_still_get_their_own_rows() {
+    let gw = TestGateway::start("");
+    let http = Http::new(false);
+    let url = format!("{}/v2/models/tiny/versions/2/infer", gw.base);
+    let model = flywheel_onnx::fixtures::tiny(2);
+    let rows = tiny_rows(2, 7);
+    let reply = http.post_json(&url, &tiny_request(&rows)).await;
+    assert_eq!(reply.status, 200);
+    assert_close(&output_f32(&reply.json(), 0), &model.forward(&rows), 1e-4);
+    assert_eq!(inline_runs(&http, &gw.base).await, 1.0, "a lone request on an empty queue runs inline");
+    // Concurrent requests: some inline, the rest through the queue; each gets its own rows.
+    let mut tasks = Vec::new();
+    for i in 0..48u64 {
+        let (http, url) = (http.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let rows = tiny_rows(1 + (i as usize % 3), i);
+            (http.post_json(&url, &tiny_request(&rows)).await, rows)
+        }));
+    }
+    for task in tasks {
+        let (reply, rows) = task.await.unwrap();
+        assert_eq!(reply.status, 200);
+        assert_close(&output_f32(&reply.json(), 0), &model.forward(&rows), 1e-4);
+    }
+    let stats = http.get(&format!("{}/v2/models/tiny/versions/2/stats", gw.base)).await.json();
+    assert_eq!(stats["model_stats"][0]["inference_stats"]["success"]["count"], 49, "counted like any request");
+
+    // Off (inline_max_us = 0), or asked to wait for batch partners: never inline.
+    for config in ["[batching]\ninline_max_us = 0\n", "[models.tiny]\nmax_queue_delay_us = 1000\n"] {
+        let gw = TestGateway::start(config);
+        let reply = http.post_json(&format!("{}/v2/models/tiny/versions/2/infer", gw.base), &tiny_request(&rows)).await;
+        assert_close(&output_f32(&reply.json(), 0), &model.forward(&rows), 1e-4);
+        assert_eq!(inline_runs(&http, &gw.base).await, 0.0, "{config}");
+    }
+}

@@ -5,7 +5,8 @@
 //! job, gathers more until `max_batch_size` rows or `max_queue_delay` after the first job was
 //! queued, concatenates them along the batch dimension ([`assemble`]), runs the session
 //! ([`ort_values`] converts tensors), splits the outputs back and answers each job on its
-//! oneshot channel.
+//! oneshot channel. A cheap model's request that finds the queue empty runs inline instead, on
+//! the submitting thread with a free session ([`queue::Inline`]): no hop to a thread and back.
 
 pub mod assemble;
 pub mod ort_values;
@@ -32,4 +33,16 @@ pub struct BatchSettings {
     /// Largest warm-up (one row of every input and declared output) a version may need;
     /// beyond it the version is refused at load (`max_warmup_bytes`).
     pub max_warmup_bytes: usize,
+    /// A version whose one-row run takes at most this long serves a request that finds its
+    /// queue empty inline ([`queue::Inline`]); zero turns the inline lane off.
+    pub inline_max: Duration,
+}
+
+impl BatchSettings {
+    /// Whether a version whose one-row run takes `one_row` gets an inline lane: it is cheap
+    /// enough to run on a connection's thread, and no queue delay asks requests to wait for
+    /// batch partners.
+    pub fn runs_inline(&self, one_row: Duration) -> bool {
+        !self.inline_max.is_zero() && self.max_queue_delay.is_zero() && one_row <= self.inline_max
+    }
 }

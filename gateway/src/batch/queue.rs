@@ -1,10 +1,12 @@
 //! The admission side of a model version's batch queue.
 
+use std::sync::{Arc, TryLockError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 use tokio::sync::oneshot;
 
+use super::worker::{SharedSession, WorkerContext, run_jobs};
 use crate::protocol::Tensor;
 
 /// A request waiting for inference: its inputs in the model's order.
@@ -65,38 +67,65 @@ pub struct BatchQueue {
     model: String,
     version: u64,
     capacity: usize,
+    inline: Option<Arc<Inline>>,
 }
 
+/// The inline lane of a cheap model: a client request that finds no request waiting runs at
+/// once on the thread that submits it, on a session no inference thread is using, instead of
+/// crossing to an inference thread and back (two wake-ups).
+pub struct Inline {
+    /// The inference threads' sessions; one that is free is borrowed for the run.
+    pub sessions: Vec<SharedSession>,
+    pub ctx: Arc<WorkerContext>,
+}
+
+/// A receiver of a job's answer.
+pub type Reply = oneshot::Receiver<Result<JobOutput, InferError>>;
+
 impl BatchQueue {
-    pub(crate) fn new(lanes: (Sender<Job>, Sender<Job>), model: &str, version: u64, capacity: usize) -> Self {
-        Self { tx: lanes.0, shadow_tx: lanes.1, model: model.to_owned(), version, capacity }
+    pub(crate) fn new(
+        lanes: (Sender<Job>, Sender<Job>),
+        model: &str,
+        version: u64,
+        capacity: usize,
+        inline: Option<Inline>,
+    ) -> Self {
+        let inline = inline.map(Arc::new);
+        Self { tx: lanes.0, shadow_tx: lanes.1, model: model.to_owned(), version, capacity, inline }
+    }
+
+    /// Whether client requests may run inline (the version is cheap enough).
+    pub fn inline(&self) -> bool {
+        self.inline.is_some()
     }
 
     /// Queues a client's job, or refuses at once when the queue is full: it never grows
-    /// without bound.
-    pub fn submit(
-        &self,
-        inputs: Vec<Tensor>,
-        rows: usize,
-    ) -> Result<oneshot::Receiver<Result<JobOutput, InferError>>, InferError> {
+    /// without bound. With an inline lane, a job that finds the queue empty and a session free
+    /// runs now, on this thread, and its answer is ready when this returns.
+    pub fn submit(&self, inputs: Vec<Tensor>, rows: usize) -> Result<Reply, InferError> {
+        if let Some(inline) = self.inline.as_deref().filter(|_| self.tx.is_empty()) {
+            for session in &inline.sessions {
+                let mut session = match session.try_lock() {
+                    Ok(session) => session,
+                    Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                    Err(TryLockError::WouldBlock) => continue,
+                };
+                let (reply, rx) = oneshot::channel();
+                let job = Job { inputs, rows, enqueued: Instant::now(), reply };
+                run_jobs(&mut session, vec![job], &inline.ctx);
+                inline.ctx.metrics.inline_runs.increment(1);
+                return Ok(rx);
+            }
+        }
         self.send(&self.tx, inputs, rows)
     }
 
     /// Queues a mirrored (shadow) job on its own lane.
-    pub fn submit_shadow(
-        &self,
-        inputs: Vec<Tensor>,
-        rows: usize,
-    ) -> Result<oneshot::Receiver<Result<JobOutput, InferError>>, InferError> {
+    pub fn submit_shadow(&self, inputs: Vec<Tensor>, rows: usize) -> Result<Reply, InferError> {
         self.send(&self.shadow_tx, inputs, rows)
     }
 
-    fn send(
-        &self,
-        lane: &Sender<Job>,
-        inputs: Vec<Tensor>,
-        rows: usize,
-    ) -> Result<oneshot::Receiver<Result<JobOutput, InferError>>, InferError> {
+    fn send(&self, lane: &Sender<Job>, inputs: Vec<Tensor>, rows: usize) -> Result<Reply, InferError> {
         let (reply, rx) = oneshot::channel();
         let job = Job { inputs, rows, enqueued: Instant::now(), reply };
         match lane.try_send(job) {

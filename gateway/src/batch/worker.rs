@@ -1,6 +1,6 @@
 //! Inference threads: gather a batch, run it on this thread's session, answer each job.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -61,8 +61,25 @@ impl Lanes {
     }
 }
 
+/// One ONNX Runtime session, shared by its inference thread and the inline lane
+/// ([`super::queue::BatchQueue::submit`]): whoever holds the lock runs it.
+pub type SharedSession = Arc<Mutex<Session>>;
+
+/// Locks `session` (a run that panicked poisons the lock; the session is still usable, as the
+/// panic was caught around the run).
+pub fn lock(session: &SharedSession) -> MutexGuard<'_, Session> {
+    session.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `jobs` as one batch on `session`, a panic failing only this batch; counts the time.
+pub fn run_jobs(session: &mut Session, jobs: Vec<Job>, ctx: &WorkerContext) {
+    let busy = Instant::now();
+    crate::health::guard("inference", || run_batch(session, jobs, ctx));
+    ctx.metrics.busy_seconds.increment(busy.elapsed().as_secs_f64());
+}
+
 /// Runs until every queue handle is dropped and the client lane is drained.
-pub fn run(mut session: Session, lanes: Lanes, ctx: Arc<WorkerContext>) {
+pub fn run(session: SharedSession, lanes: Lanes, ctx: Arc<WorkerContext>) {
     let max_rows = if ctx.signature.batchable { ctx.settings.max_batch_size.max(1) } else { 1 };
     let mut carried = None;
     loop {
@@ -78,11 +95,9 @@ pub fn run(mut session: Session, lanes: Lanes, ctx: Arc<WorkerContext>) {
             Next::Shadow(first) => vec![first],
             Next::Closed => return,
         };
-        let busy = Instant::now();
         // A panic outside the guarded run (merging, answering) must fail this batch, not kill
         // the thread.
-        crate::health::guard("inference", || run_batch(&mut session, jobs, &ctx));
-        ctx.metrics.busy_seconds.increment(busy.elapsed().as_secs_f64());
+        run_jobs(&mut lock(&session), jobs, &ctx);
     }
 }
 

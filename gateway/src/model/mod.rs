@@ -10,7 +10,8 @@ pub mod stats;
 pub mod table;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
 use ort::session::Session;
@@ -108,15 +109,28 @@ pub fn load_version(
         stats: Arc::clone(&stats),
         metrics: metrics.clone(),
     });
-    for (index, session) in sessions.into_iter().enumerate() {
+    let one_row = one_row_compute(&mut sessions[0], &signature);
+    let inline = settings.runs_inline(one_row);
+    let sessions: Vec<worker::SharedSession> = sessions.into_iter().map(|s| Arc::new(Mutex::new(s))).collect();
+    for (index, session) in sessions.iter().enumerate() {
         let (lanes, ctx) = (worker::Lanes { primary: rx.clone(), shadow: shadow_rx.clone() }, Arc::clone(&ctx));
+        let session = Arc::clone(session);
         std::thread::Builder::new()
             .name(format!("infer-{model}-{version}-{index}"))
             .spawn(move || worker::run(session, lanes, ctx))
             .map_err(|e| fail(format!("starting inference thread: {e}")))?;
     }
-    let queue = BatchQueue::new((tx, shadow_tx), model, version, settings.queue_capacity);
-    tracing::info!(model, version, batchable = signature.batchable, instances, "model version loaded");
+    let inline = inline.then(|| crate::batch::queue::Inline { sessions, ctx });
+    let queue = BatchQueue::new((tx, shadow_tx), model, version, settings.queue_capacity, inline);
+    tracing::info!(
+        model,
+        version,
+        batchable = signature.batchable,
+        instances,
+        one_row_us = one_row.as_micros() as u64,
+        inline = queue.inline(),
+        "model version loaded"
+    );
     Ok(ModelVersion {
         model: model.to_owned(),
         version,
@@ -132,6 +146,18 @@ pub fn load_version(
         metrics,
         explainer: Arc::default(),
     })
+}
+
+/// The fastest of three one-row runs after warm-up: what a lone request costs the thread
+/// that runs it (`Duration::MAX` if a run fails).
+fn one_row_compute(session: &mut Session, signature: &Signature) -> Duration {
+    (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            warm_up(session, signature).map_or(Duration::MAX, |()| t.elapsed())
+        })
+        .min()
+        .unwrap_or(Duration::MAX)
 }
 
 /// Refuses a signature whose one-row warm-up (every input and declared output, dynamic
