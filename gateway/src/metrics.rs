@@ -2,6 +2,7 @@
 //! place, plus the Prometheus recorder behind `GET /metrics`.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use metrics::{Counter, Gauge, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -262,6 +263,14 @@ impl VersionMetrics {
 /// abandoned mid-way (client gone, future dropped) is uncounted too.
 pub struct InFlight(Gauge);
 
+/// What `flywheel_requests_in_flight` shows, readable on the hot path.
+static IN_FLIGHT_NOW: AtomicUsize = AtomicUsize::new(0);
+
+/// Inference requests (HTTP and gRPC) being handled right now.
+pub fn requests_in_flight() -> usize {
+    IN_FLIGHT_NOW.load(Ordering::Relaxed)
+}
+
 impl InFlight {
     /// Starts counting one request.
     pub fn start() -> Self {
@@ -269,6 +278,7 @@ impl InFlight {
         static GAUGE: OnceLock<Gauge> = OnceLock::new();
         let gauge = GAUGE.get_or_init(|| metrics::gauge!(IN_FLIGHT)).clone();
         gauge.increment(1.0);
+        IN_FLIGHT_NOW.fetch_add(1, Ordering::Relaxed);
         Self(gauge)
     }
 }
@@ -292,6 +302,7 @@ impl Drop for Pending {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        IN_FLIGHT_NOW.fetch_sub(1, Ordering::Relaxed);
         self.0.decrement(1.0);
     }
 }
