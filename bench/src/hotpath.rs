@@ -4,7 +4,8 @@
 //! model (sampling and drift at their defaults), both driven by wrk pinned to CPU 0 with the
 //! server on CPU 1; the heavy model at c=64 against in-process ONNX Runtime at batch 64; and,
 //! with valgrind present, instructions per request (callgrind, over a fixed request count on
-//! one keep-alive connection) for both servers, a figure this machine's noise does not move.
+//! one keep-alive connection) for both servers, a figure this machine's noise does not move;
+//! and what drift detection and 100% sampling cost at c=64 ([`crate::tapcost`]).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -226,7 +227,7 @@ fn instructions_per_request(
     Ok(total as f64 / n as f64)
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     match values.len() {
         0 => f64::NAN,
@@ -277,6 +278,7 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
     let heavy_model = repo.join("heavy").join("1").join("model.onnx");
     let window = Window { warmup: Duration::from_secs(1), duration: spec.duration };
     let heavy_inproc = inproc(&heavy_model, 256, 64, window, pin)?;
+    let tap = crate::tapcost::measure(&gateway_exe, spec.rounds, spec.duration, pin)?;
 
     let pick = |system: &str, connections: usize, f: fn(&WrkRun) -> f64| {
         let mut v: Vec<f64> = rows.iter().filter(|r| r.1 == system && r.2 == connections).map(|r| f(&r.3)).collect();
@@ -338,6 +340,30 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
         heavy_inproc.rows_per_second,
         yes(heavy_ratio >= 0.7)
     )?;
+    let (drift_ratio, sampling_ratio) = tap.ratios();
+    let [off, defaults, all] = crate::tapcost::SETUPS.map(|(name, _)| tap.median(name));
+    writeln!(
+        out,
+        "| drift on / off, c=64 req/s (tiny champion with a profile) | {defaults:.0} / {off:.0} = {drift_ratio:.2}× | ≥ 0.95× | {} |",
+        yes(drift_ratio >= 0.95)
+    )?;
+    writeln!(
+        out,
+        "| sampling 100% / 0%, drift on, c=64 req/s | {all:.0} / {defaults:.0} = {sampling_ratio:.2}× | ≥ 0.95× | {} |",
+        yes(sampling_ratio >= 0.95)
+    )?;
+    writeln!(
+        out,
+        "
+| round | beside serving | c | req/s | p50 µs | p99 µs |\n|---|---|---|---|---|---|"
+    )?;
+    for (round, setup, run) in &tap.runs {
+        writeln!(
+            out,
+            "| {round} | {setup} | 64 | {:.0} | {:.0} | {:.0} |",
+            run.requests_per_second, run.p50_us, run.p99_us
+        )?;
+    }
     match instructions {
         Some((floor_ir, gateway_ir)) => writeln!(
             out,

@@ -23,6 +23,7 @@ mod rollout;
 mod sampling;
 mod suite;
 mod summary;
+mod tapcost;
 mod verdicts;
 
 use std::path::PathBuf;

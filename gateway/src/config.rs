@@ -259,8 +259,8 @@ pub struct Batching {
     pub queue_capacity: usize,
     pub instances: usize,
     pub intra_op_threads: usize,
-    /// A version whose one-row run (measured at load) takes at most this many µs runs a
-    /// request that finds its queue empty on the connection's thread; 0 turns it off.
+    /// A version whose one-row run (measured at load) takes at most this many µs runs a small
+    /// request alone in the gateway on the connection's thread; 0 turns it off.
     pub inline_max_us: u64,
 }
 

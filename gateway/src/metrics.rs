@@ -28,8 +28,8 @@ pub const PENDING: &str = "flywheel_pending_requests";
 pub const BUSY_SECONDS: &str = "flywheel_inference_busy_seconds";
 /// Inference threads per model version.
 pub const INSTANCES: &str = "flywheel_inference_instances";
-/// Requests that found their version's queue empty and ran inline on the connection's thread
-/// (a cheap model's inline lane, `batching.inline_max_us`) instead of on an inference thread.
+/// Requests that were alone in the gateway and ran inline on the connection's thread (a cheap
+/// model's inline lane, `batching.inline_max_us`) instead of on an inference thread.
 pub const INLINE_RUNS: &str = "flywheel_inline_runs_total";
 /// Panics caught in background work, by component (tap, watcher, controller, inference).
 pub const COMPONENT_PANICS: &str = "flywheel_component_panics_total";
@@ -154,7 +154,10 @@ fn describe() {
     describe_gauge!(PENDING, Unit::Count, "Requests queued or computing on a model version");
     describe_gauge!(BUSY_SECONDS, Unit::Seconds, "Cumulative seconds inference threads spent busy");
     describe_gauge!(INSTANCES, Unit::Count, "Inference threads per model version");
-    describe_counter!(INLINE_RUNS, "Requests run inline on the connection's thread (queue empty, cheap model)");
+    describe_counter!(
+        INLINE_RUNS,
+        "Requests run inline on the connection's thread (alone in the gateway, cheap model)"
+    );
     describe_counter!(REJECTED, "Requests refused because the queue was full");
     describe_counter!(COMPONENT_PANICS, "Panics caught in background work, by component");
     describe_gauge!(COMPONENT_DEGRADED, "1 while a component is degraded (a recent panic)");

@@ -85,11 +85,9 @@ fn by_files(spec: AssembleSpec, data: &DataLineage, set: &TrainingSet, check: &m
     // A label-journal object is deleted once the label file holding its labels is uploaded:
     // those labels are then read from the window's label files, cut at the recorded time.
     let journal = format!("{}/", samples::LABEL_JOURNAL);
-    let folded = set
-        .files
-        .iter()
-        .filter(|f| f.path.starts_with(&journal) && !located(&spec.sample_dir, &f.path).exists())
-        .count();
+    let absent: BTreeSet<&str> =
+        set.files.iter().filter(|f| !located(&spec.sample_dir, &f.path).exists()).map(|f| f.path.as_str()).collect();
+    let folded = absent.iter().filter(|p| p.starts_with(&journal)).count();
     let mut notes = Vec::new();
     if folded > 0 {
         let labels = spec.sample_dir.join(samples::LABELS).join(format!("{}={}", samples::MODEL, spec.model));
@@ -110,12 +108,18 @@ fn by_files(spec: AssembleSpec, data: &DataLineage, set: &TrainingSet, check: &m
         Ok(d) => d,
         Err(e) => {
             check.detail = format!("MISMATCH: the recorded files could not be re-assembled: {e}");
+            notes.iter().for_each(|note| check.detail.push_str(&format!("; {note}")));
             return;
         }
     };
-    for recorded in set.files.iter().filter(|f| !(f.path.starts_with(&journal) && folded > 0)) {
+    for recorded in &set.files {
+        let journal_folded = recorded.path.starts_with(&journal);
         match dataset.files.iter().find(|f| f.path == recorded.path) {
-            None => check.problems.push(format!("{} is missing", recorded.path)),
+            _ if absent.contains(recorded.path.as_str()) && journal_folded => {}
+            _ if absent.contains(recorded.path.as_str()) => {
+                check.problems.push(format!("{} is missing", recorded.path))
+            }
+            None => check.problems.push(format!("{} could not be read", recorded.path)),
             Some(now) if now.sha256 != recorded.sha256 => check.problems.push(format!(
                 "{} changed since training (SHA-256 {}, recorded {})",
                 recorded.path, now.sha256, recorded.sha256

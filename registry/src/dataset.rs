@@ -98,16 +98,25 @@ struct Joined {
 /// writes them) before `since_us`'s date: rows served since then, and their labels (which arrive
 /// after them), are never in an older partition.
 pub(crate) fn parquet_files(dir: &Path, since_us: Option<i64>) -> Vec<PathBuf> {
-    let first_date = since_us.map(|us| {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64);
-        humantime::format_rfc3339_seconds(t).to_string()[..10].to_owned()
-    });
+    parquet_files_between(dir, since_us, None)
+}
+
+/// The UTC date (`YYYY-MM-DD`) of a time in µs since the epoch.
+fn date_of(us: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()[..10].to_owned()
+}
+
+/// [`parquet_files`], also skipping partitions after `until_us`'s date (rows served before
+/// then are never in a later partition; their labels may be, so this is for samples only).
+fn parquet_files_between(dir: &Path, since_us: Option<i64>, until_us: Option<i64>) -> Vec<PathBuf> {
+    let (first_date, last_date) = (since_us.map(date_of), until_us.map(date_of));
     let too_old = |path: &Path| {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        match (name.strip_prefix("date="), &first_date) {
-            (Some(date), Some(first)) => date < first.as_str(),
-            _ => false,
-        }
+        name.strip_prefix("date=").is_some_and(|date| {
+            first_date.as_deref().is_some_and(|first| date < first)
+                || last_date.as_deref().is_some_and(|last| date > last)
+        })
     };
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -152,6 +161,14 @@ impl Reading<'_> {
         self.spec.only_files.as_ref().is_none_or(|only| only.contains(&self.relative(path)))
     }
 
+    /// The Parquet files under `dir` this spec may read: the window's date partitions, or,
+    /// reading exactly a recorded list, every partition (the trainer's window may have
+    /// started days before its first labelled row).
+    fn candidates(&self, dir: &Path) -> Vec<PathBuf> {
+        let since = if self.spec.only_files.is_some() { None } else { self.spec.since_us };
+        parquet_files(dir, since).into_iter().filter(|p| self.allows(p)).collect()
+    }
+
     /// The bytes of `path`, recorded (size and SHA-256) as read.
     fn read(&mut self, path: &Path) -> std::io::Result<Vec<u8>> {
         let bytes = std::fs::read(path)?;
@@ -161,12 +178,19 @@ impl Reading<'_> {
     }
 
     fn batches(&mut self, path: &Path) -> Result<Vec<RecordBatch>, DatasetError> {
-        let err = |reason: String| DatasetError::Read { path: path.display().to_string(), reason };
-        let bytes = bytes::Bytes::from(self.read(path).map_err(|e| err(e.to_string()))?);
-        let reader =
-            ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| err(e.to_string()))?;
-        reader.collect::<Result<Vec<_>, _>>().map_err(|e| err(e.to_string()))
+        let bytes =
+            self.read(path).map_err(|e| DatasetError::Read { path: path.display().to_string(), reason: e.to_string() });
+        parse_parquet(path, bytes?)
     }
+}
+
+/// The record batches of a Parquet file's bytes.
+fn parse_parquet(path: &Path, bytes: Vec<u8>) -> Result<Vec<RecordBatch>, DatasetError> {
+    let err = |reason: String| DatasetError::Read { path: path.display().to_string(), reason };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+        .and_then(|b| b.build())
+        .map_err(|e| err(e.to_string()))?;
+    reader.collect::<Result<Vec<_>, _>>().map_err(|e| err(e.to_string()))
 }
 
 fn floats(batch: &RecordBatch, name: &str) -> Option<Vec<f64>> {
@@ -196,8 +220,7 @@ fn labels(reading: &mut Reading) -> Result<Labels, DatasetError> {
     let spec = reading.spec;
     let mut map: Labels = journaled_labels(reading);
     let dir = spec.sample_dir.join(samples::LABELS).join(format!("model={}", spec.model));
-    let paths: Vec<PathBuf> = parquet_files(&dir, spec.since_us).into_iter().filter(|p| reading.allows(p)).collect();
-    for path in paths {
+    for path in reading.candidates(&dir) {
         for batch in reading.batches(&path)? {
             let bad = |what: &str| DatasetError::Read {
                 path: path.display().to_string(),
@@ -260,8 +283,7 @@ pub fn assemble(spec: &AssembleSpec) -> Result<Dataset, DatasetError> {
     let dir = spec.sample_dir.join(samples::SAMPLES).join(format!("model={}", spec.model));
     let mut features: Option<Vec<String>> = None;
     let mut joined: Vec<Joined> = Vec::new();
-    let paths: Vec<PathBuf> = parquet_files(&dir, spec.since_us).into_iter().filter(|p| reading.allows(p)).collect();
-    for path in paths {
+    for path in reading.candidates(&dir) {
         for batch in reading.batches(&path)? {
             let names: Vec<String> =
                 batch.schema().fields().iter().map(|f| f.name().clone()).filter(|n| n.starts_with("in_")).collect();
@@ -373,16 +395,17 @@ fn digest(rows: &[Joined]) -> String {
 /// `spec.model` served in `[since_us, until_us)` (not on the shadow arm), with how many: what
 /// reached the sample folder after a training set was read (a replica's late upload).
 pub fn unlisted_rows(spec: &AssembleSpec, listed: &BTreeSet<String>) -> Result<Vec<(String, u64)>, DatasetError> {
-    let mut reading = Reading { spec, files: Vec::new() };
     let dir = spec.sample_dir.join(samples::SAMPLES).join(format!("model={}", spec.model));
     let mut found = Vec::new();
-    for path in parquet_files(&dir, spec.since_us) {
-        let relative = reading.relative(&path);
+    for path in parquet_files_between(&dir, spec.since_us, spec.until_us) {
+        let relative = store_key(&spec.sample_dir, &path);
         if listed.contains(&relative) {
             continue;
         }
+        let bytes = std::fs::read(&path)
+            .map_err(|e| DatasetError::Read { path: path.display().to_string(), reason: e.to_string() })?;
         let mut rows = 0;
-        for batch in reading.batches(&path)? {
+        for batch in parse_parquet(&path, bytes)? {
             let bad =
                 || DatasetError::Read { path: path.display().to_string(), reason: "no time or arm column".into() };
             let (_, _, times) = keys(&batch).ok_or_else(bad)?;

@@ -18,9 +18,9 @@ use crate::store::RegistryError;
 /// Folder of training-set records under the sample folder (and the fleet's sample store).
 pub const TRAINING_SETS: &str = "training-sets";
 
-/// One file a training set read.
+/// One file a training set read. (No `deny_unknown_fields` here or below: a record a newer
+/// trainer wrote, with more fields, still names its files to an older reader.)
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct DataFile {
     /// Relative to the sample folder (`samples/model=m/date=.../part-*.parquet`, `labels/...`,
     /// `label-journal/...`): the same key in the fleet's sample store.
@@ -32,7 +32,6 @@ pub struct DataFile {
 
 /// Exactly what one dataset was assembled from.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct TrainingSet {
     pub model: String,
     /// The dataset's digest (the manifest's `data.digest`).
@@ -63,8 +62,10 @@ impl TrainingSet {
         if let Some(remote) = remote {
             let parts = Self::parts(&self.model, &self.digest);
             let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-            match remote.write(&parts, bytes.clone(), PutMode::Create)? {
-                Written::Done | Written::Lost => {}
+            if let Written::Lost = remote.write(&parts, bytes.clone(), PutMode::Create)? {
+                // The same rows were recorded before (a rerun on unchanged data): the store keeps
+                // the first record, which lineage over the store reads.
+                tracing::info!(digest = %self.digest, "training set already recorded in the sample store");
             }
         }
         let path = Self::path(sample_dir, &self.model, &self.digest);

@@ -161,12 +161,23 @@ fn lineage_re_assembles_exactly_the_recorded_files_and_reports_later_uploads_apa
     for file in ["samples/model=m/date=2026-09-21/part-1.parquet", "labels/model=m/date=2026-09-21/part-1.parquet"] {
         assert!(record.contains(file), "{file} in {record}");
     }
+    // Read at training but before the first labelled row's date (unlabelled rows of the day
+    // before): still found at the re-check, not "missing".
+    support::sample_part_on(&samples, "2026-09-20", "part-0.parquet", &["x"], -86_400_000_000, 0.0);
+    std::fs::remove_file(samples.join("labels/model=m/date=2026-09-20/part-0.parquet")).unwrap();
+    std::fs::remove_dir_all(samples.join("training-sets")).unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+    publish_trained(&root, &samples, true);
+    let records = samples.join("training-sets/model=m");
+    let record = std::fs::read_to_string(records.read_dir().unwrap().next().unwrap().unwrap().path()).unwrap();
+    assert!(record.contains("samples/model=m/date=2026-09-20/part-0.parquet"), "{record}");
     // A replica uploads rows served inside the training window, with labels given before the
     // cutoff, after training: not this version's data.
     sample_part(&samples, "part-late.parquet", &["e", "f"], 500, 0.0);
     let (ok, out, err) = registry(&root, &["lineage", "--request-id", "c"]);
     assert!(ok, "{out}{err}");
-    assert!(out.contains("re-assembled from the 2 files recorded at training hash to the recorded digest"), "{out}");
+    assert!(out.contains("re-assembled from the 3 files recorded at training hash to the recorded digest"), "{out}");
+    assert!(!out.contains("missing"), "{out}");
     assert!(out.contains("1 file(s) not read at training hold 2 row(s) served in the window"), "{out}");
     assert!(out.contains("samples/model=m/date=2026-09-21/part-late.parquet"), "{out}");
     let (_, out, _) = registry(&root, &["lineage", "--request-id", "c", "--json"]);

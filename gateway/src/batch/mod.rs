@@ -33,16 +33,25 @@ pub struct BatchSettings {
     /// Largest warm-up (one row of every input and declared output) a version may need;
     /// beyond it the version is refused at load (`max_warmup_bytes`).
     pub max_warmup_bytes: usize,
-    /// A version whose one-row run takes at most this long serves a request that finds its
-    /// queue empty inline ([`queue::Inline`]); zero turns the inline lane off.
+    /// A version whose one-row run takes at most this long serves a request alone in the
+    /// gateway inline ([`queue::Inline`]), if the request is no bigger than this time allows;
+    /// zero turns the inline lane off.
     pub inline_max: Duration,
 }
 
 impl BatchSettings {
-    /// Whether a version whose one-row run takes `one_row` gets an inline lane: it is cheap
-    /// enough to run on a connection's thread, and no queue delay asks requests to wait for
-    /// batch partners.
-    pub fn runs_inline(&self, one_row: Duration) -> bool {
-        !self.inline_max.is_zero() && self.max_queue_delay.is_zero() && one_row <= self.inline_max
+    /// Whether a version could get an inline lane: one is allowed, and no queue delay asks
+    /// requests to wait for batch partners.
+    pub fn inline_possible(&self) -> bool {
+        !self.inline_max.is_zero() && self.max_queue_delay.is_zero()
+    }
+
+    /// The most input elements a request may have to run inline, for a version whose one-row
+    /// run (of `row_elements` elements) takes `one_row`: as many rows as fit in `inline_max`,
+    /// so a long sequence or a big batch never holds a connection's thread for longer. `None`:
+    /// no inline lane (not possible, or even one row costs more).
+    pub fn inline_elements(&self, one_row: Duration, row_elements: usize) -> Option<usize> {
+        let rows = self.inline_max.as_nanos() / one_row.as_nanos().max(1);
+        (self.inline_possible() && rows >= 1).then(|| row_elements.saturating_mul(rows.min(1 << 20) as usize))
     }
 }

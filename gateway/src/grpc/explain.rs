@@ -21,6 +21,7 @@ use super::pb::infer_parameter::ParameterChoice;
 use crate::explain::{ExplainSettings, ExplainTarget};
 use crate::model::table::BudgetPermit;
 use crate::protocol::Tensor;
+use crate::rollout::Reloader;
 use crate::server::explain::{Job, acquire, after_answer};
 use crate::server::{ApiError, AppState};
 
@@ -47,15 +48,16 @@ pub fn asked(request: &pb::ModelInferRequest) -> Result<bool, ApiError> {
 pub struct Explaining {
     slot: BudgetPermit,
     settings: ExplainSettings,
+    reloader: Arc<Reloader>,
     pub first_input: Arc<Mutex<Option<Tensor>>>,
 }
 
 impl Explaining {
     /// Takes a unit of the explanation budget, or says it is full.
     pub fn start(state: &AppState) -> Result<Self, ApiError> {
-        let reloader = state.reloader.as_ref().ok_or_else(|| ApiError::NotReady("no reloader".into()))?;
+        let reloader = Arc::clone(state.reloader.as_ref().ok_or_else(|| ApiError::NotReady("no reloader".into()))?);
         let settings = reloader.config.load().explain.clone();
-        Ok(Self { slot: acquire(state, &settings)?, settings, first_input: Arc::default() })
+        Ok(Self { slot: acquire(state, &settings)?, settings, reloader, first_input: Arc::default() })
     }
 
     /// Explains the answered request (`target` answered it, `backlogged` as it did) and adds the
@@ -66,9 +68,8 @@ impl Explaining {
         (target, backlogged): (ExplainTarget, bool),
         mut response: pb::ModelInferResponse,
     ) -> Result<pb::ModelInferResponse, ApiError> {
-        let reloader = Arc::clone(state.reloader.as_ref().ok_or_else(|| ApiError::NotReady("no reloader".into()))?);
         let input = self.first_input.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let job = Job { reloader, target, backlogged, input, settings: self.settings, slot: self.slot };
+        let job = Job { reloader: self.reloader, target, backlogged, input, settings: self.settings, slot: self.slot };
         let (explained, explanations) = after_answer(state, job).await?;
         for (name, value) in [("explained", explained), ("explanations", explanations)] {
             response.parameters.insert(name.to_owned(), string_parameter(&value));

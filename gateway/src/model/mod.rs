@@ -109,8 +109,10 @@ pub fn load_version(
         stats: Arc::clone(&stats),
         metrics: metrics.clone(),
     });
-    let one_row = one_row_compute(&mut sessions[0], &signature);
-    let inline = settings.runs_inline(one_row);
+    // Timed only where the lane could be on (a heavy model pays nothing more at load).
+    let one_row =
+        settings.inline_possible().then(|| one_row_compute(&mut sessions[0], &signature, settings.inline_max));
+    let max_elements = one_row.and_then(|t| settings.inline_elements(t, warm_up_elements(&signature)));
     let sessions: Vec<worker::SharedSession> = sessions.into_iter().map(|s| Arc::new(Mutex::new(s))).collect();
     for (index, session) in sessions.iter().enumerate() {
         let (lanes, ctx) = (worker::Lanes { primary: rx.clone(), shadow: shadow_rx.clone() }, Arc::clone(&ctx));
@@ -120,15 +122,15 @@ pub fn load_version(
             .spawn(move || worker::run(session, lanes, ctx))
             .map_err(|e| fail(format!("starting inference thread: {e}")))?;
     }
-    let inline = inline.then(|| crate::batch::queue::Inline { sessions, ctx });
+    let inline = max_elements.map(|max_elements| crate::batch::queue::Inline { sessions, ctx, max_elements });
     let queue = BatchQueue::new((tx, shadow_tx), model, version, settings.queue_capacity, inline);
     tracing::info!(
         model,
         version,
         batchable = signature.batchable,
         instances,
-        one_row_us = one_row.as_micros() as u64,
-        inline = queue.inline(),
+        one_row_us = one_row.map(|t| t.as_micros() as u64),
+        inline_max_elements = max_elements,
         "model version loaded"
     );
     Ok(ModelVersion {
@@ -148,16 +150,28 @@ pub fn load_version(
     })
 }
 
-/// The fastest of three one-row runs after warm-up: what a lone request costs the thread
-/// that runs it (`Duration::MAX` if a run fails).
-fn one_row_compute(session: &mut Session, signature: &Signature) -> Duration {
-    (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            warm_up(session, signature).map_or(Duration::MAX, |()| t.elapsed())
-        })
-        .min()
-        .unwrap_or(Duration::MAX)
+/// The fastest of up to three one-row runs after warm-up (stopping at one over `limit`): what
+/// a lone request costs the thread that runs it (`Duration::MAX` if a run fails).
+fn one_row_compute(session: &mut Session, signature: &Signature, limit: Duration) -> Duration {
+    let mut fastest = Duration::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let took = warm_up(session, signature).map_or(Duration::MAX, |()| t.elapsed());
+        fastest = fastest.min(took);
+        if took > limit {
+            break;
+        }
+    }
+    fastest
+}
+
+/// Elements of one warm-up row: every input with its dynamic dimensions as 1.
+fn warm_up_elements(signature: &Signature) -> usize {
+    let one = |shape: &[i64]| {
+        let shape: Vec<i64> = shape.iter().map(|d| if *d < 0 { 1 } else { *d }).collect();
+        crate::protocol::codec::element_count(&shape).unwrap_or(usize::MAX)
+    };
+    signature.inputs.iter().map(|spec| one(&spec.shape)).fold(0, usize::saturating_add)
 }
 
 /// Refuses a signature whose one-row warm-up (every input and declared output, dynamic

@@ -518,7 +518,7 @@ async fn run<R>(
     let Decoded { id, inputs, outputs: requested, binary_default } = decode()?;
     let selection = select_outputs(mv, &requested, binary_default)?;
     let checked = mv.signature.check(inputs, mv.effective_max_batch_size())?;
-    if mv.queue.may_run_inline() {
+    if mv.queue.may_run_inline(&checked.tensors) {
         // Alone so far: let the runtime poll its sockets first (a yield waits for the I/O
         // driver), so requests that arrived meanwhile start and are seen; under load they are,
         // and this one is batched with them instead of running by itself.

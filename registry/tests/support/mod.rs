@@ -25,13 +25,18 @@ fn write(path: std::path::PathBuf, fields: Vec<Field>, columns: Vec<ArrayRef>) {
 /// from `T0 + offset_us`; `shift` changes the third row's first value) and `labels/.../<part>`
 /// with a label for each, given 10 µs after its row.
 pub fn sample_part(dir: &Path, part: &str, ids: &[&str], offset_us: i64, shift: f32) {
+    sample_part_on(dir, "2026-09-21", part, ids, offset_us, shift);
+}
+
+/// [`sample_part`] in the `date=<date>` partitions.
+pub fn sample_part_on(dir: &Path, date: &str, part: &str, ids: &[&str], offset_us: i64, shift: f32) {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     let n = ids.len();
     let times: Vec<i64> = (0..n as i64).map(|i| T0 + offset_us + i * 1000).collect();
     let first: Vec<f32> = (0..n).map(|i| 0.1 * (i + 1) as f32 + if i == 2 { shift } else { 0.0 }).collect();
     let labels: Vec<f64> = (0..n).map(|i| ((i + 1) % 2) as f64).collect();
     write(
-        dir.join(format!("samples/model=m/date=2026-09-21/{part}")),
+        dir.join(format!("samples/model=m/date={date}/{part}")),
         vec![
             Field::new("request_id", DataType::Utf8, false),
             Field::new("row", DataType::UInt32, false),
@@ -52,7 +57,7 @@ pub fn sample_part(dir: &Path, part: &str, ids: &[&str], offset_us: i64, shift: 
         ],
     );
     write(
-        dir.join(format!("labels/model=m/date=2026-09-21/{part}")),
+        dir.join(format!("labels/model=m/date={date}/{part}")),
         vec![
             Field::new("request_id", DataType::Utf8, false),
             Field::new("row", DataType::UInt32, false),

@@ -1,0 +1,71 @@
+//! What the work beside serving costs the primary, measured with the independent client (wrk,
+//! c=64, JSON) for `bench hotpath`: the tiny model as a registry champion with a reference
+//! profile (so the drift detectors really run), in rounds alternating three gateways —
+//! nothing beside serving (sampling 0%, drift off), the defaults (sampling 0%, drift on) and
+//! everything sampled (100%, drift on). Issue 15's goals: drift on and 100% sampling each cost
+//! under 5% of requests/s.
+
+use std::path::Path;
+use std::time::Duration;
+
+use flywheel_onnx::fixtures::tiny;
+use flywheel_registry::{ManifestDraft, ReferenceProfile, Registry};
+
+use crate::hotpath::{WrkRun, infer_body, median, wrk};
+use crate::procs::Gateway;
+
+/// The three setups, in the order each round runs them.
+pub const SETUPS: [(&str, &str); 3] = [
+    ("sampling 0%, drift off", "[drift]\nenabled = false\n"),
+    ("sampling 0%, drift on (defaults)", ""),
+    ("sampling 100%, drift on", "[models.tiny]\nsample_rate = 1.0\n"),
+];
+
+/// Requests/s of each setup (in [`SETUPS`] order), every round's run.
+pub struct TapCost {
+    pub runs: Vec<(usize, &'static str, WrkRun)>,
+}
+
+impl TapCost {
+    /// The median requests/s of `setup`.
+    pub fn median(&self, setup: &str) -> f64 {
+        let mut v: Vec<f64> = self.runs.iter().filter(|r| r.1 == setup).map(|r| r.2.requests_per_second).collect();
+        median(&mut v)
+    }
+
+    /// Drift on against off, and 100% sampling against 0%, as requests/s ratios.
+    pub fn ratios(&self) -> (f64, f64) {
+        let [off, defaults, all] = SETUPS.map(|(name, _)| self.median(name));
+        (defaults / off, all / defaults)
+    }
+}
+
+/// Runs `rounds` rounds of the three setups, `duration` each.
+pub fn measure(gateway_exe: &Path, rounds: usize, duration: Duration, pin: bool) -> anyhow::Result<TapCost> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("models");
+    let registry = Registry::open(&root);
+    let v = registry.publish("tiny", &tiny(1).to_onnx(1), ManifestDraft::default())?.version;
+    registry.set_alias("tiny", "champion", v)?;
+    let mut rng = fastrand::Rng::with_seed(1);
+    let rows: Vec<Vec<f64>> = (0..5000).map(|_| (0..16).map(|_| rng.f64() * 2.0 - 1.0).collect()).collect();
+    let names: Vec<String> = (0..16).map(|i| flywheel_registry::samples::input_column("input", i)).collect();
+    registry.write_profile("tiny", v, &ReferenceProfile::from_rows(&names, &rows, None, 1000))?;
+    let body = infer_body(16);
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        for (index, (name, extra)) in SETUPS.iter().enumerate() {
+            let config = dir.path().join(format!("gateway-{index}.toml"));
+            let rollout = "[models.tiny.rollout]\nchampion = \"champion\"\n";
+            std::fs::write(&config, format!("{extra}{rollout}"))?;
+            let mut gateway = Gateway::start_exe(gateway_exe, &root, Some(&config), pin)?;
+            let url = format!("http://{}/v2/models/tiny/infer", gateway.addr);
+            wrk(&url, &body, 64, Duration::from_secs(1), pin)?;
+            let run = wrk(&url, &body, 64, duration, pin)?;
+            eprintln!("round {round} {name}: {run:?}");
+            runs.push((round, *name, run));
+            gateway.stop();
+        }
+    }
+    Ok(TapCost { runs })
+}
