@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::support::{Http, TestGateway, tiny_request, tiny_rows, wait_until};
 
-const CONFIG: &str = "[sampling]\nrate = 1.0\nmax_file_age_ms = 200\n[drift]\nwindow_rows = 50\n\
+const CONFIG: &str = "[sampling]\nrate = 1.0\nmax_file_age_ms = 200\n[drift]\nwindow_rows = 50\nmax_rows_per_second = 0\n\
                       [models.tiny.rollout]\nchampion = \"champion\"\n";
 
 #[tokio::test(flavor = "multi_thread")]

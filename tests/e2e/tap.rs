@@ -147,17 +147,40 @@ fn normal(rng: &mut fastrand::Rng) -> f32 {
     ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_covariate_shift_in_one_feature_raises_one_event_naming_it() {
-    let config = "[drift]\nwindow_rows = 300\n[models.tiny.rollout]\nchampion = \"champion\"\n";
-    let gw = TestGateway::start_registry(config, |r| {
+/// A gateway over a tiny champion with a standard-normal reference profile, `drift` settings
+/// in its config.
+fn profiled_tiny(drift: &str) -> TestGateway {
+    let config = format!("[drift]\n{drift}[models.tiny.rollout]\nchampion = \"champion\"\n");
+    TestGateway::start_registry(&config, |r| {
         let v = r.publish("tiny", &tiny(1).to_onnx(1), ManifestDraft::default()).unwrap().version;
         r.set_alias("tiny", "champion", v).unwrap();
         let mut rng = fastrand::Rng::with_seed(1);
         let rows: Vec<Vec<f64>> = (0..5000).map(|_| (0..16).map(|_| f64::from(normal(&mut rng))).collect()).collect();
         let names: Vec<String> = (0..16).map(|i| flywheel_registry::samples::input_column("input", i)).collect();
         r.write_profile("tiny", v, &ReferenceProfile::from_rows(&names, &rows, None, 1000)).unwrap();
-    });
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_load_the_detectors_see_no_more_rows_than_their_intake_allows() {
+    // One row a second reaches the detectors: 2400 shifted rows sent at once fill no window.
+    let gw = profiled_tiny("window_rows = 300\nmax_rows_per_second = 1\n");
+    let http = Http::new(false);
+    let url = format!("{}/v2/models/tiny/infer", gw.base);
+    let mut rng = fastrand::Rng::with_seed(2);
+    for _ in 0..80 {
+        let rows: Vec<f32> = (0..30 * 16).map(|i| normal(&mut rng) + if i % 16 == 3 { 1.5 } else { 0.0 }).collect();
+        assert_eq!(http.post_json(&url, &tiny_request(&rows)).await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = flywheel_gateway::drift::read_events(&Registry::open(&gw.repo), "tiny", 0);
+    assert!(events.is_empty(), "the same traffic with every row taken raises an event (next test): {events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_covariate_shift_in_one_feature_raises_one_event_naming_it() {
+    // Every row to the detectors (the default takes 1000 a second: this test sends faster).
+    let gw = profiled_tiny("window_rows = 300\nmax_rows_per_second = 0\n");
     let http = Http::new(false);
     let url = format!("{}/v2/models/tiny/infer", gw.base);
     let mut rng = fastrand::Rng::with_seed(2);

@@ -26,6 +26,10 @@ pub struct DriftSettings {
     pub enabled: bool,
     /// Share of requests the detectors see (deterministic by request id).
     pub rate: f64,
+    /// At most this many of a version's rows a second reach the detectors (0: no limit): under
+    /// load they see an even subsample. Windows keep `window_rows` rows, so a statistic's
+    /// power is the same; a window spans more time.
+    pub max_rows_per_second: u32,
     /// Rows per tumbling window.
     pub window_rows: usize,
     /// PSI above this trips.
@@ -53,6 +57,7 @@ impl Default for DriftSettings {
         Self {
             enabled: true,
             rate: 1.0,
+            max_rows_per_second: 1000,
             window_rows: 1000,
             psi_threshold: 0.2,
             ks_alpha: 0.01,
@@ -71,6 +76,12 @@ impl DriftSettings {
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.rate) {
             return Err(format!("drift.rate must be in 0..=1, given {}", self.rate));
+        }
+        if self.max_rows_per_second > 10_000_000 {
+            return Err(format!(
+                "drift.max_rows_per_second must be in 0..=10000000 (0: no limit), given {}",
+                self.max_rows_per_second
+            ));
         }
         if !(50..=10_000_000).contains(&self.window_rows) {
             return Err(format!("drift.window_rows must be in 50..=10000000, given {}", self.window_rows));
@@ -166,6 +177,7 @@ impl DriftMonitor {
         // Detectors follow served versions: canary and shadow rows are a candidate's trial,
         // not traffic it answers for; explicitly addressed rows feed their own version.
         if !self.settings.enabled
+            || !served.drift
             || served.status != 200
             || served.inputs.is_empty()
             || matches!(served.arm, "shadow" | "canary")

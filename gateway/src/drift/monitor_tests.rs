@@ -11,6 +11,7 @@ use crate::tap::Served;
 
 fn served(version: u64, arm: &'static str, row: [f32; 2]) -> Served {
     Served {
+        drift: true,
         client_request_id: None,
         request_id: format!("r-{version}-{arm}"),
         time: SystemTime::now(),

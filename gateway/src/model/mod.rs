@@ -50,6 +50,8 @@ pub struct ModelVersion {
     pub metrics: VersionMetrics,
     /// The version's explainer, opened on its first explanation.
     pub explainer: Arc<crate::explain::ExplainerSlot>,
+    /// Which of its rows reach the drift detectors under load (`drift.max_rows_per_second`).
+    pub drift_intake: crate::drift::intake::DriftIntake,
 }
 
 impl ModelVersion {
@@ -147,6 +149,7 @@ pub fn load_version(
         stats,
         metrics,
         explainer: Arc::default(),
+        drift_intake: Default::default(),
     })
 }
 

@@ -408,11 +408,15 @@ impl TapDecision {
                 .is_some_and(|s| s.iter().any(|p| (p - mv.score.threshold).abs() < self.uncertain_within));
         let sampled = self.sampled || uncertain || (self.keep_errors && status != 200);
         let joins = self.join_labels && status == 200;
-        if !(sampled || self.drift || joins) {
+        // Under load the detectors take an even subsample (the tap's thread shares the cores
+        // that serve: every row of every request cost a third of c=64's requests/s).
+        let rows = inputs.first().and_then(|t| t.shape.first()).map_or(1, |d| (*d).max(1) as usize);
+        let drift = self.drift && status == 200 && mv.drift_intake.admit(tap.drift.max_rows_per_second, rows);
+        if !(sampled || drift || joins) {
             return;
         }
         // Inputs go on only for what uses them (Parquet, drift), never for the label join alone.
-        let inputs = if sampled || self.drift { inputs } else { Vec::new() };
+        let inputs = if sampled || drift { inputs } else { Vec::new() };
         tap.offer(Served {
             request_id: ids.gateway(),
             client_request_id: ids.client(),
@@ -425,6 +429,7 @@ impl TapDecision {
             inputs,
             outputs,
             sampled,
+            drift,
             scores,
             threshold: mv.score.is_classifier().then_some(mv.score.threshold),
             route,
@@ -498,6 +503,8 @@ async fn run_shadow(job: ShadowJob) {
             threshold: shadow.score.is_classifier().then_some(shadow.score.threshold),
             outputs,
             sampled: true,
+            // The detectors follow the versions that answer clients.
+            drift: false,
             route: None,
         });
     }

@@ -141,8 +141,10 @@ pub struct Served {
     /// Inputs in the model's order (empty when the request failed before they were known).
     pub inputs: Vec<Tensor>,
     pub outputs: Vec<Tensor>,
-    /// Write to Parquet (otherwise the drift monitor only).
+    /// Write to Parquet.
     pub sampled: bool,
+    /// The drift detectors take its rows (`drift.rate`, within `drift.max_rows_per_second`).
+    pub drift: bool,
     /// The answer's score per row ([`crate::model::score::ScoreSpec`]) and, for a classifier,
     /// its decision threshold.
     pub scores: Option<Vec<f64>>,
