@@ -12,17 +12,24 @@ use crate::procs::{Gateway, LoadRun, Window, load, which};
 use crate::rollout::get;
 use crate::summary::Summary;
 
-/// Runs the three phases; returns the Markdown report.
-pub fn run(window: Window, concurrency: usize, pin: bool) -> anyhow::Result<String> {
-    let dir = tempfile::tempdir()?;
-    let root = dir.path().join("registry");
-    let registry = Registry::open(&root);
+/// A registry at `root` whose `tiny` champion has a reference profile (uniform on [-1, 1] per
+/// feature), so the drift detectors run on its traffic.
+pub fn tiny_champion_with_profile(root: &std::path::Path) -> anyhow::Result<()> {
+    let registry = Registry::open(root);
     let v = registry.publish("tiny", &tiny(1).to_onnx(1), ManifestDraft::default())?.version;
     registry.set_alias("tiny", "champion", v)?;
     let mut rng = fastrand::Rng::with_seed(1);
     let rows: Vec<Vec<f64>> = (0..5000).map(|_| (0..16).map(|_| rng.f64() * 2.0 - 1.0).collect()).collect();
     let names: Vec<String> = (0..16).map(|i| flywheel_registry::samples::input_column("input", i)).collect();
     registry.write_profile("tiny", v, &ReferenceProfile::from_rows(&names, &rows, None, 1000))?;
+    Ok(())
+}
+
+/// Runs the three phases; returns the Markdown report.
+pub fn run(window: Window, concurrency: usize, pin: bool) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("registry");
+    tiny_champion_with_profile(&root)?;
     let config = dir.path().join("gateway.toml");
     let write = |rate: f64| {
         std::fs::write(

@@ -8,9 +8,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use flywheel_onnx::fixtures::tiny;
-use flywheel_registry::{ManifestDraft, ReferenceProfile, Registry};
-
 use crate::hotpath::{WrkRun, infer_body, median, wrk};
 use crate::procs::Gateway;
 
@@ -44,13 +41,7 @@ impl TapCost {
 pub fn measure(gateway_exe: &Path, rounds: usize, duration: Duration, pin: bool) -> anyhow::Result<TapCost> {
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("models");
-    let registry = Registry::open(&root);
-    let v = registry.publish("tiny", &tiny(1).to_onnx(1), ManifestDraft::default())?.version;
-    registry.set_alias("tiny", "champion", v)?;
-    let mut rng = fastrand::Rng::with_seed(1);
-    let rows: Vec<Vec<f64>> = (0..5000).map(|_| (0..16).map(|_| rng.f64() * 2.0 - 1.0).collect()).collect();
-    let names: Vec<String> = (0..16).map(|i| flywheel_registry::samples::input_column("input", i)).collect();
-    registry.write_profile("tiny", v, &ReferenceProfile::from_rows(&names, &rows, None, 1000))?;
+    crate::sampling::tiny_champion_with_profile(&root)?;
     let body = infer_body(16);
     let mut runs = Vec::new();
     for round in 0..rounds {
