@@ -79,6 +79,10 @@ fn each_bad_value_is_rejected_naming_key_and_value() {
         ("[sampling]\nrate = 2.0", "sampling.rate must be in 0..=1, given 2"),
         ("[models.m]\nsample_rate = -0.5", "models.m.sample_rate must be in 0..=1, given -0.5"),
         ("[drift]\nwindow_rows = 5", "drift.window_rows must be in 50..=10000000, given 5"),
+        (
+            "[drift]\nmax_rows_per_second = 20000000",
+            "drift.max_rows_per_second must be in 0..=10000000 (0: no limit), given 20000000",
+        ),
         ("[models.\"a/b\"]\ninstances = 1", "models.a/b"),
         (
             "[models.m.rollout.canary]\nversion = \"2\"\nweight = 140",
