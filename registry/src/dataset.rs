@@ -107,10 +107,13 @@ fn date_of(us: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()[..10].to_owned()
 }
 
-/// [`parquet_files`], also skipping partitions after `until_us`'s date (rows served before
-/// then are never in a later partition; their labels may be, so this is for samples only).
+/// [`parquet_files`], also skipping partitions more than a day after `until_us`'s date. A
+/// row's partition is the date its file was written, a moment after it was served (a row
+/// served just before midnight may sit in the next day's file), so the day after counts too.
+/// Labels arrive later still: this is for samples only.
 fn parquet_files_between(dir: &Path, since_us: Option<i64>, until_us: Option<i64>) -> Vec<PathBuf> {
-    let (first_date, last_date) = (since_us.map(date_of), until_us.map(date_of));
+    const DAY_US: i64 = 86_400_000_000;
+    let (first_date, last_date) = (since_us.map(date_of), until_us.map(|u| date_of(u.saturating_add(DAY_US))));
     let too_old = |path: &Path| {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         name.strip_prefix("date=").is_some_and(|date| {
