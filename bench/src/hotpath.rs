@@ -184,12 +184,14 @@ pub fn post_sequentially(addr: &str, path: &str, body: &str, n: usize) -> anyhow
 }
 
 /// Instructions per request of the server `cmd` starts (run under callgrind with
-/// instrumentation off until it is warm), over `n` requests.
-fn instructions_per_request(
+/// instrumentation off until it is warm), over `n` requests. With `keep`, callgrind's output
+/// (every thread's functions: `callgrind_annotate` reads it) is copied there.
+pub(crate) fn instructions_per_request(
     program: &Path,
     args: impl FnOnce(Command) -> Command,
     (prefix, path, body): (&str, &str, &str),
     n: usize,
+    keep: Option<&Path>,
 ) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let mut valgrind = Command::new("valgrind");
@@ -214,11 +216,17 @@ fn instructions_per_request(
     drop(server);
     let mut total = 0u64;
     for entry in std::fs::read_dir(dir.path())? {
-        let text = std::fs::read_to_string(entry?.path())?;
+        let entry = entry?;
+        let text = std::fs::read_to_string(entry.path())?;
         let found = text
             .lines()
             .find_map(|l| l.strip_prefix("totals:"))
             .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+        // The dump holds the measured requests (the file written at exit is empty).
+        if let (Some(keep), Some(_)) = (keep, found) {
+            std::fs::create_dir_all(keep.parent().unwrap_or(Path::new(".")))?;
+            std::fs::copy(entry.path(), keep)?;
+        }
         total += found.unwrap_or(0);
     }
     if total == 0 {
@@ -291,6 +299,9 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
     let heavy_ratio = heavy_gateway.requests_per_second / heavy_inproc.rows_per_second;
 
     let mut instructions = None;
+    let mut tap_instructions = None;
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let keep = |name: &str| spec.results.join(format!("hotpath-{stamp}-{name}.callgrind"));
     if spec.callgrind_requests > 0 && which("valgrind") {
         let n = spec.callgrind_requests;
         let floor_ir = instructions_per_request(
@@ -298,14 +309,17 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
             |c| floor_command(c, answer_bytes),
             ("floor listening on http://", tiny_path, &tiny),
             n,
+            Some(&keep("floor")),
         )?;
         let gateway_ir = instructions_per_request(
             &gateway_exe,
             |c| gateway_command(c, &repo),
             ("flywheel gateway listening on http://", tiny_path, &tiny),
             n,
+            Some(&keep("gateway")),
         )?;
         instructions = Some((floor_ir, gateway_ir));
+        tap_instructions = Some(crate::tapcost::instructions(&gateway_exe, n, keep)?);
     }
 
     let mut out = String::new();
@@ -376,8 +390,18 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
             writeln!(out, "\nInstructions per request: not measured (valgrind missing or --callgrind-requests 0).")?
         }
     }
+    if let Some([off, defaults, all]) = tap_instructions {
+        writeln!(
+            out,
+            "\nInstructions per request beside serving (callgrind, every thread, the tiny champion with a profile): \
+             sampling 0% drift off {off:.0}, drift on {defaults:.0} (+{:.0}), sampling 100% {all:.0} (+{:.0} over drift on). \
+             Callgrind outputs: {}.",
+            defaults - off,
+            all - defaults,
+            keep("*").display()
+        )?;
+    }
     std::fs::create_dir_all(&spec.results)?;
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let md = spec.results.join(format!("hotpath-{stamp}.md"));
     std::fs::write(&md, &out)?;
     eprintln!("written to {}", md.display());

@@ -37,18 +37,53 @@ impl TapCost {
     }
 }
 
+/// Writes the tiny champion with a profile under `dir` and the gateway config of setup `index`.
+fn prepare(dir: &Path, index: usize) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let root = dir.join("models");
+    if !root.exists() {
+        crate::sampling::tiny_champion_with_profile(&root)?;
+    }
+    let config = dir.join(format!("gateway-{index}.toml"));
+    let rollout = "[models.tiny.rollout]\nchampion = \"champion\"\n";
+    std::fs::write(&config, format!("{}{rollout}", SETUPS[index].1))?;
+    Ok((root, config))
+}
+
+/// Instructions per request of each setup (in [`SETUPS`] order), every thread counted (the
+/// tap's included), over `n` sequential requests; callgrind's outputs go to `keep(setup)`.
+pub fn instructions(
+    gateway_exe: &Path,
+    n: usize,
+    keep: impl Fn(&str) -> std::path::PathBuf,
+) -> anyhow::Result<[f64; 3]> {
+    let dir = tempfile::tempdir()?;
+    let body = infer_body(16);
+    let mut out = [0.0; 3];
+    for (index, slot) in out.iter_mut().enumerate() {
+        let (root, config) = prepare(dir.path(), index)?;
+        *slot = crate::hotpath::instructions_per_request(
+            gateway_exe,
+            |mut c| {
+                c.args(["--listen", "127.0.0.1:0", "--model-repository"]).arg(&root).arg("--config").arg(&config);
+                c.env("FLYWHEEL_LOG", "warn");
+                c
+            },
+            ("flywheel gateway listening on http://", "/v2/models/tiny/infer", &body),
+            n,
+            Some(&keep(&format!("tap{index}"))),
+        )?;
+    }
+    Ok(out)
+}
+
 /// Runs `rounds` rounds of the three setups, `duration` each.
 pub fn measure(gateway_exe: &Path, rounds: usize, duration: Duration, pin: bool) -> anyhow::Result<TapCost> {
     let dir = tempfile::tempdir()?;
-    let root = dir.path().join("models");
-    crate::sampling::tiny_champion_with_profile(&root)?;
     let body = infer_body(16);
     let mut runs = Vec::new();
     for round in 0..rounds {
-        for (index, (name, extra)) in SETUPS.iter().enumerate() {
-            let config = dir.path().join(format!("gateway-{index}.toml"));
-            let rollout = "[models.tiny.rollout]\nchampion = \"champion\"\n";
-            std::fs::write(&config, format!("{extra}{rollout}"))?;
+        for (index, (name, _)) in SETUPS.iter().enumerate() {
+            let (root, config) = prepare(dir.path(), index)?;
             let mut gateway = Gateway::start_exe(gateway_exe, &root, Some(&config), pin)?;
             let url = format!("http://{}/v2/models/tiny/infer", gateway.addr);
             wrk(&url, &body, 64, Duration::from_secs(1), pin)?;

@@ -172,10 +172,12 @@ impl Rows {
         self.len == 0
     }
 
-    /// Appends every row of `served` (one row with null values when it has no tensors).
+    /// Appends every row of `served` (one row with null values when it has no tensors). Each
+    /// tensor is read once, column by column (the tap's thread shares the serving cores).
     pub fn push(&mut self, served: &Served) {
         let rows = served.rows();
         let micros = served.time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+        let latency = served.latency.as_micros() as i64;
         for r in 0..rows {
             self.id.append_value(&served.request_id);
             self.client_id.append_option(served.client_request_id.as_deref());
@@ -185,18 +187,16 @@ impl Rows {
             self.version.append_value(served.version);
             self.arm.append_value(served.arm);
             self.status.append_value(i32::from(served.status));
-            self.latency.append_value(served.latency.as_micros() as i64);
-            let tensors: Vec<Option<&Tensor>> = if served.inputs.is_empty() && served.outputs.is_empty() {
-                vec![None; self.plan.inputs.len() + self.plan.outputs.len()]
-            } else {
-                served.inputs.iter().chain(&served.outputs).map(Some).collect()
-            };
-            let mut column = 0;
-            for ((_, l), t) in self.plan.inputs.iter().chain(&self.plan.outputs).zip(tensors) {
-                column += append(&mut self.values[column..], l, t, r, rows);
-            }
-            self.len += 1;
+            self.latency.append_value(latency);
         }
+        let empty = served.inputs.is_empty() && served.outputs.is_empty();
+        let mut tensors = served.inputs.iter().chain(&served.outputs);
+        let mut column = 0;
+        for (_, l) in self.plan.inputs.iter().chain(&self.plan.outputs) {
+            let t = if empty { None } else { tensors.next() };
+            column += append(&mut self.values[column..], l, t, rows);
+        }
+        self.len += rows;
     }
 
     /// Takes the buffered rows as a record batch.
@@ -225,46 +225,150 @@ impl Rows {
     }
 }
 
-/// Appends row `r` of tensor `t` (of `rows` rows) to the builders of its layout; returns how
-/// many builders it used.
-fn append(builders: &mut [Builder], layout: &Layout, t: Option<&Tensor>, r: usize, rows: usize) -> usize {
-    let values: Option<Vec<f64>> = t.and_then(|t| {
-        let width = t.data.len() / rows.max(1);
-        t.data.to_f64().map(|v| v[r * width..(r + 1) * width].to_vec())
-    });
+/// Appends the `rows` rows of tensor `t` (nulls without one) to the builders of its layout;
+/// returns how many builders it used.
+fn append(builders: &mut [Builder], layout: &Layout, t: Option<&Tensor>, rows: usize) -> usize {
+    let rows = rows.max(1);
     match layout {
         Layout::Scalars { width, .. } => {
-            for (i, b) in builders[..*width].iter_mut().enumerate() {
-                let v = values.as_ref().and_then(|v| v.get(i).copied());
-                match b {
-                    Builder::F32(b) => b.append_option(v.map(|v| v as f32)),
-                    Builder::F64(b) => b.append_option(v),
-                    _ => {}
+            let width = *width;
+            match t.map(|t| &t.data) {
+                // The common case (FP32 into Float32 columns) without a conversion.
+                Some(TensorData::Fp32(v)) => {
+                    for (i, b) in builders[..width].iter_mut().enumerate() {
+                        for r in 0..rows {
+                            let x = v.get(r * width + i).copied();
+                            match b {
+                                Builder::F32(b) => b.append_option(x),
+                                Builder::F64(b) => b.append_option(x.map(f64::from)),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                data => {
+                    let values = data.and_then(TensorData::to_f64);
+                    for (i, b) in builders[..width].iter_mut().enumerate() {
+                        for r in 0..rows {
+                            let x = values.as_ref().and_then(|v| v.get(r * width + i).copied());
+                            match b {
+                                Builder::F32(b) => b.append_option(x.map(|x| x as f32)),
+                                Builder::F64(b) => b.append_option(x),
+                                _ => {}
+                            }
+                        }
+                    }
                 }
             }
-            *width
+            width
         }
         Layout::List => {
             if let Builder::List(b) = &mut builders[0] {
-                match values {
-                    Some(v) => {
-                        b.values().append_slice(&v);
-                        b.append(true);
+                let values = t.and_then(|t| t.data.to_f64());
+                let width = values.as_ref().map_or(0, |v| v.len() / rows);
+                for r in 0..rows {
+                    match values.as_ref().and_then(|v| v.get(r * width..(r + 1) * width)) {
+                        Some(row) => {
+                            b.values().append_slice(row);
+                            b.append(true);
+                        }
+                        None => b.append(false),
                     }
-                    None => b.append(false),
                 }
             }
             1
         }
         Layout::Text => {
             if let Builder::Text(b) = &mut builders[0] {
-                let text = t.and_then(|t| match &t.data {
-                    TensorData::Bytes(items) => items.get(r).map(|s| String::from_utf8_lossy(s).into_owned()),
-                    _ => None,
-                });
-                b.append_option(text);
+                for r in 0..rows {
+                    let text = t.and_then(|t| match &t.data {
+                        TensorData::Bytes(items) => items.get(r).map(|s| String::from_utf8_lossy(s)),
+                        _ => None,
+                    });
+                    b.append_option(text);
+                }
             }
             1
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float32Type, Float64Type};
+
+    use super::*;
+
+    fn served(inputs: Vec<Tensor>, outputs: Vec<Tensor>) -> Served {
+        Served {
+            request_id: "r1".into(),
+            client_request_id: Some("c1".into()),
+            time: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
+            model: "m".into(),
+            version: 3,
+            arm: "champion",
+            status: 200,
+            latency: Duration::from_micros(42),
+            inputs,
+            outputs,
+            sampled: true,
+            drift: false,
+            scores: None,
+            threshold: None,
+            route: None,
+        }
+    }
+
+    fn tensor(name: &str, shape: Vec<i64>, data: TensorData) -> Tensor {
+        Tensor { name: name.into(), shape, data }
+    }
+
+    #[test]
+    fn every_row_of_every_tensor_lands_in_its_own_column() {
+        let three_rows = served(
+            vec![
+                tensor("x", vec![3, 2], TensorData::Fp32(vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.5])),
+                tensor("n", vec![3, 1], TensorData::Int64(vec![7, 8, 9])),
+                tensor("w", vec![3, 300], TensorData::Fp64((0..900).map(f64::from).collect())),
+                tensor("s", vec![3], TensorData::Bytes(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])),
+            ],
+            vec![tensor("y", vec![3, 1], TensorData::Fp32(vec![0.1, 0.2, 0.3]))],
+        );
+        let mut rows = Rows::new(Plan::for_served(&three_rows));
+        rows.push(&three_rows);
+        // A failed request: one row of nulls.
+        rows.push(&served(Vec::new(), Vec::new()));
+        assert_eq!(rows.len(), 4);
+        let batch = rows.take().unwrap();
+        assert_eq!(batch.num_rows(), 4);
+        assert!(rows.is_empty());
+        let column = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let x1 = column(&samples::input_column("x", 1));
+        let x1 = x1.as_primitive::<Float32Type>();
+        assert_eq!((x1.value(0), x1.value(1), x1.value(2)), (0.5, 1.5, 2.5));
+        assert!(x1.is_null(3));
+        let n0 = column(&samples::input_column("n", 0));
+        let n0 = n0.as_primitive::<Float64Type>();
+        assert_eq!((n0.value(0), n0.value(2)), (7.0, 9.0));
+        let w = column("in_w");
+        let w = w.as_list::<i32>();
+        let second = w.value(1);
+        let second = second.as_primitive::<Float64Type>();
+        assert_eq!((second.len(), second.value(0), second.value(299)), (300, 300.0, 599.0));
+        assert!(w.is_null(3));
+        let s = column("in_s");
+        assert_eq!(s.as_string::<i32>().value(2), "c");
+        let y = column(&samples::output_column("y", 0));
+        assert_eq!(y.as_primitive::<Float32Type>().value(2), 0.3);
+        let row = column(samples::ROW);
+        let row = row.as_primitive::<arrow_array::types::UInt32Type>();
+        assert_eq!((row.value(0), row.value(2), row.value(3)), (0, 2, 0));
+        let latency = column(samples::LATENCY_US);
+        assert_eq!(latency.as_primitive::<arrow_array::types::Int64Type>().value(1), 42);
     }
 }
