@@ -41,8 +41,18 @@ pub struct WrkRun {
 /// A one-row JSON request of `features` values.
 pub fn infer_body(features: usize) -> String {
     let data: Vec<f32> = (0..features).map(|i| (i as f32 * 0.37).sin()).collect();
-    serde_json::json!({"inputs": [{"name": "input", "shape": [1, features], "datatype": "FP32", "data": data}]})
-        .to_string()
+    json_infer_body(&[1, features], &data)
+}
+
+/// A JSON request of one FP32 input named `input`, its keys in the order Triton's clients
+/// write them (`name`, `shape`, `datatype`, `data`; `serde_json::json!` would sort `data`
+/// first, which makes the gateway keep it raw and read it twice).
+pub fn json_infer_body(shape: &[usize], data: &[f32]) -> String {
+    format!(
+        r#"{{"inputs":[{{"name":"input","shape":{},"datatype":"FP32","data":{}}}]}}"#,
+        serde_json::Value::from(shape.to_vec()),
+        serde_json::Value::from(data.to_vec())
+    )
 }
 
 /// Runs wrk (on CPU 0 when pinning) posting `body` to `url`.

@@ -55,8 +55,8 @@ fn payload(spec: &LoadSpec) -> Payload {
         body.extend(data.iter().flat_map(|f| f.to_le_bytes()));
         Payload { body: body.into(), header_length: Some(header_length) }
     } else {
-        let body = serde_json::json!({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": data}]});
-        Payload { body: serde_json::to_vec(&body).unwrap_or_default().into(), header_length: None }
+        let body = crate::hotpath::json_infer_body(&shape, &data);
+        Payload { body: body.into_bytes().into(), header_length: None }
     }
 }
 

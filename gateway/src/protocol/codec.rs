@@ -2,11 +2,11 @@
 //! extension (`Inference-Header-Content-Length`, `binary_data_size`, `binary_data`).
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::datatype::DataType;
 use super::error::ProtocolError;
+use super::input_json::{Data, InputJson};
 use super::tensor::{Tensor, TensorData};
 
 /// A decoded inference request, not yet checked against any model.
@@ -38,17 +38,6 @@ struct RequestJson<'a> {
     inputs: Vec<InputJson<'a>>,
     #[serde(default)]
     outputs: Vec<OutputJson>,
-}
-
-#[derive(Deserialize)]
-struct InputJson<'a> {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -122,7 +111,8 @@ fn decode_input(input: InputJson<'_>, binary: &mut &[u8]) -> Result<Tensor, Prot
             *binary = rest;
             TensorData::from_binary(datatype, mine)
         }
-        (None, Some(raw)) => TensorData::from_json_expecting(datatype, raw.get(), expected),
+        (None, Some(Data::Typed(data))) => data,
+        (None, Some(Data::Raw(raw))) => TensorData::from_json_expecting(datatype, raw.get(), expected),
         (Some(_), Some(_)) => {
             return Err(ProtocolError::Invalid(format!("input '{name}' has both data and binary_data_size")));
         }

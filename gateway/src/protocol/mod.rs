@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod datatype;
 pub mod error;
+mod input_json;
 pub mod json_data;
 pub mod tensor;
 

@@ -342,6 +342,26 @@ impl TensorData {
         with_element_type!(datatype, T => go::<T>(raw, expected), Err(unsupported(datatype)))
     }
 
+    /// Reads a JSON `data` value of `datatype` from `de` with room for `capacity` elements:
+    /// the inner `Err` is a value that is valid JSON but not valid `datatype` (or a datatype
+    /// without a JSON form), its JSON read past so the document around it stays readable.
+    pub fn read_json<'de, D: serde::Deserializer<'de>>(
+        datatype: DataType,
+        de: D,
+        capacity: usize,
+    ) -> Result<Result<TensorData, String>, D::Error> {
+        fn go<'de, T: Element, D: serde::Deserializer<'de>>(
+            de: D,
+            capacity: usize,
+        ) -> Result<Result<TensorData, String>, D::Error> {
+            Ok(super::json_data::read::<T, D>(de, capacity)?.map(T::wrap))
+        }
+        with_element_type!(datatype, T => go::<T, D>(de, capacity), {
+            serde::Deserializer::deserialize_ignored_any(de, serde::de::IgnoredAny)?;
+            Ok(Err(unsupported(datatype)))
+        })
+    }
+
     /// `len` default elements (zeros, false, empty strings) of `datatype`; `None` for FP16.
     pub fn zeros(datatype: DataType, len: usize) -> Option<TensorData> {
         fn go<T: Element>(len: usize) -> Option<TensorData> {
