@@ -7,7 +7,16 @@ use flywheel_gateway::batch::assemble::{merge_input, split_output};
 use flywheel_gateway::model::{Signature, TensorSpec};
 use flywheel_gateway::protocol::{DataType, ResponseHeader, Tensor, TensorData, decode_request, encode_response};
 
+/// A JSON body in Triton clients' key order (`data` after `shape` and `datatype`: read in one pass).
 fn json_body(rows: usize) -> Vec<u8> {
+    let data: Vec<f32> = (0..rows * 16).map(|i| i as f32 * 0.01).collect();
+    let data = serde_json::to_string(&data).unwrap();
+    format!(r#"{{"id":"b","inputs":[{{"name":"input","shape":[{rows},16],"datatype":"FP32","data":{data}}}]}}"#)
+        .into_bytes()
+}
+
+/// The same body with sorted keys (`data` first: kept raw, read after the object).
+fn json_body_data_first(rows: usize) -> Vec<u8> {
     let data: Vec<f32> = (0..rows * 16).map(|i| i as f32 * 0.01).collect();
     serde_json::to_vec(&serde_json::json!({"id": "b", "inputs": [{"name": "input", "shape": [rows, 16], "datatype": "FP32", "data": data}]}))
         .unwrap()
@@ -31,6 +40,8 @@ fn decode(c: &mut Criterion) {
     let json64 = json_body(64);
     let (bin64, n) = binary_body(64);
     c.bench_function("decode json 1x16", |b| b.iter(|| decode_request(&json1, None).unwrap()));
+    let first = json_body_data_first(1);
+    c.bench_function("decode json 1x16, data first", |b| b.iter(|| decode_request(&first, None).unwrap()));
     c.bench_function("decode json 64x16", |b| b.iter(|| decode_request(&json64, None).unwrap()));
     c.bench_function("decode binary 64x16", |b| b.iter(|| decode_request(&bin64, Some(n)).unwrap()));
     let sig = signature();
