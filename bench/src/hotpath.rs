@@ -279,10 +279,25 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
         Duration::from_secs(10),
     )?;
     post_sequentially(&floor.addr, tiny_path, &tiny, 1)?;
+    // Triton beside them when installed (scripts/setup-triton-peer.sh): same model file.
+    let triton = match crate::triton::installed() {
+        Some(install) => {
+            let model = repo.join("tiny").join("1").join("model.onnx");
+            let triton = crate::triton::Triton::start(&install, "tiny", &model, 16, pin)?;
+            wrk(&format!("http://{}{tiny_path}", triton.addr), &tiny, 64, Duration::from_secs(1), pin)?;
+            Some(triton)
+        }
+        None => None,
+    };
     let url = |addr: &str, path: &str| format!("http://{addr}{path}");
     let mut rows: Vec<(usize, &str, usize, WrkRun)> = Vec::new();
+    let mut systems = vec![("floor", floor.addr.clone()), ("gateway", gateway.addr.clone())];
+    if let Some(triton) = &triton {
+        systems.push(("triton", triton.addr.clone()));
+    }
     for round in 0..spec.rounds {
-        for (system, addr) in [("floor", &floor.addr), ("gateway", &gateway.addr)] {
+        for (system, addr) in &systems {
+            let (system, addr) = (*system, addr.as_str());
             for connections in [64, 1] {
                 let run = wrk(&url(addr, tiny_path), &tiny, connections, spec.duration, pin)?;
                 eprintln!("round {round} {system:7} c={connections:2}: {run:?}");
@@ -293,6 +308,7 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
     let heavy_gateway = wrk(&url(&gateway.addr, heavy_path), &heavy, 64, spec.duration, pin)?;
     drop(gateway);
     drop(floor);
+    drop(triton);
     let heavy_model = repo.join("heavy").join("1").join("model.onnx");
     let window = Window { warmup: Duration::from_secs(1), duration: spec.duration };
     let heavy_inproc = inproc(&heavy_model, 256, 64, window, pin)?;
@@ -336,11 +352,12 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
     writeln!(
         out,
         "# Hot path vs the physical limit\n\nwrk (2 threads, c=64; 1 thread, c=1) on CPU 0, each server on CPU 1{}; \
-         {} rounds of {:?} alternating floor and gateway; tiny model (16 features, 1-row JSON), answer {answer_bytes} bytes \
-         from both; the gateway at its defaults (sampling and drift as configured by default).\n",
+         {} rounds of {:?} alternating {}; tiny model (16 features, 1-row JSON), answer {answer_bytes} bytes \
+         from floor and gateway; the gateway at its defaults (sampling and drift as configured by default).\n",
         if pin { "" } else { " (not pinned: taskset missing or one core)" },
         spec.rounds,
-        spec.duration
+        spec.duration,
+        systems.iter().map(|(system, _)| *system).collect::<Vec<_>>().join(", "),
     )?;
     writeln!(out, "| round | system | c | req/s | p50 µs | p99 µs |\n|---|---|---|---|---|---|")?;
     for (round, system, connections, run) in &rows {
@@ -364,6 +381,20 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
         heavy_inproc.rows_per_second,
         yes(heavy_ratio >= 0.7)
     )?;
+    if systems.iter().any(|(system, _)| *system == "triton") {
+        let (triton_rps, gateway_rps) = (pick("triton", 64, rps), pick("gateway", 64, rps));
+        writeln!(
+            out,
+            "| gateway / Triton 2.51 (Python backend + onnxruntime, dynamic batching), tiny c=64 req/s | \
+             {gateway_rps:.0} / {triton_rps:.0} = {:.1}× | (peer) | |",
+            gateway_rps / triton_rps
+        )?;
+        writeln!(
+            out,
+            "| tiny c=1 p50 Triton − gateway | {:.0} µs | (peer) | |",
+            pick("triton", 1, p50) - pick("gateway", 1, p50)
+        )?;
+    }
     let (drift_ratio, sampling_ratio) = tap.ratios();
     let [off, defaults, all] = crate::tapcost::SETUPS.map(|(name, _)| tap.median(name));
     writeln!(

@@ -24,6 +24,7 @@ mod sampling;
 mod suite;
 mod summary;
 mod tapcost;
+mod triton;
 mod verdicts;
 
 use std::path::PathBuf;
