@@ -1,7 +1,9 @@
 //! Labels from the feedback API: parsing, their Parquet rows, the index of recent predictions
 //! that turns labels into live quality metrics, and idempotency on repeats.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -113,7 +115,7 @@ pub type RouteArm = Option<(Arc<RouteEvidence>, Arm)>;
 
 /// A tapped prediction, kept for a while so a label can be scored against it.
 struct Recent {
-    model: String,
+    model: Arc<str>,
     version: u64,
     arm: &'static str,
     route: RouteArm,
@@ -166,12 +168,64 @@ pub struct Accepted {
     pub scored: Option<(String, u64, bool)>,
 }
 
-/// Recent predictions and labels seen, both bounded in count and age.
+/// A prediction's key: the gateway's request id (32 hex digits) as its 128-bit number, so no
+/// string is kept per prediction; any other id through two per-process keyed hashes (nobody
+/// outside can make one collide with a request's).
+struct IdKeys(RandomState, RandomState);
+
+impl IdKeys {
+    fn key(&self, id: &str) -> u128 {
+        if id.len() == 32
+            && let Ok(v) = u128::from_str_radix(id, 16)
+        {
+            return v;
+        }
+        (u128::from(self.0.hash_one(id)) << 64) | u128::from(self.1.hash_one(id))
+    }
+}
+
+/// Hashes a key that is already uniformly random (a request id, or a keyed hash) by folding it.
+#[derive(Default)]
+struct FoldKey(u64);
+
+impl Hasher for FoldKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 = (v as u64) ^ ((v >> 64) as u64);
+    }
+}
+
+/// A remembered prediction in arrival order.
+struct Remembered {
+    at: Instant,
+    key: u128,
+    recent: Recent,
+}
+
+/// Recent predictions and labels seen, both bounded in count and age. At 100% sampling every
+/// answer is remembered for `label_window_ms` (up to `capacity`), so this is built for churn:
+/// predictions sit in a ring in arrival order (they expire from its front, the memory is
+/// reused) and a slim index maps a key to its place, sized up front so removals never make it
+/// grow (a map of whole entries, rehashed and regrown under churn, was most of the tap
+/// thread's time per sampled request).
 pub struct LabelIndex {
     window: Duration,
     capacity: usize,
-    recent: HashMap<String, Recent>,
-    order: VecDeque<(Instant, String)>,
+    keys: IdKeys,
+    models: HashMap<String, Arc<str>>,
+    recent: VecDeque<Remembered>,
+    /// The sequence number of `recent`'s front.
+    first_seq: u64,
+    index: HashMap<u128, u64, BuildHasherDefault<FoldKey>>,
     seen: HashMap<(String, u32), f64>,
     seen_order: VecDeque<(Instant, (String, u32))>,
     quality: HashMap<(String, u64, &'static str), Quality>,
@@ -182,8 +236,13 @@ impl LabelIndex {
         Self {
             window,
             capacity,
-            recent: HashMap::new(),
-            order: VecDeque::new(),
+            keys: IdKeys(RandomState::new(), RandomState::new()),
+            models: HashMap::new(),
+            recent: VecDeque::new(),
+            first_seq: 0,
+            // Twice the entries it holds: removals leave tombstones, and a table at most half
+            // full is cleaned in place instead of regrown.
+            index: HashMap::with_capacity_and_hasher(capacity.saturating_mul(2), BuildHasherDefault::default()),
             seen: HashMap::new(),
             seen_order: VecDeque::new(),
             quality: HashMap::new(),
@@ -199,16 +258,27 @@ impl LabelIndex {
         scores: Vec<f64>,
     ) {
         self.expire();
-        if self.recent.len() >= self.capacity
-            && let Some((_, old)) = self.order.pop_front()
-        {
-            self.recent.remove(&old);
+        if self.recent.len() >= self.capacity {
+            self.forget_oldest();
         }
-        self.recent.insert(
-            id.to_owned(),
-            Recent { model: model.to_owned(), version, arm, route, scores, threshold, joined: Vec::new() },
-        );
-        self.order.push_back((Instant::now(), id.to_owned()));
+        let model = match self.models.get(model) {
+            Some(name) => Arc::clone(name),
+            None => Arc::clone(self.models.entry(model.to_owned()).or_insert_with(|| Arc::from(model))),
+        };
+        let key = self.keys.key(id);
+        let recent = Recent { model, version, arm, route, scores, threshold, joined: Vec::new() };
+        self.index.insert(key, self.first_seq + self.recent.len() as u64);
+        self.recent.push_back(Remembered { at: Instant::now(), key, recent });
+    }
+
+    /// Drops the oldest prediction (and its index entry, unless the key was remembered again).
+    fn forget_oldest(&mut self) {
+        if let Some(old) = self.recent.pop_front() {
+            if self.index.get(&old.key) == Some(&self.first_seq) {
+                self.index.remove(&old.key);
+            }
+            self.first_seq += 1;
+        }
     }
 
     /// Takes a label in: `stored` is false when it repeats one already stored (same id, row and
@@ -254,10 +324,15 @@ impl LabelIndex {
     /// Scores `label` against its recent prediction: the route's labelled evidence (once per
     /// row) and the live quality gauges. Returns the outcome and (model, version, mistake).
     fn join(&mut self, label: &Label) -> (&'static str, Option<(String, u64, bool)>) {
-        let matched =
-            self.recent.get_mut(&label.id).and_then(|r| r.scores.get(label.row as usize).copied().map(|p| (r, p)));
-        let scored =
-            matched.as_ref().map(|(r, p)| (r.model.clone(), r.version, (*p >= r.threshold) != (label.label >= 0.5)));
+        let key = self.keys.key(&label.id);
+        let place = self.index.get(&key).and_then(|seq| usize::try_from(seq.checked_sub(self.first_seq)?).ok());
+        let matched = place
+            .and_then(|at| self.recent.get_mut(at))
+            .map(|r| &mut r.recent)
+            .and_then(|r| r.scores.get(label.row as usize).copied().map(|p| (r, p)));
+        let scored = matched
+            .as_ref()
+            .map(|(r, p)| (r.model.to_string(), r.version, (*p >= r.threshold) != (label.label >= 0.5)));
         let outcome = match matched {
             Some((recent, p)) => {
                 if let Some((evidence, arm)) = &recent.route
@@ -267,11 +342,11 @@ impl LabelIndex {
                     recent.joined.push(label.row);
                 }
                 let labels = [
-                    ("model", recent.model.clone()),
+                    ("model", recent.model.to_string()),
                     ("version", recent.version.to_string()),
                     ("arm", recent.arm.to_owned()),
                 ];
-                let q = self.quality.entry((recent.model.clone(), recent.version, recent.arm)).or_default();
+                let q = self.quality.entry((recent.model.to_string(), recent.version, recent.arm)).or_default();
                 q.add(p, label.label, recent.threshold);
                 crate::dashboard::history::global().record_label(
                     &recent.model,
@@ -309,13 +384,11 @@ impl LabelIndex {
 
     fn expire(&mut self) {
         let cutoff = Instant::now().checked_sub(self.window);
-        while let (Some(cutoff), Some((at, _))) = (cutoff, self.order.front()) {
-            if *at >= cutoff {
+        while let (Some(cutoff), Some(oldest)) = (cutoff, self.recent.front()) {
+            if oldest.at >= cutoff {
                 break;
             }
-            if let Some((_, id)) = self.order.pop_front() {
-                self.recent.remove(&id);
-            }
+            self.forget_oldest();
         }
         while let (Some(cutoff), Some((at, _))) = (cutoff, self.seen_order.front()) {
             if *at >= cutoff {
@@ -340,6 +413,39 @@ mod tests {
         assert!(parse(br#"{"labels": []}"#).unwrap_err().contains("no labels"));
         assert!(parse(br#"{"id": "", "label": 1}"#).unwrap_err().contains("invalid"));
         assert!(parse(br#"{"id": "a", "label": 1, "extra": 2}"#).is_err());
+    }
+
+    #[test]
+    fn the_oldest_prediction_goes_first_and_a_key_remembered_again_keeps_its_newest() {
+        let mut index = LabelIndex::new(Duration::from_secs(60), 3);
+        let id = |i: u128| format!("{i:032x}");
+        let label = |i: u128| Label { id: id(i), row: 0, label: 1.0 };
+        for i in 1..=3 {
+            index.remember(&id(i), ("m", i as u64, 0.5), ("champion", None), vec![0.9]);
+        }
+        // Version 1's prediction is remembered again under the same id (as version 9).
+        index.remember(&id(1), ("m", 9, 0.5), ("champion", None), vec![0.9]);
+        assert_eq!(index.recent.len(), 3, "bounded by its capacity");
+        assert_eq!(index.accept("m", &label(2)).scored, Some(("m".into(), 2, false)));
+        // The first remembrance of id 1 was dropped; the index still finds the newest.
+        assert_eq!(index.accept("m", &label(1)).scored, Some(("m".into(), 9, false)));
+        index.remember(&id(4), ("m", 4, 0.5), ("champion", None), vec![0.9]);
+        index.remember(&id(5), ("m", 5, 0.5), ("champion", None), vec![0.9]);
+        assert_eq!(index.accept("m", &label(3)).scored, None, "3 was the oldest left: forgotten");
+        assert_eq!(index.accept("m", &label(5)).scored, Some(("m".into(), 5, false)));
+        // Ids that are not the gateway's 32 hex digits join as well.
+        index.remember("client-7", ("m", 7, 0.5), ("champion", None), vec![0.1]);
+        assert_eq!(
+            index.accept("m", &Label { id: "client-7".into(), row: 0, label: 1.0 }).scored,
+            Some(("m".into(), 7, true))
+        );
+        assert_eq!(index.accept("m", &Label { id: "client-8".into(), row: 0, label: 1.0 }).scored, None);
+        // Past the window, everything is forgotten.
+        let mut short = LabelIndex::new(Duration::from_millis(1), 10);
+        short.remember(&id(1), ("m", 1, 0.5), ("champion", None), vec![0.9]);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(short.accept("m", &label(1)).scored, None);
+        assert!(short.recent.is_empty() && short.index.is_empty());
     }
 
     #[test]
