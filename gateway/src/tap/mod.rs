@@ -327,6 +327,8 @@ const BATCH_ROWS: usize = 1024;
 /// How often the tap takes the served requests queued for it (at 100k requests/s, 500 of the
 /// channel's `sampling.channel_capacity`, default 8192).
 const SERVED_TICK: Duration = Duration::from_millis(5);
+/// Served requests taken at once before labels and the stop signal are looked at.
+const SERVED_BATCH: usize = 1024;
 /// How long a stopping tap waits for label groups still at the sample store (the store's own
 /// retries take up to 15 s).
 const STORE_ACK_GRACE: Duration = Duration::from_secs(20);
@@ -356,13 +358,13 @@ impl Worker {
     fn run(&mut self, served: &Receiver<Box<Served>>, labels: &Receiver<LabelMsg>, channels: &Channels) {
         let (stop, relayed, acked) = (&channels.stop, &channels.relayed, &channels.acked);
         let mut last_check = Instant::now();
-        loop {
-            // Served requests are taken on a tick, never waited on: a request's sender then
-            // never wakes this thread (a futex call and a context switch on a serving core
-            // per request: 100% sampling cost over a third of c=64's requests/s).
-            if self.take_queued(served).is_err() {
-                break;
-            }
+        // Served requests are taken on a tick, never waited on: a request's sender then
+        // never wakes this thread (a futex call and a context switch on a serving core
+        // per request: 100% sampling cost over a third of c=64's requests/s).
+        while let Ok(more) = self.take_queued(served) {
+            // Behind (a full batch taken and more waiting): labels and stops are looked at,
+            // then it goes straight on.
+            let tick = if more { Duration::ZERO } else { SERVED_TICK };
             select! {
                 // Labels join the predictions served before them: those are taken first.
                 recv(relayed) -> msg => if let Ok((model, batch)) = msg {
@@ -385,7 +387,7 @@ impl Worker {
                     health::guard("tap", || self.labels_acked(round));
                 },
                 recv(stop) -> _ => break,
-                default(SERVED_TICK) => {},
+                default(tick) => {},
             }
             if last_check.elapsed() >= Duration::from_millis(200) {
                 health::guard("tap", || self.rotate_due());
@@ -419,19 +421,21 @@ impl Worker {
         }
     }
 
-    /// Takes every served request queued now, each under a guard: a panic (a bad profile, a
-    /// bug) skips that item, is counted, and the thread goes on sampling, labelling and
-    /// detecting. `Err` once every sender is gone.
-    fn take_queued(&mut self, served: &Receiver<Box<Served>>) -> Result<(), ()> {
-        loop {
+    /// Takes the served requests queued now, at most [`SERVED_BATCH`] (so labels and the stop
+    /// signal are never starved by a tap that falls behind), each under a guard: a panic (a bad
+    /// profile, a bug) skips that item, is counted, and the thread goes on sampling, labelling
+    /// and detecting. `Ok(true)` when more are waiting; `Err` once every sender is gone.
+    fn take_queued(&mut self, served: &Receiver<Box<Served>>) -> Result<bool, ()> {
+        for _ in 0..SERVED_BATCH {
             match served.try_recv() {
                 Ok(s) => {
                     health::guard("tap", || self.take_served(*s));
                 }
-                Err(crossbeam_channel::TryRecvError::Empty) => return Ok(()),
+                Err(crossbeam_channel::TryRecvError::Empty) => return Ok(false),
                 Err(crossbeam_channel::TryRecvError::Disconnected) => return Err(()),
             }
         }
+        Ok(!served.is_empty())
     }
 
     fn take_served(&mut self, served: Served) {
