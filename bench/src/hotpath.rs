@@ -147,7 +147,8 @@ fn floor_command(program: Command, response_bytes: usize) -> Command {
     cmd
 }
 
-fn gateway_command(program: Command, repo: &Path) -> Command {
+/// `program` (the gateway, or valgrind running it) serving `repo` on a free port, quietly.
+pub(crate) fn gateway_command(program: Command, repo: &Path) -> Command {
     let mut cmd = program;
     cmd.args(["--listen", "127.0.0.1:0", "--model-repository"]).arg(repo).env("FLYWHEEL_LOG", "warn");
     cmd

@@ -63,9 +63,9 @@ pub fn instructions(
         let (root, config) = prepare(dir.path(), index)?;
         *slot = crate::hotpath::instructions_per_request(
             gateway_exe,
-            |mut c| {
-                c.args(["--listen", "127.0.0.1:0", "--model-repository"]).arg(&root).arg("--config").arg(&config);
-                c.env("FLYWHEEL_LOG", "warn");
+            |c| {
+                let mut c = crate::hotpath::gateway_command(c, &root);
+                c.arg("--config").arg(&config);
                 c
             },
             ("flywheel gateway listening on http://", "/v2/models/tiny/infer", &body),
