@@ -9,6 +9,7 @@
 //! the submitting thread with a free session ([`queue::Inline`]): no hop to a thread and back.
 
 pub mod assemble;
+pub mod deliver;
 pub mod ort_values;
 pub mod queue;
 pub mod worker;

@@ -16,6 +16,9 @@ pub struct Job {
     pub rows: usize,
     pub enqueued: Instant,
     pub reply: oneshot::Sender<Result<JobOutput, InferError>>,
+    /// The runtime of the task waiting for the answer, when it has one: a batch's answers are
+    /// handed to it in one wake-up ([`super::deliver`]).
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 /// A job's answer: every model output for its rows, and where its time went.
@@ -124,7 +127,7 @@ impl BatchQueue {
                     Err(TryLockError::WouldBlock) => continue,
                 };
                 let (reply, rx) = oneshot::channel();
-                let job = Job { inputs, rows, enqueued: Instant::now(), reply };
+                let job = Job { inputs, rows, enqueued: Instant::now(), reply, runtime: None };
                 run_jobs(&mut session, vec![job], &inline.ctx);
                 inline.ctx.metrics.inline_runs.increment(1);
                 return Ok(rx);
@@ -140,7 +143,8 @@ impl BatchQueue {
 
     fn send(&self, lane: &Sender<Job>, inputs: Vec<Tensor>, rows: usize) -> Result<Reply, InferError> {
         let (reply, rx) = oneshot::channel();
-        let job = Job { inputs, rows, enqueued: Instant::now(), reply };
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let job = Job { inputs, rows, enqueued: Instant::now(), reply, runtime };
         match lane.try_send(job) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => {

@@ -9,6 +9,7 @@ use ort::session::SessionInputValue;
 
 use super::BatchSettings;
 use super::assemble::{merge_input, split_output};
+use super::deliver::deliver;
 use super::ort_values::{from_ort, to_ort, to_ort_view};
 use super::queue::{InferError, Job, JobOutput};
 use crate::metrics::VersionMetrics;
@@ -146,9 +147,7 @@ fn run_batch(session: &mut Session, jobs: Vec<Job>, ctx: &WorkerContext) {
     match result {
         Ok((per_job, times)) => {
             ctx.stats.record_batch(jobs.len(), total_rows, times);
-            for (job, outputs) in jobs.into_iter().zip(per_job) {
-                answer(job, outputs, started, (compute, total_rows));
-            }
+            answer_all(jobs, per_job, started, (compute, total_rows));
         }
         Err(e) if jobs.len() == 1 => {
             tracing::debug!(error = %e.message, "request failed");
@@ -185,9 +184,7 @@ fn isolate(session: &mut Session, jobs: Vec<Job>, started: Instant, ctx: &Worker
         Ok((per_job, times)) => {
             ctx.stats.record_batch(jobs.len(), total_rows, times);
             let compute = run_started.elapsed();
-            for (job, outputs) in jobs.into_iter().zip(per_job) {
-                answer(job, outputs, started, (compute, total_rows));
-            }
+            answer_all(jobs, per_job, started, (compute, total_rows));
         }
         Err(e) if jobs.len() == 1 => {
             for job in jobs {
@@ -203,11 +200,20 @@ fn isolate(session: &mut Session, jobs: Vec<Job>, started: Instant, ctx: &Worker
     }
 }
 
-/// Sends `job` its outputs and hands its inputs back with them.
-fn answer(job: Job, outputs: Vec<Tensor>, started: Instant, (compute, batch_rows): (Duration, usize)) {
-    let Job { inputs, enqueued, reply, .. } = job;
-    let queue = started.duration_since(enqueued);
-    let _ = reply.send(Ok(JobOutput { outputs, inputs, queue, compute, batch_rows }));
+/// Sends each job its outputs and hands its inputs back with them, in one wake-up of the
+/// waiting runtime ([`deliver`]).
+fn answer_all(jobs: Vec<Job>, per_job: Vec<Vec<Tensor>>, started: Instant, (compute, batch_rows): (Duration, usize)) {
+    let runtime = jobs.first().and_then(|job| job.runtime.clone());
+    let answers = jobs
+        .into_iter()
+        .zip(per_job)
+        .map(|(job, outputs)| {
+            let Job { inputs, enqueued, reply, .. } = job;
+            let queue = started.duration_since(enqueued);
+            (reply, Ok(JobOutput { outputs, inputs, queue, compute, batch_rows }))
+        })
+        .collect();
+    deliver(answers, runtime.as_ref());
 }
 
 /// Why a batch produced no outputs, and whether the input's values were the cause.
@@ -294,7 +300,7 @@ mod tests {
     fn job(rows: usize) -> Job {
         let (reply, _rx) = tokio::sync::oneshot::channel();
         let input = Tensor { name: "x".into(), shape: vec![rows as i64, 1], data: TensorData::Fp32(vec![0.0; rows]) };
-        Job { inputs: vec![input], rows, enqueued: Instant::now(), reply }
+        Job { inputs: vec![input], rows, enqueued: Instant::now(), reply, runtime: None }
     }
 
     #[test]
