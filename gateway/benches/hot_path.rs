@@ -15,6 +15,14 @@ fn json_body(rows: usize) -> Vec<u8> {
         .into_bytes()
 }
 
+/// One row of `features` values as Python clients write them: each f32 widened to f64 and
+/// printed in full (17 significant digits, `tolist()` then `json.dumps`).
+fn json_body_python(features: usize) -> Vec<u8> {
+    let data: Vec<f64> = (0..features).map(|i| f64::from((i as f32 * 0.37).sin())).collect();
+    let data = serde_json::to_string(&data).unwrap();
+    format!(r#"{{"inputs":[{{"name":"input","shape":[1,{features}],"datatype":"FP32","data":{data}}}]}}"#).into_bytes()
+}
+
 /// The same body with sorted keys (`data` first: kept raw, read after the object).
 fn json_body_data_first(rows: usize) -> Vec<u8> {
     let data: Vec<f32> = (0..rows * 16).map(|i| i as f32 * 0.01).collect();
@@ -42,6 +50,8 @@ fn decode(c: &mut Criterion) {
     c.bench_function("decode json 1x16", |b| b.iter(|| decode_request(&json1, None).unwrap()));
     let first = json_body_data_first(1);
     c.bench_function("decode json 1x16, data first", |b| b.iter(|| decode_request(&first, None).unwrap()));
+    let python = json_body_python(256);
+    c.bench_function("decode json 1x256, 17-digit numbers", |b| b.iter(|| decode_request(&python, None).unwrap()));
     c.bench_function("decode json 64x16", |b| b.iter(|| decode_request(&json64, None).unwrap()));
     c.bench_function("decode binary 64x16", |b| b.iter(|| decode_request(&bin64, Some(n)).unwrap()));
     let sig = signature();
