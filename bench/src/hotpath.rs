@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 
-use crate::procs::{Gateway, Window, inproc, pinned, this_exe, which};
+use crate::procs::{Gateway, Window, context_switches, inproc, pinned, this_exe, which};
 
 /// Settings of one hotpath run.
 pub struct HotpathSpec {
@@ -291,18 +291,28 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
         None => None,
     };
     let url = |addr: &str, path: &str| format!("http://{addr}{path}");
-    let mut rows: Vec<(usize, &str, usize, WrkRun)> = Vec::new();
-    let mut systems = vec![("floor", floor.addr.clone()), ("gateway", gateway.addr.clone())];
+    // Each run: (round, system, connections, wrk's figures, the server's context switches per
+    // request when its threads can be read).
+    let mut rows: Vec<(usize, &str, usize, WrkRun, Option<f64>)> = Vec::new();
+    let mut systems = vec![
+        ("floor", floor.addr.clone(), Some(floor.child.id())),
+        ("gateway", gateway.addr.clone(), Some(gateway.child.id())),
+    ];
     if let Some(triton) = &triton {
-        systems.push(("triton", triton.addr.clone()));
+        systems.push(("triton", triton.addr.clone(), None));
     }
     for round in 0..spec.rounds {
-        for (system, addr) in &systems {
+        for (system, addr, pid) in &systems {
             let (system, addr) = (*system, addr.as_str());
             for connections in [64, 1] {
+                let before = pid.and_then(context_switches);
                 let run = wrk(&url(addr, tiny_path), &tiny, connections, spec.duration, pin)?;
-                eprintln!("round {round} {system:7} c={connections:2}: {run:?}");
-                rows.push((round, system, connections, run));
+                let requests = run.requests_per_second * spec.duration.as_secs_f64();
+                let switches = before
+                    .zip(pid.and_then(context_switches))
+                    .map(|(before, after)| after.saturating_sub(before) as f64 / requests.max(1.0));
+                eprintln!("round {round} {system:7} c={connections:2}: {run:?}, switches/request {switches:?}");
+                rows.push((round, system, connections, run, switches));
             }
         }
     }
@@ -318,6 +328,10 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
     let pick = |system: &str, connections: usize, f: fn(&WrkRun) -> f64| {
         let mut v: Vec<f64> = rows.iter().filter(|r| r.1 == system && r.2 == connections).map(|r| f(&r.3)).collect();
         median(&mut v)
+    };
+    let switches = |system: &str| {
+        let mut v: Vec<f64> = rows.iter().filter(|r| r.1 == system && r.2 == 64).filter_map(|r| r.4).collect();
+        (!v.is_empty()).then(|| median(&mut v))
     };
     let rps = |w: &WrkRun| w.requests_per_second;
     let p50 = |w: &WrkRun| w.p50_us;
@@ -358,13 +372,17 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
         if pin { "" } else { " (not pinned: taskset missing or one core)" },
         spec.rounds,
         spec.duration,
-        systems.iter().map(|(system, _)| *system).collect::<Vec<_>>().join(", "),
+        systems.iter().map(|(system, _, _)| *system).collect::<Vec<_>>().join(", "),
     )?;
-    writeln!(out, "| round | system | c | req/s | p50 µs | p99 µs |\n|---|---|---|---|---|---|")?;
-    for (round, system, connections, run) in &rows {
+    writeln!(
+        out,
+        "| round | system | c | req/s | p50 µs | p99 µs | context switches / request |\n|---|---|---|---|---|---|---|"
+    )?;
+    for (round, system, connections, run, switches) in &rows {
+        let switches = switches.map_or_else(|| "-".to_owned(), |s| format!("{s:.3}"));
         writeln!(
             out,
-            "| {round} | {system} | {connections} | {:.0} | {:.0} | {:.0} |",
+            "| {round} | {system} | {connections} | {:.0} | {:.0} | {:.0} | {switches} |",
             run.requests_per_second, run.p50_us, run.p99_us
         )?;
     }
@@ -375,6 +393,13 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
         yes(throughput_ratio >= 0.7)
     )?;
     writeln!(out, "| tiny c=1 p50 gateway − floor | {c1_extra:.0} µs | ≤ 20 µs | {} |", yes(c1_extra <= 20.0))?;
+    if let (Some(gateway), Some(floor)) = (switches("gateway"), switches("floor")) {
+        writeln!(
+            out,
+            "| context switches per request, tiny c=64 (every thread), gateway / floor | {gateway:.3} / {floor:.3} | \
+             (steadier than req/s) | |"
+        )?;
+    }
     writeln!(
         out,
         "| heavy c=64 gateway rows/s / in-process batch 64 | {:.0} / {:.0} = {heavy_ratio:.2}× | ≥ 0.70× | {} |",
@@ -382,7 +407,7 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
         heavy_inproc.rows_per_second,
         yes(heavy_ratio >= 0.7)
     )?;
-    if systems.iter().any(|(system, _)| *system == "triton") {
+    if systems.iter().any(|(system, _, _)| *system == "triton") {
         let (triton_rps, gateway_rps) = (pick("triton", 64, rps), pick("gateway", 64, rps));
         writeln!(
             out,

@@ -42,6 +42,26 @@ pub fn pinned(program: &Path, cpu: &str, pin: bool) -> Command {
     }
 }
 
+/// Context switches (voluntary and involuntary) of every thread of process `pid` so far, from
+/// `/proc/<pid>/task/*/status`; `None` where there is no such file (not Linux, process gone).
+/// A count that, unlike requests/s, does not move with the machine's speed: each switch is a
+/// thread that slept or was preempted on the way.
+pub fn context_switches(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .filter_map(|line| {
+                line.strip_prefix("voluntary_ctxt_switches:").or(line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            })
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
+}
+
 pub fn this_exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the bench executable")
 }
@@ -142,5 +162,24 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+mod tests {
+    use super::context_switches;
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_sleeping_thread_adds_to_its_process_context_switches() {
+        let me = std::process::id();
+        let before = context_switches(me).unwrap();
+        // Sleeping gives the core up: at least one voluntary switch per sleep.
+        for _ in 0..3 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(context_switches(me).unwrap() >= before + 3);
+        assert_eq!(context_switches(u32::MAX), None, "no such process");
     }
 }
