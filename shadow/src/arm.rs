@@ -1,12 +1,28 @@
-//! One arm's live record. Thread-safe; the lock is held for a few adds per request.
+//! One arm's live record. Thread-safe: each thread records into its own shard (a lock held
+//! for a few adds per request, which no other thread normally wants), and reads merge the
+//! shards. One lock for the record made every HTTP thread answering for the arm take turns on
+//! one cache line: `cargo bench -p flywheel-shadow --bench arm`, two threads on one record,
+//! 48 ns of wall time per record against 9 ns for one thread alone.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug)]
+/// Most shards per record: each holds a latency histogram (16 KiB to ~120 KiB as latencies
+/// spread), and a record per arm and rollout step exists per route.
+const MAX_SHARDS: usize = 8;
+
+/// Hands each thread a shard number the first time it records.
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+}
+
+#[derive(Clone, Debug)]
 struct State {
     requests: u64,
     errors: u64,
@@ -22,8 +38,13 @@ struct State {
 /// refusals are counted beside them, never against it.
 #[derive(Debug)]
 pub struct ArmRecord {
-    state: Mutex<State>,
+    shards: Box<[Shard]>,
 }
+
+/// One shard on its own cache lines, so two threads' shards never share one.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard(Mutex<State>);
 
 /// A copy of an arm's record at one moment.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -62,21 +83,13 @@ impl Default for ArmRecord {
 }
 
 impl ArmRecord {
-    /// An empty record.
+    /// An empty record, with a shard per core (rounded up to a power of two, at most
+    /// [`MAX_SHARDS`]).
     pub fn new() -> Self {
-        let mut latency_us = Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits is valid"));
-        latency_us.auto(true);
-        Self {
-            state: Mutex::new(State {
-                requests: 0,
-                errors: 0,
-                client_errors: 0,
-                refused: 0,
-                latency_us,
-                score_sum: 0.0,
-                scores: 0,
-            }),
-        }
+        // A power of two, so a thread finds its shard with a mask.
+        let shards =
+            std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_SHARDS).next_power_of_two();
+        Self { shards: (0..shards).map(|_| Shard(Mutex::new(State::empty()))).collect() }
     }
 
     /// Records one answered request and, for score models, its first output value.
@@ -109,7 +122,7 @@ impl ArmRecord {
 
     /// The record so far, to be absorbed elsewhere.
     pub fn export(&self) -> ArmExport {
-        let s = self.lock();
+        let s = self.merged();
         let latency_us = s
             .latency_us
             .iter_recorded()
@@ -144,7 +157,7 @@ impl ArmRecord {
 
     /// The record so far.
     pub fn snapshot(&self) -> ArmSnapshot {
-        let s = self.lock();
+        let s = self.merged();
         ArmSnapshot {
             requests: s.requests,
             errors: s.errors,
@@ -157,10 +170,44 @@ impl ArmRecord {
         }
     }
 
+    /// This thread's shard, locked.
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the counters inconsistent in a way that
-        // matters for a statistic: keep going with what is there.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        let slot = SLOT.with(|slot| *slot) & (self.shards.len() - 1);
+        lock(&self.shards[slot])
+    }
+
+    /// Every shard added up.
+    fn merged(&self) -> State {
+        let mut all = State::empty();
+        for shard in &self.shards {
+            all.add(&lock(shard));
+        }
+        all
+    }
+}
+
+fn lock(shard: &Shard) -> std::sync::MutexGuard<'_, State> {
+    // A panic while holding this lock cannot leave the counters inconsistent in a way that
+    // matters for a statistic: keep going with what is there.
+    shard.0.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl State {
+    fn empty() -> Self {
+        let mut latency_us = Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits is valid"));
+        latency_us.auto(true);
+        Self { requests: 0, errors: 0, client_errors: 0, refused: 0, latency_us, score_sum: 0.0, scores: 0 }
+    }
+
+    fn add(&mut self, other: &State) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.client_errors += other.client_errors;
+        self.refused += other.refused;
+        // Both histograms resize themselves (`auto`), so adding cannot run out of range.
+        let _ = self.latency_us.add(&other.latency_us);
+        self.score_sum += other.score_sum;
+        self.scores += other.scores;
     }
 }
 
@@ -184,6 +231,30 @@ mod tests {
         assert!((49_000..=51_000).contains(&s.p50_us), "{}", s.p50_us);
         assert!((98_000..=100_100).contains(&s.p99_us), "{}", s.p99_us);
         assert_eq!(s.mean_score, Some(0.5));
+    }
+
+    #[test]
+    fn what_several_threads_record_adds_up_in_one_snapshot() {
+        let arm = std::sync::Arc::new(ArmRecord::new());
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let arm = std::sync::Arc::clone(&arm);
+                std::thread::spawn(move || {
+                    for ms in 1..=25 {
+                        arm.record_ok(Duration::from_millis(t * 25 + ms), Some(1.0));
+                    }
+                    arm.record_error();
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let s = arm.snapshot();
+        assert_eq!((s.requests, s.errors), (104, 4));
+        assert!((49_000..=51_000).contains(&s.p50_us), "the four threads' latencies merged: {}", s.p50_us);
+        assert_eq!(s.mean_score, Some(1.0));
+        assert_eq!(arm.export().latency_us.iter().map(|(_, n)| n).sum::<u64>(), 100);
     }
 
     #[test]
