@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 
-use crate::procs::{Gateway, Window, context_switches, inproc, pinned, this_exe, which};
+use crate::procs::{Gateway, Window, context_switches, inproc, pinned, switches_between, this_exe, which};
 
 /// Settings of one hotpath run.
 pub struct HotpathSpec {
@@ -307,10 +307,11 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
             for connections in [64, 1] {
                 let before = pid.and_then(context_switches);
                 let run = wrk(&url(addr, tiny_path), &tiny, connections, spec.duration, pin)?;
-                let requests = run.requests_per_second * spec.duration.as_secs_f64();
+                // wrk runs whole seconds (`wrk`'s `-d`).
+                let requests = run.requests_per_second * spec.duration.as_secs().max(1) as f64;
                 let switches = before
                     .zip(pid.and_then(context_switches))
-                    .map(|(before, after)| after.saturating_sub(before) as f64 / requests.max(1.0));
+                    .map(|(before, after)| switches_between(&before, &after) as f64 / requests.max(1.0));
                 eprintln!("round {round} {system:7} c={connections:2}: {run:?}, switches/request {switches:?}");
                 rows.push((round, system, connections, run, switches));
             }

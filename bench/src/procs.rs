@@ -42,24 +42,37 @@ pub fn pinned(program: &Path, cpu: &str, pin: bool) -> Command {
     }
 }
 
-/// Context switches (voluntary and involuntary) of every thread of process `pid` so far, from
-/// `/proc/<pid>/task/*/status`; `None` where there is no such file (not Linux, process gone).
-/// A count that, unlike requests/s, does not move with the machine's speed: each switch is a
-/// thread that slept or was preempted on the way.
-pub fn context_switches(pid: u32) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = 0;
-    for task in tasks.flatten() {
-        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        total += status
+/// Context switches (voluntary and involuntary) of each thread of process `pid` so far, by
+/// thread id, from `/proc/<pid>/task/*/status`; `None` where a file cannot be read (not Linux,
+/// process gone). A count that, unlike requests/s, does not move with the machine's speed:
+/// each switch is a thread that slept or was preempted on the way.
+pub fn context_switches(pid: u32) -> Option<std::collections::HashMap<u32, u64>> {
+    let mut threads = std::collections::HashMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let task = task.ok()?;
+        let Some(tid) = task.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        // A thread that exited since the folder was listed has no status: it switches no more.
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        let switches = status
             .lines()
             .filter_map(|line| {
                 line.strip_prefix("voluntary_ctxt_switches:").or(line.strip_prefix("nonvoluntary_ctxt_switches:"))
             })
             .filter_map(|n| n.trim().parse::<u64>().ok())
             .sum::<u64>();
+        threads.insert(tid, switches);
     }
-    Some(total)
+    Some(threads)
+}
+
+/// Context switches between two [`context_switches`] readings, thread by thread: a thread that
+/// started in between counts from zero, one that exited in between is left out (its whole
+/// history would otherwise come off the total).
+pub fn switches_between(
+    before: &std::collections::HashMap<u32, u64>,
+    after: &std::collections::HashMap<u32, u64>,
+) -> u64 {
+    after.iter().map(|(tid, n)| n.saturating_sub(before.get(tid).copied().unwrap_or(0))).sum()
 }
 
 pub fn this_exe() -> anyhow::Result<PathBuf> {
@@ -168,7 +181,7 @@ impl Drop for Gateway {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 mod tests {
-    use super::context_switches;
+    use super::{context_switches, switches_between};
 
     #[test]
     #[cfg(target_os = "linux")]
@@ -179,7 +192,13 @@ mod tests {
         for _ in 0..3 {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        assert!(context_switches(me).unwrap() >= before + 3);
+        // A thread that starts and ends in between is left out rather than subtracted.
+        std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(1))).join().unwrap();
+        let after = context_switches(me).unwrap();
+        assert!(switches_between(&before, &after) >= 3);
+        let gone: std::collections::HashMap<u32, u64> = [(1, 5), (2, 100)].into();
+        let now: std::collections::HashMap<u32, u64> = [(1, 7), (3, 4)].into();
+        assert_eq!(switches_between(&gone, &now), 2 + 4, "thread 2 exited, thread 3 is new");
         assert_eq!(context_switches(u32::MAX), None, "no such process");
     }
 }

@@ -4,7 +4,7 @@
 #![allow(clippy::expect_used)] // bench code: a recording thread that panicked is a failed run
 
 use std::hint::black_box;
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -22,17 +22,22 @@ fn record(c: &mut Criterion) {
     c.bench_function("arm record_ok, two threads on one record", |b| {
         b.iter_custom(|iters| {
             let shared = Arc::new(ArmRecord::new());
-            let start = Instant::now();
+            // Both threads start recording together; the clock starts when they do, so
+            // spawning them is not timed.
+            let go = Arc::new(Barrier::new(3));
             let threads: Vec<_> = (0..2)
                 .map(|t| {
-                    let shared = Arc::clone(&shared);
+                    let (shared, go) = (Arc::clone(&shared), Arc::clone(&go));
                     std::thread::spawn(move || {
+                        go.wait();
                         for n in 0..iters {
                             shared.record_ok(Duration::from_micros(200 + (n * 7919 + t) % 5000), Some(0.5));
                         }
                     })
                 })
                 .collect();
+            go.wait();
+            let start = Instant::now();
             for thread in threads {
                 thread.join().expect("recording thread");
             }

@@ -54,7 +54,7 @@ mod tests {
     }
 
     #[test]
-    fn several_answers_reach_their_receivers_through_the_runtime_in_order() {
+    fn several_answers_reach_their_receivers_through_a_task_on_the_runtime() {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let (answers, receivers): (Vec<Answer>, Vec<_>) = (1..=3)
             .map(|rows| {
@@ -65,6 +65,11 @@ mod tests {
         // Delivered from a thread outside the runtime, as an inference thread does.
         let handle = runtime.handle().clone();
         std::thread::spawn(move || deliver(answers, Some(&handle))).join().unwrap();
+        // Nothing is sent until the runtime runs the task.
+        let mut receivers = receivers;
+        for rx in &mut receivers {
+            assert!(matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+        }
         let rows: Vec<usize> = runtime.block_on(async {
             let mut rows = Vec::new();
             for rx in receivers {

@@ -203,7 +203,13 @@ fn isolate(session: &mut Session, jobs: Vec<Job>, started: Instant, ctx: &Worker
 /// Sends each job its outputs and hands its inputs back with them, in one wake-up of the
 /// waiting runtime ([`deliver`]).
 fn answer_all(jobs: Vec<Job>, per_job: Vec<Vec<Tensor>>, started: Instant, (compute, batch_rows): (Duration, usize)) {
-    let runtime = jobs.first().and_then(|job| job.runtime.clone());
+    // One task on the jobs' runtime when they all came from the same one (the gateway has one);
+    // otherwise each answer goes straight to its own receiver, so no job depends on another
+    // job's runtime being alive.
+    let runtime = jobs.first().and_then(|job| job.runtime.clone()).filter(|first| {
+        let id = first.id();
+        jobs.iter().all(|job| job.runtime.as_ref().is_some_and(|r| r.id() == id))
+    });
     let answers = jobs
         .into_iter()
         .zip(per_job)
@@ -301,6 +307,30 @@ mod tests {
         let (reply, _rx) = tokio::sync::oneshot::channel();
         let input = Tensor { name: "x".into(), shape: vec![rows as i64, 1], data: TensorData::Fp32(vec![0.0; rows]) };
         Job { inputs: vec![input], rows, enqueued: Instant::now(), reply, runtime: None }
+    }
+
+    #[test]
+    fn a_batch_from_two_runtimes_is_answered_even_when_the_first_runtime_is_gone() {
+        let gone = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let alive = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut jobs = Vec::new();
+        let mut receivers = Vec::new();
+        for handle in [gone.handle().clone(), alive.handle().clone()] {
+            let mut job = job(1);
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            (job.reply, job.runtime) = (reply, Some(handle));
+            jobs.push(job);
+            receivers.push(rx);
+        }
+        drop(gone);
+        answer_all(jobs, vec![Vec::new(), Vec::new()], Instant::now(), (Duration::ZERO, 2));
+        for mut rx in receivers {
+            assert_eq!(
+                rx.try_recv().unwrap().unwrap().batch_rows,
+                2,
+                "answered directly, not through the dead runtime"
+            );
+        }
     }
 
     #[test]
