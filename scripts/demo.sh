@@ -18,4 +18,5 @@ if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   features=(--features flywheel-trainer/cuda)
 fi
 cargo build --release --locked --bin gateway --bin trainer "${features[@]}"
-exec ./target/release/trainer demo "$@"
+# Where cargo put them: a CARGO_TARGET_DIR set in the user's environment moves the binaries.
+exec "${CARGO_TARGET_DIR:-target}/release/trainer" demo "$@"

@@ -7,11 +7,13 @@ cd "$(dirname "$0")/.."
 scripts/ensure-toolchain.sh
 scripts/setup-ort.sh
 cargo build --release --locked --bin gateway --bin make-model-repo --bin registry
+# Where cargo put them: a CARGO_TARGET_DIR set in the user's environment moves the binaries.
+bin="${CARGO_TARGET_DIR:-target}/release"
 rm -rf var/models   # the demo starts from a fresh repository each run
-./target/release/make-model-repo var/models --heavy
+"$bin"/make-model-repo var/models --heavy
 
 port="${FLYWHEEL_DEMO_PORT:-8000}"
-./target/release/gateway --config configs/serving.toml --listen "127.0.0.1:$port" &
+"$bin"/gateway --config configs/serving.toml --listen "127.0.0.1:$port" &
 gateway=$!
 trap 'kill -TERM $gateway 2>/dev/null; wait $gateway 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
@@ -32,9 +34,9 @@ show curl -s "http://127.0.0.1:$port/v2/models/tiny/stats"
 
 echo "--- hot swap: publish a new version of tiny into the registry; the gateway loads, checks and"
 echo "--- warms it, then routes to it (tiny has no rollout in the config, so the highest version serves)"
-show ./target/release/registry --root var/models publish tiny var/models/tiny/1/model.onnx --description "demo re-publish"
+show "$bin"/registry --root var/models publish tiny var/models/tiny/1/model.onnx --description "demo re-publish"
 for _ in $(seq 50); do
-  curl -s "http://127.0.0.1:$port/v2/models/tiny" | grep -q "\"$(./target/release/registry --root var/models list tiny | tail -1 | cut -f1)\"" && break
+  curl -s "http://127.0.0.1:$port/v2/models/tiny" | grep -q "\"$("$bin"/registry --root var/models list tiny | tail -1 | cut -f1)\"" && break
   sleep 0.1
 done
 show curl -s -i -X POST "http://127.0.0.1:$port/v2/models/tiny/infer" \
