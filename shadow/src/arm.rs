@@ -22,7 +22,7 @@ thread_local! {
     static SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct State {
     requests: u64,
     errors: u64,
