@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the work beside serving (issue 15): what the tap's thread
 //! spends per sampled row (Arrow columns, then Parquet with ZSTD), and what a request pays to
-//! ask the drift intake whether its rows go to the detectors.
+//! ask the drift intake whether its rows go to the detectors, and the label join's index of
+//! recent predictions.
 #![allow(clippy::unwrap_used)] // benchmark code: a failure is a broken benchmark
 
 use std::time::{Duration, SystemTime};
@@ -11,6 +12,7 @@ use flywheel_gateway::protocol::{Tensor, TensorData};
 use flywheel_gateway::tap::Served;
 use flywheel_gateway::tap::columns::{Plan, Rows};
 use flywheel_gateway::tap::files::{PartFile, Rotation};
+use flywheel_gateway::tap::recent::RecentPredictions;
 
 fn served(i: usize) -> Served {
     let input: Vec<f32> = (0..16).map(|f| ((i * 16 + f) as f32 * 0.37).sin()).collect();
@@ -69,10 +71,36 @@ fn sampling(c: &mut Criterion) {
     group.finish();
 }
 
+/// Remembering a prediction for the label join once the tap's index is full (200,000
+/// predictions, as the tap sizes it): each one expires the oldest. Ids are random, as the
+/// gateway's are, so the index is touched at random places.
+fn label_join_index(c: &mut Criterion) {
+    let mut recent = RecentPredictions::new(Duration::from_secs(3600), 200_000);
+    let ids: Vec<String> = (0..400_000).map(|_| format!("{:032x}", fastrand::u128(..))).collect();
+    for id in &ids[..200_000] {
+        recent.remember(id, ("tiny", 1, 0.5), ("champion", None), &[0.5]);
+    }
+    let mut next = ids.iter().cycle().skip(200_000);
+    let mut group = c.benchmark_group("tap");
+    group.throughput(Throughput::Elements(1024));
+    group.bench_function("1024 predictions remembered in a full label index (200k)", |b| {
+        b.iter(|| {
+            for id in next.by_ref().take(1024) {
+                recent.remember(id, ("tiny", 1, 0.5), ("champion", None), &[0.5]);
+            }
+        })
+    });
+    group.bench_function("1024 labels looked up in a full label index (200k)", |b| {
+        let mut probe = ids.iter().cycle();
+        b.iter(|| probe.by_ref().take(1024).filter(|id| recent.find(id, 0).is_some()).count())
+    });
+    group.finish();
+}
+
 fn drift_intake(c: &mut Criterion) {
     let intake = DriftIntake::default();
     c.bench_function("drift intake: ask for 1 row at 1000 rows/s", |b| b.iter(|| intake.admit(1000, 1)));
 }
 
-criterion_group!(benches, sampling, drift_intake);
+criterion_group!(benches, sampling, label_join_index, drift_intake);
 criterion_main!(benches);

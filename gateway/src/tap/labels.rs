@@ -1,9 +1,7 @@
 //! Labels from the feedback API: parsing, their Parquet rows, the index of recent predictions
 //! that turns labels into live quality metrics, and idempotency on repeats.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,9 +12,8 @@ use flywheel_registry::samples;
 use flywheel_shadow::quality::row_log_loss;
 use serde::{Deserialize, Serialize};
 
+use super::recent::{Found, RecentPredictions};
 use crate::metrics::{LABELS, QUALITY};
-use crate::model::Arm;
-use crate::model::table::RouteEvidence;
 
 /// One label: the true outcome for row `row` of request `id`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
@@ -110,22 +107,7 @@ impl LabelRows {
     }
 }
 
-/// The route evidence a prediction was recorded in, and the arm that answered.
-pub type RouteArm = Option<(Arc<RouteEvidence>, Arm)>;
-
-/// A tapped prediction, kept for a while so a label can be scored against it.
-struct Recent {
-    model: Arc<str>,
-    version: u64,
-    arm: &'static str,
-    route: RouteArm,
-    /// One score per row, and the classifier's decision threshold.
-    scores: Vec<f64>,
-    threshold: f64,
-    /// Rows already joined into the route's labelled evidence: a corrected label is not
-    /// counted a second time there.
-    joined: Vec<u32>,
-}
+pub use super::recent::RouteArm;
 
 /// Running quality of one (model, version, arm).
 #[derive(Default)]
@@ -168,64 +150,12 @@ pub struct Accepted {
     pub scored: Option<(String, u64, bool)>,
 }
 
-/// A prediction's key: the gateway's request id (32 hex digits) as its 128-bit number, so no
-/// string is kept per prediction; any other id through two per-process keyed hashes (nobody
-/// outside can make one collide with a request's).
-struct IdKeys(RandomState, RandomState);
-
-impl IdKeys {
-    fn key(&self, id: &str) -> u128 {
-        if id.len() == 32
-            && let Ok(v) = u128::from_str_radix(id, 16)
-        {
-            return v;
-        }
-        (u128::from(self.0.hash_one(id)) << 64) | u128::from(self.1.hash_one(id))
-    }
-}
-
-/// Hashes a key that is already uniformly random (a request id, or a keyed hash) by folding it.
-#[derive(Default)]
-struct FoldKey(u64);
-
-impl Hasher for FoldKey {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-
-    fn write_u128(&mut self, v: u128) {
-        self.0 = (v as u64) ^ ((v >> 64) as u64);
-    }
-}
-
-/// A remembered prediction in arrival order.
-struct Remembered {
-    at: Instant,
-    key: u128,
-    recent: Recent,
-}
-
-/// Recent predictions and labels seen, both bounded in count and age. At 100% sampling every
-/// answer is remembered for `label_window_ms` (up to `capacity`), so this is built for churn:
-/// predictions sit in a ring in arrival order (they expire from its front, the memory is
-/// reused) and a slim index maps a key to its place, sized up front so removals never make it
-/// grow (a map of whole entries, rehashed and regrown under churn, was most of the tap
-/// thread's time per sampled request).
+/// Recent predictions (to score labels against) and labels seen (to store each once), both
+/// bounded in count and age.
 pub struct LabelIndex {
     window: Duration,
     capacity: usize,
-    keys: IdKeys,
-    models: HashMap<String, Arc<str>>,
-    recent: VecDeque<Remembered>,
-    /// The sequence number of `recent`'s front.
-    first_seq: u64,
-    index: HashMap<u128, u64, BuildHasherDefault<FoldKey>>,
+    recent: RecentPredictions,
     seen: HashMap<(String, u32), f64>,
     seen_order: VecDeque<(Instant, (String, u32))>,
     quality: HashMap<(String, u64, &'static str), Quality>,
@@ -236,13 +166,7 @@ impl LabelIndex {
         Self {
             window,
             capacity,
-            keys: IdKeys(RandomState::new(), RandomState::new()),
-            models: HashMap::new(),
-            recent: VecDeque::new(),
-            first_seq: 0,
-            // Twice the entries it holds: removals leave tombstones, and a table at most half
-            // full is cleaned in place instead of regrown.
-            index: HashMap::with_capacity_and_hasher(capacity.saturating_mul(2), BuildHasherDefault::default()),
+            recent: RecentPredictions::new(window, capacity),
             seen: HashMap::new(),
             seen_order: VecDeque::new(),
             quality: HashMap::new(),
@@ -253,32 +177,11 @@ impl LabelIndex {
     pub fn remember(
         &mut self,
         id: &str,
-        (model, version, threshold): (&str, u64, f64),
+        model: (&str, u64, f64),
         (arm, route): (&'static str, RouteArm),
-        scores: Vec<f64>,
+        scores: &[f64],
     ) {
-        self.expire();
-        if self.recent.len() >= self.capacity {
-            self.forget_oldest();
-        }
-        let model = match self.models.get(model) {
-            Some(name) => Arc::clone(name),
-            None => Arc::clone(self.models.entry(model.to_owned()).or_insert_with(|| Arc::from(model))),
-        };
-        let key = self.keys.key(id);
-        let recent = Recent { model, version, arm, route, scores, threshold, joined: Vec::new() };
-        self.index.insert(key, self.first_seq + self.recent.len() as u64);
-        self.recent.push_back(Remembered { at: Instant::now(), key, recent });
-    }
-
-    /// Drops the oldest prediction (and its index entry, unless the key was remembered again).
-    fn forget_oldest(&mut self) {
-        if let Some(old) = self.recent.pop_front() {
-            if self.index.get(&old.key) == Some(&self.first_seq) {
-                self.index.remove(&old.key);
-            }
-            self.first_seq += 1;
-        }
+        self.recent.remember(id, model, (arm, route), scores);
     }
 
     /// Takes a label in: `stored` is false when it repeats one already stored (same id, row and
@@ -324,22 +227,16 @@ impl LabelIndex {
     /// Scores `label` against its recent prediction: the route's labelled evidence (once per
     /// row) and the live quality gauges. Returns the outcome and (model, version, mistake).
     fn join(&mut self, label: &Label) -> (&'static str, Option<(String, u64, bool)>) {
-        let key = self.keys.key(&label.id);
-        let place = self.index.get(&key).and_then(|seq| usize::try_from(seq.checked_sub(self.first_seq)?).ok());
-        let matched = place
-            .and_then(|at| self.recent.get_mut(at))
-            .map(|r| &mut r.recent)
-            .and_then(|r| r.scores.get(label.row as usize).copied().map(|p| (r, p)));
-        let scored = matched
-            .as_ref()
-            .map(|(r, p)| (r.model.to_string(), r.version, (*p >= r.threshold) != (label.label >= 0.5)));
+        let matched = self.recent.find(&label.id, label.row);
+        let scored = matched.as_ref().map(|Found { prediction: r, score: p, .. }| {
+            (r.model.to_string(), r.version, (*p >= r.threshold) != (label.label >= 0.5))
+        });
         let outcome = match matched {
-            Some((recent, p)) => {
+            Some(Found { prediction: recent, score: p, first_join }) => {
                 if let Some((evidence, arm)) = &recent.route
-                    && !recent.joined.contains(&label.row)
+                    && first_join
                 {
                     evidence.record_label(*arm, p, label.label);
-                    recent.joined.push(label.row);
                 }
                 let labels = [
                     ("model", recent.model.to_string()),
@@ -382,18 +279,10 @@ impl LabelIndex {
         self.seen.get(&(label.id.clone(), label.row)) == Some(&label.label)
     }
 
+    /// Forgets labels seen longer ago than the window (predictions expire on their own).
     fn expire(&mut self) {
-        let cutoff = Instant::now().checked_sub(self.window);
-        while let (Some(cutoff), Some(oldest)) = (cutoff, self.recent.front()) {
-            if oldest.at >= cutoff {
-                break;
-            }
-            self.forget_oldest();
-        }
-        while let (Some(cutoff), Some((at, _))) = (cutoff, self.seen_order.front()) {
-            if *at >= cutoff {
-                break;
-            }
+        let Some(cutoff) = Instant::now().checked_sub(self.window) else { return };
+        while self.seen_order.front().is_some_and(|(at, _)| *at < cutoff) {
             if let Some((_, key)) = self.seen_order.pop_front() {
                 self.seen.remove(&key);
             }
@@ -404,6 +293,8 @@ impl LabelIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Arm;
+    use crate::model::table::RouteEvidence;
 
     #[test]
     fn parses_one_or_many_and_names_what_is_wrong() {
@@ -421,20 +312,20 @@ mod tests {
         let id = |i: u128| format!("{i:032x}");
         let label = |i: u128| Label { id: id(i), row: 0, label: 1.0 };
         for i in 1..=3 {
-            index.remember(&id(i), ("m", i as u64, 0.5), ("champion", None), vec![0.9]);
+            index.remember(&id(i), ("m", i as u64, 0.5), ("champion", None), &[0.9]);
         }
         // Version 1's prediction is remembered again under the same id (as version 9).
-        index.remember(&id(1), ("m", 9, 0.5), ("champion", None), vec![0.9]);
+        index.remember(&id(1), ("m", 9, 0.5), ("champion", None), &[0.9]);
         assert_eq!(index.recent.len(), 3, "bounded by its capacity");
         assert_eq!(index.accept("m", &label(2)).scored, Some(("m".into(), 2, false)));
         // The first remembrance of id 1 was dropped; the index still finds the newest.
         assert_eq!(index.accept("m", &label(1)).scored, Some(("m".into(), 9, false)));
-        index.remember(&id(4), ("m", 4, 0.5), ("champion", None), vec![0.9]);
-        index.remember(&id(5), ("m", 5, 0.5), ("champion", None), vec![0.9]);
+        index.remember(&id(4), ("m", 4, 0.5), ("champion", None), &[0.9]);
+        index.remember(&id(5), ("m", 5, 0.5), ("champion", None), &[0.9]);
         assert_eq!(index.accept("m", &label(3)).scored, None, "3 was the oldest left: forgotten");
         assert_eq!(index.accept("m", &label(5)).scored, Some(("m".into(), 5, false)));
         // Ids that are not the gateway's 32 hex digits join as well.
-        index.remember("client-7", ("m", 7, 0.5), ("champion", None), vec![0.1]);
+        index.remember("client-7", ("m", 7, 0.5), ("champion", None), &[0.1]);
         assert_eq!(
             index.accept("m", &Label { id: "client-7".into(), row: 0, label: 1.0 }).scored,
             Some(("m".into(), 7, true))
@@ -442,17 +333,17 @@ mod tests {
         assert_eq!(index.accept("m", &Label { id: "client-8".into(), row: 0, label: 1.0 }).scored, None);
         // Past the window, everything is forgotten.
         let mut short = LabelIndex::new(Duration::from_millis(1), 10);
-        short.remember(&id(1), ("m", 1, 0.5), ("champion", None), vec![0.9]);
+        short.remember(&id(1), ("m", 1, 0.5), ("champion", None), &[0.9]);
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(short.accept("m", &label(1)).scored, None);
-        assert!(short.recent.is_empty() && short.index.is_empty());
+        assert!(short.recent.is_empty());
     }
 
     #[test]
     fn repeats_are_not_stored_twice_and_labels_score_recent_predictions() {
         let mut index = LabelIndex::new(Duration::from_secs(60), 100);
         let evidence = RouteEvidence::new((1, Some(2), None), Some(10), 0.5);
-        index.remember("r1", ("m", 1, 0.5), ("champion", Some((Arc::clone(&evidence), Arm::Champion))), vec![0.9, 0.2]);
+        index.remember("r1", ("m", 1, 0.5), ("champion", Some((Arc::clone(&evidence), Arm::Champion))), &[0.9, 0.2]);
         let label = Label { id: "r1".into(), row: 0, label: 1.0 };
         assert_eq!(index.accept("m", &label), Accepted { stored: true, scored: Some(("m".into(), 1, false)) });
         assert!(!index.accept("m", &label).stored, "same label again is a no-op");

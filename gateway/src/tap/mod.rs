@@ -9,6 +9,7 @@ pub mod columns;
 pub mod files;
 pub mod journal;
 pub mod labels;
+pub mod recent;
 pub mod relay;
 pub mod store_ack;
 pub mod upload;
@@ -441,7 +442,7 @@ impl Worker {
     fn take_served(&mut self, served: Served) {
         // Only a classifier's answers are scored against labels (AUC, log loss, mistakes).
         if let (200, false, Some(scores), Some(threshold)) =
-            (served.status, served.arm == "shadow", served.scores.clone(), served.threshold)
+            (served.status, served.arm == "shadow", served.scores.as_deref(), served.threshold)
         {
             let route = served.route.clone();
             let key = (served.model.as_str(), served.version, threshold);
