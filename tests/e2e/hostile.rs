@@ -85,6 +85,27 @@ fn counter(text: &str, series: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_whole_request_deadline_cuts_a_body_slower_than_it_even_within_the_body_timeout() {
+    // The request deadline (300 ms) comes before the body's (5 s): an inference request whose
+    // body trickles is answered 504 on the request deadline, with its ids, and counted as such.
+    let gw = TestGateway::start("[server]\nbody_timeout_ms = 5000\nrequest_timeout_ms = 300\n");
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    let head = b"POST /v2/models/tiny/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 4000\r\n\r\n{".to_vec();
+    let (answer, closed_after) = slow_client(addr, head, vec![b' '; 100]).await;
+    assert!(answer.starts_with("HTTP/1.1 504"), "cut on the request deadline: {answer:?}");
+    assert!(answer.contains("request_timeout_ms") && answer.contains("300"), "names the setting: {answer:?}");
+    assert!(answer.to_ascii_lowercase().contains("x-request-id:"), "the answer carries its ids: {answer:?}");
+    assert!(closed_after < Duration::from_secs(3), "well before the body deadline ({closed_after:?})");
+    let http = Http::new(false);
+    let metrics = String::from_utf8(http.get(&format!("{}/metrics", gw.base)).await.body.to_vec()).unwrap();
+    assert_eq!(counter(&metrics, "flywheel_requests_cut_total{reason=\"request_timeout\"}"), 1.0, "{metrics}");
+    assert_eq!(counter(&metrics, "flywheel_requests_cut_total{reason=\"body_timeout\"}"), 0.0, "{metrics}");
+    // Healthy requests are answered as before.
+    let reply = http.post_json(&format!("{}/v2/models/tiny/infer", gw.base), &tiny_request(&tiny_rows(1, 3))).await;
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn connections_beyond_the_cap_wait_in_the_backlog_until_one_closes() {
     let gw = TestGateway::start("[server]\nmax_connections = 2\nheader_timeout_ms = 700\n");
     let addr = gw.base.trim_start_matches("http://").to_owned();

@@ -161,7 +161,7 @@ fn needs_approval(reloader: &Reloader, model: &str) -> bool {
 }
 
 async fn read_json(state: &AppState, req: Request<Incoming>) -> Result<Value, ApiError> {
-    let limits = BodyLimits { max_bytes: 64 * 1024, timeout: state.limits.body_timeout() };
+    let limits = BodyLimits { max_bytes: 64 * 1024, timeout: state.limits.body_timeout(), request_deadline: None };
     let (parts, body) = req.into_parts();
     let (bytes, _held) = body::read(&parts.headers, body, limits, &state.body_bytes).await?;
     if bytes.is_empty() {

@@ -78,6 +78,9 @@ pub struct BodyLimits {
     pub max_bytes: usize,
     /// Deadline on the whole read (408 beyond it).
     pub timeout: Duration,
+    /// The whole request's deadline and `request_timeout_ms`, when this read must also end by
+    /// it (504 beyond it, when it comes first): for a route that bounds its own time.
+    pub request_deadline: Option<(tokio::time::Instant, u64)>,
 }
 
 /// Reads the whole body within `limits`, charging `budget` as bytes arrive. The returned
@@ -93,10 +96,18 @@ pub async fn read(
         return Err(ApiError::BodyTooLarge { given: n.to_string(), limit: limits.max_bytes });
     }
     let mut held = budget.empty();
-    match tokio::time::timeout(limits.timeout, collect(body, limits.max_bytes, declared, &mut held)).await {
+    let body_deadline = tokio::time::Instant::now() + limits.timeout;
+    let (until, request_first) = match limits.request_deadline {
+        Some((at, _)) if at < body_deadline => (at, true),
+        _ => (body_deadline, false),
+    };
+    match tokio::time::timeout_at(until, collect(body, limits.max_bytes, declared, &mut held)).await {
         Ok(Ok(bytes)) => Ok((bytes, held)),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(ApiError::BodyTimeout { after_ms: limits.timeout.as_millis() as u64 }),
+        Err(_) => Err(match limits.request_deadline {
+            Some((_, after_ms)) if request_first => ApiError::RequestTimeout { after_ms },
+            _ => ApiError::BodyTimeout { after_ms: limits.timeout.as_millis() as u64 },
+        }),
     }
 }
 

@@ -45,7 +45,8 @@ pub async fn explain(
     };
     let settings = reloader.config.load().explain.clone();
     let (parts, body) = req.into_parts();
-    let limits = BodyLimits { max_bytes: state.max_body_bytes, timeout: state.limits.body_timeout() };
+    let limits =
+        BodyLimits { max_bytes: state.max_body_bytes, timeout: state.limits.body_timeout(), request_deadline: None };
     let (body, _bytes_held) = match body::read(&parts.headers, body, limits, &state.body_bytes).await {
         Ok(read) => read,
         Err(e) => return done(error_response(&e), &AnswerMeta::default()),

@@ -31,7 +31,8 @@ pub async fn feedback(
         .tap
         .as_ref()
         .ok_or_else(|| ApiError::NotReady("labels cannot be stored: the tap is not running".into()))?;
-    let limits = BodyLimits { max_bytes: MAX_FEEDBACK_BYTES, timeout: state.limits.body_timeout() };
+    let limits =
+        BodyLimits { max_bytes: MAX_FEEDBACK_BYTES, timeout: state.limits.body_timeout(), request_deadline: None };
     let (parts, body) = req.into_parts();
     let (body, _held) = body::read(&parts.headers, body, limits, &state.body_bytes).await?;
     let labels = labels::parse(&body).map_err(ApiError::BadRequest)?;

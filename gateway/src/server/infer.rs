@@ -26,9 +26,16 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
     let _in_flight = crate::metrics::InFlight::start();
     let ids = RequestIds::of(req.headers());
     let (parts, body) = req.into_parts();
+    // This route bounds its own time (no timer around it, `super::answer`): the body read and
+    // the pipeline each end by the request's deadline.
+    let deadline = parts.extensions.get::<super::Deadline>().map(|d| pipeline::Deadline { at: d.0, client_ms: None });
     // The body first, under its deadline and the server's byte budget, then admission: a client
     // that trickles its body holds no admission slot, only the bytes it has sent.
-    let limits = BodyLimits { max_bytes: state.max_body_bytes, timeout: state.limits.body_timeout() };
+    let limits = BodyLimits {
+        max_bytes: state.max_body_bytes,
+        timeout: state.limits.body_timeout(),
+        request_deadline: deadline.map(|d| (d.at, state.limits.request_timeout_ms)),
+    };
     let (body, _bytes_held) = match body::read(&parts.headers, body, limits, &state.body_bytes).await {
         Ok(read) => read,
         Err(e) => {
@@ -43,7 +50,6 @@ pub async fn infer(state: &AppState, req: Request<Incoming>, model: &str, versio
         let InferRequest { id, inputs, outputs, binary_output_default } = request;
         Ok(Decoded { id, inputs, outputs, binary_default: binary_output_default })
     };
-    let deadline = parts.extensions.get::<super::Deadline>().map(|d| pipeline::Deadline { at: d.0, client_ms: None });
     let lookup = |name: &str| headers.get(name).map(|v| v.as_bytes().to_vec());
     let answer: Answer<HttpResponse> =
         pipeline::answer(state, (model, version), lookup, &ids, started, deadline, decode, encode).await;
@@ -88,6 +94,7 @@ pub(super) fn header_length(headers: &HeaderMap) -> Result<Option<usize>, ApiErr
 fn count_cut(e: &ApiError) {
     match e {
         ApiError::BodyTimeout { .. } => crate::metrics::count_request_cut("body_timeout"),
+        ApiError::RequestTimeout { .. } => crate::metrics::count_request_cut("request_timeout"),
         ApiError::BytesOverloaded { .. } => crate::metrics::count_request_cut("body_bytes_budget"),
         _ => {}
     }

@@ -61,6 +61,14 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: std::net
     }
 }
 
+/// Whether `req` goes to a handler that ends by the request's [`super::Deadline`] by itself
+/// (`POST /v2/models/{model}[/versions/{v}]/infer`: its body read and pipeline take the
+/// deadline; any other path of that shape is answered without waiting).
+pub fn bounds_its_own_time<B>(req: &Request<B>) -> bool {
+    let path = req.uri().path();
+    req.method() == Method::POST && path.starts_with("/v2/models/") && path.ends_with("/infer")
+}
+
 fn dashboard_enabled(state: &AppState) -> bool {
     state.reloader.as_ref().is_some_and(|r| r.config.load().dashboard.enabled)
 }
