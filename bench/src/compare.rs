@@ -116,7 +116,7 @@ fn render(results: &[Measurement], spec: &CompareSpec, pin: bool) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     out.push_str(&format!(
         "# Gateway vs in-process ONNX Runtime\n\n{cores} cores ({cpu}); {}; warm-up {:?}, window {:?}; {}\n\n",
-        flywheel_gateway::model::runtime::resolve(None)
+        flywheel_runtime::resolve(None)
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "(library not found)".into()),

@@ -20,7 +20,7 @@ pub fn run(
 ) -> anyhow::Result<Summary> {
     // The gateway's own lookup: FLYWHEEL_ORT_LIBRARY or the project's .ort/lib.
     let explicit = std::env::var_os("FLYWHEEL_ORT_LIBRARY").map(std::path::PathBuf::from);
-    let env = flywheel_gateway::model::runtime::init(explicit.as_deref()).map_err(|e| anyhow!("{e}"))?;
+    let env = flywheel_runtime::init(explicit.as_deref()).map_err(|e| anyhow!("{e}"))?;
     let mut session = Session::builder(&env)
         .map_err(|e| anyhow!("{e}"))?
         .with_intra_threads(1)

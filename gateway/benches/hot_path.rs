@@ -4,6 +4,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use flywheel_gateway::batch::assemble::{merge_input, split_output};
+use flywheel_gateway::model::signature::CheckInputs;
 use flywheel_gateway::model::{Signature, TensorSpec};
 use flywheel_gateway::protocol::{DataType, ResponseHeader, Tensor, TensorData, decode_request, encode_response};
 

@@ -7,6 +7,7 @@
 use std::sync::OnceLock;
 
 use crate::config::Config;
+use crate::model::signature::CheckInputs;
 use crate::model::{Signature, TensorSpec};
 use crate::protocol::{DataType, decode_request};
 

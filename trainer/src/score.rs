@@ -3,8 +3,7 @@
 
 use std::path::Path;
 
-use flywheel_gateway::model::{Signature, TensorSpec, open_session, runtime};
-use flywheel_gateway::protocol::DataType;
+use flywheel_runtime::{DataType, Signature, TensorSpec, open_session};
 use ort::session::Session;
 use ort::value::Tensor as OrtTensor;
 
@@ -24,7 +23,7 @@ pub struct Scorer {
 impl Scorer {
     /// Opens `bytes`; `ort_library` as for the gateway (`None`: the project's `.ort/lib`).
     pub fn open(bytes: &[u8], ort_library: Option<&Path>) -> Result<Self, String> {
-        let env = runtime::init(ort_library).map_err(|e| e.to_string())?;
+        let env = flywheel_runtime::init(ort_library).map_err(|e| e.to_string())?;
         let session = open_session(&env, bytes, 1)?;
         let signature = Signature::from_session(&session)?;
         let (input, features) = match signature.inputs.as_slice() {

@@ -2,8 +2,9 @@
 //! Triton-shaped statistics ([`stats`]) and the routing table that the server reads through one
 //! `ArcSwap` load per request ([`table`]). The registry on disk is `flywheel-registry`'s.
 
-pub mod error;
-pub mod runtime;
+pub use flywheel_runtime::error;
+/// Finding and loading ONNX Runtime's shared library.
+pub use flywheel_runtime::library as runtime;
 pub mod score;
 pub mod signature;
 pub mod stats;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use ort::environment::Environment;
 use ort::session::Session;
 
-pub use error::{ModelError, ValidationError};
+pub use flywheel_runtime::{ModelError, ValidationError, open_session};
 pub use signature::{Signature, TensorSpec};
 pub use table::{Arm, RouteError, RoutingTable};
 
@@ -216,17 +217,4 @@ fn warm_up(session: &mut Session, signature: &Signature) -> Result<(), String> {
         inputs.push((spec.name.clone(), value.into()));
     }
     session.run(inputs).map(drop).map_err(|e| e.to_string())
-}
-
-/// Opens an ONNX Runtime session on `bytes` (the trainer scores with the same settings).
-pub fn open_session(env: &Environment, bytes: &[u8], intra_op_threads: usize) -> Result<Session, String> {
-    // ort's builder errors carry the builder and are not Send: turn them into text here.
-    Session::builder(env)
-        .map_err(|e| e.to_string())?
-        .with_intra_threads(intra_op_threads.max(1))
-        .map_err(|e| e.to_string())?
-        .with_inter_threads(1)
-        .map_err(|e| e.to_string())?
-        .commit_from_memory(bytes)
-        .map_err(|e| e.to_string())
 }

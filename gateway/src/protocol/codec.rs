@@ -4,10 +4,10 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::datatype::DataType;
 use super::error::ProtocolError;
 use super::input_json::{Data, InputJson};
 use super::tensor::{Tensor, TensorData};
+use flywheel_runtime::DataType;
 
 /// A decoded inference request, not yet checked against any model.
 #[derive(Debug, Default)]

@@ -12,8 +12,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::codec::element_count;
-use super::datatype::DataType;
 use super::tensor::TensorData;
+use flywheel_runtime::DataType;
 
 /// Elements reserved up front at most: a shape that lies about its size reserves no more
 /// (the buffer grows with the values actually sent).

@@ -2,13 +2,12 @@
 //! request/response bodies. Nothing here knows about models.
 
 pub mod codec;
-pub mod datatype;
 pub mod error;
 mod input_json;
 pub mod json_data;
 pub mod tensor;
 
 pub use codec::{EncodedResponse, InferRequest, RequestedOutput, ResponseHeader, decode_request, encode_response};
-pub use datatype::DataType;
 pub use error::ProtocolError;
+pub use flywheel_runtime::DataType;
 pub use tensor::{Element, Tensor, TensorData};

@@ -4,8 +4,8 @@
 //! `with_data!` dispatches a generic function over whichever variant is present, so each codec
 //! is written once.
 
-use super::datatype::DataType;
 use super::json_data::Scalar;
+use flywheel_runtime::DataType;
 
 /// A named tensor: protocol name, shape (all dimensions known), and data in row-major order.
 #[derive(Clone, Debug, PartialEq)]

@@ -11,6 +11,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use super::{ApiError, AppState};
 use crate::batch::{InferError, JobOutput};
 use crate::metrics::SHADOW_REQUESTS;
+use crate::model::signature::CheckInputs;
 use crate::model::table::{BudgetPermit, RouteEvidence, ServedModel};
 use crate::model::{Arm, ModelVersion, ValidationError};
 use crate::protocol::{RequestedOutput, Tensor};

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use ort::environment::Environment;
 
-use super::error::ModelError;
+use crate::error::ModelError;
 
 /// Where `scripts/setup-ort.sh` puts the library, relative to the project root.
 pub const DEFAULT_DIR: &str = ".ort/lib";

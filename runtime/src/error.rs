@@ -1,4 +1,5 @@
-//! Errors from loading models and from checking requests against a model's signature.
+//! Errors from loading ONNX Runtime and models, and from checking requests against a model's
+//! signature.
 
 /// A model (or the runtime) that could not be loaded.
 #[derive(Debug, thiserror::Error)]
