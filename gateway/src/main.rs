@@ -1,6 +1,13 @@
 //! `gateway`: flags → config → telemetry → serve.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use flywheel_gateway::app::{Gateway, shutdown_signal};
+use flywheel_gateway::config::{Config, Overrides};
+use tracing_subscriber::EnvFilter;
 
 /// Rust's allocations go through mimalloc: a request allocates and frees dozens of small
 /// buffers, and glibc's malloc/free were ~17% of a tiny request's instructions (callgrind,
@@ -23,13 +30,6 @@ fn keep_freed_memory_a_while() {
     // setters are not thread-safe); `set_default` leaves an option the environment set alone.
     unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, 10_000) }
 }
-use std::path::PathBuf;
-use std::process::ExitCode;
-
-use clap::Parser;
-use flywheel_gateway::app::{Gateway, shutdown_signal};
-use flywheel_gateway::config::{Config, Overrides};
-use tracing_subscriber::EnvFilter;
 
 /// Open Inference Protocol gateway over ONNX Runtime with dynamic batching.
 #[derive(Parser, Debug)]

@@ -106,6 +106,26 @@ async fn the_whole_request_deadline_cuts_a_body_slower_than_it_even_within_the_b
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_inference_that_outlives_the_request_deadline_is_answered_504_and_counted() {
+    // A lone request waits up to 1 s for batch partners; the request deadline (300 ms) cuts it
+    // while it waits: 504 with the request's ids, counted as request_timeout.
+    let gw = TestGateway::start("[server]\nrequest_timeout_ms = 300\n[models.tiny]\nmax_queue_delay_us = 1000000\n");
+    let http = Http::new(false);
+    let started = Instant::now();
+    let reply = http.post_json(&format!("{}/v2/models/tiny/infer", gw.base), &tiny_request(&tiny_rows(1, 3))).await;
+    assert_eq!(reply.status, 504, "{:?}", reply.body);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "cut on the deadline, not the batch ({:?})",
+        started.elapsed()
+    );
+    assert!(String::from_utf8_lossy(&reply.body).contains("request_timeout_ms"), "{:?}", reply.body);
+    assert!(reply.headers.contains_key("x-request-id"), "the answer carries its ids");
+    let metrics = String::from_utf8(http.get(&format!("{}/metrics", gw.base)).await.body.to_vec()).unwrap();
+    assert_eq!(counter(&metrics, "flywheel_requests_cut_total{reason=\"request_timeout\"}"), 1.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn connections_beyond_the_cap_wait_in_the_backlog_until_one_closes() {
     let gw = TestGateway::start("[server]\nmax_connections = 2\nheader_timeout_ms = 700\n");
     let addr = gw.base.trim_start_matches("http://").to_owned();

@@ -182,9 +182,9 @@ pub async fn answer<R>(
         state.auto_explain.as_ref().and_then(|_| config.as_ref()?.models.get(&mv.model)?.explain.clone());
     drop(config);
     let keep_inputs = mirror || explain_policy.is_some() || tapping.as_ref().is_some_and(|t| t.needs_inputs);
-    // The whole-request deadline, applied here too so a request that runs out of time is
-    // counted against the arm that was too slow (an outer deadline fires at the same instant
-    // but polls this future first).
+    // The whole-request deadline, applied here so a request that runs out of time is counted
+    // against the arm that was too slow (HTTP infer has no timer around it; gRPC's fires at
+    // the same instant but polls this future first).
     let ran = match deadline {
         Some(deadline) => match tokio::time::timeout_at(deadline.at, run(decode, encode, &mv, keep_inputs)).await {
             Ok(ran) => ran,

@@ -181,6 +181,10 @@ impl LabelIndex {
         (arm, route): (&'static str, RouteArm),
         scores: &[f64],
     ) {
+        // Labels seen expire here too (not only when labels arrive): `is_repeat` reads them.
+        if !self.seen_order.is_empty() {
+            self.expire();
+        }
         self.recent.remember(id, model, (arm, route), scores);
     }
 

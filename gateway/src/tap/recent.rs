@@ -347,12 +347,32 @@ mod tests {
 
     #[test]
     fn predictions_past_the_window_are_forgotten_with_their_generations() {
-        let mut recent = RecentPredictions::new(Duration::from_millis(1), 10);
-        remember(&mut recent, 1, &[0.9]);
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(recent.find(&id(1), 0).is_none());
-        assert!(recent.is_empty());
-        // The filling generation stays (its table is reused); nothing else is left.
-        assert!(recent.generations.len() <= 1);
+        // 300 predictions (five generations of 64), then the window passes: one more
+        // prediction leaves only its own generation, the old tables cleared.
+        let mut recent = RecentPredictions::new(Duration::from_millis(200), 512);
+        for i in 0..300 {
+            remember(&mut recent, i, &[0.9]);
+        }
+        assert!(recent.generations.len() >= 5);
+        std::thread::sleep(Duration::from_millis(300));
+        remember(&mut recent, 300, &[0.9]);
+        assert_eq!(recent.len(), 1);
+        assert!(recent.find(&id(1), 0).is_none() && recent.find(&id(299), 0).is_none());
+        assert_eq!(recent.find(&id(300), 0).map(|f| f.score), Some(0.9));
+        assert_eq!(recent.generations.len(), 1, "older generations dropped");
+        assert!(recent.indexed() <= 64, "{} keys held", recent.indexed());
+    }
+
+    #[test]
+    fn rows_from_64_on_are_forgotten_with_their_prediction() {
+        let mut recent = RecentPredictions::new(Duration::from_secs(60), 2);
+        let scores = [0.5; 100];
+        recent.remember("many", ("m", 1, 0.5), ("champion", None), &scores);
+        assert!(recent.find("many", 99).expect("row 99").first_join);
+        assert_eq!(recent.joined_high.len(), 1);
+        remember(&mut recent, 1, &[0.1]);
+        remember(&mut recent, 2, &[0.1]);
+        assert!(recent.find("many", 99).is_none(), "pushed out of the ring");
+        assert!(recent.joined_high.is_empty(), "its joined rows went with it");
     }
 }
