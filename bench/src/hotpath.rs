@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 
+use crate::goals_plot::{self, GoalBar};
 use crate::procs::{Gateway, Window, context_switches, inproc, pinned, switches_between, this_exe, which};
 
 /// Settings of one hotpath run.
@@ -387,6 +388,26 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
             run.requests_per_second, run.p50_us, run.p99_us
         )?;
     }
+    let mut bars = vec![
+        GoalBar {
+            label: "tiny c=64 gateway / floor req/s".into(),
+            measured: throughput_ratio,
+            target: Some((0.7, true)),
+            unit: "×",
+        },
+        GoalBar {
+            label: "tiny c=1 p50 gateway − floor".into(),
+            measured: c1_extra,
+            target: Some((20.0, false)),
+            unit: " µs",
+        },
+        GoalBar {
+            label: "heavy c=64 gateway / in-process batch 64".into(),
+            measured: heavy_ratio,
+            target: Some((0.7, true)),
+            unit: "×",
+        },
+    ];
     writeln!(out, "\n| goal | measured (medians) | target | met |\n|---|---|---|---|")?;
     writeln!(
         out,
@@ -416,6 +437,12 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
              {gateway_rps:.0} / {triton_rps:.0} = {:.1}× | (peer) | |",
             gateway_rps / triton_rps
         )?;
+        bars.push(GoalBar {
+            label: "gateway / Triton 2.51, tiny c=64 req/s".into(),
+            measured: gateway_rps / triton_rps,
+            target: None,
+            unit: "×",
+        });
         writeln!(
             out,
             "| tiny c=1 p50 Triton − gateway | {:.0} µs | (peer) | |",
@@ -423,6 +450,18 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
         )?;
     }
     let (drift_ratio, sampling_ratio) = tap.ratios();
+    bars.push(GoalBar {
+        label: "drift on / off, c=64".into(),
+        measured: drift_ratio,
+        target: Some((0.95, true)),
+        unit: "×",
+    });
+    bars.push(GoalBar {
+        label: "sampling 100% / 0%, c=64".into(),
+        measured: sampling_ratio,
+        target: Some((0.95, true)),
+        unit: "×",
+    });
     let [off, defaults, all] = crate::tapcost::SETUPS.map(|(name, _)| tap.median(name));
     writeln!(
         out,
@@ -470,6 +509,9 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
         )?;
     }
     std::fs::create_dir_all(&spec.results)?;
+    let plot = spec.results.join(format!("hotpath-{stamp}.svg"));
+    std::fs::write(&plot, goals_plot::svg("Issue 15's goals, measured in one run (bench hotpath)", &bars))?;
+    writeln!(out, "\nPlot of the goals (each on its own scale, the target marked): {}", plot.display())?;
     let md = spec.results.join(format!("hotpath-{stamp}.md"));
     std::fs::write(&md, &out)?;
     eprintln!("written to {}", md.display());

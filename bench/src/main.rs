@@ -14,6 +14,7 @@
 
 mod compare;
 mod floor;
+mod goals_plot;
 mod hotpath;
 mod inproc;
 mod load;
