@@ -19,6 +19,12 @@ use anyhow::{Context, anyhow, bail};
 use crate::goals_plot::{self, GoalBar};
 use crate::procs::{Gateway, Window, context_switches, inproc, pinned, switches_between, this_exe, which};
 
+/// Issue 15's targets: tiny c=64 and heavy against their physical limits (at least), the
+/// c=1 p50 above the floor (at most), and drift or 100% sampling against neither (at least).
+const SPEED_TARGET: f64 = 0.7;
+const C1_EXTRA_TARGET_US: f64 = 20.0;
+const BESIDE_SERVING_TARGET: f64 = 0.95;
+
 /// Settings of one hotpath run.
 pub struct HotpathSpec {
     pub duration: Duration,
@@ -427,29 +433,33 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
         GoalBar {
             label: "tiny c=64 gateway / floor req/s".into(),
             measured: throughput_ratio,
-            target: Some((0.7, true)),
+            target: Some((SPEED_TARGET, true)),
             unit: "×",
         },
         GoalBar {
             label: "tiny c=1 p50 gateway − floor".into(),
             measured: c1_extra,
-            target: Some((20.0, false)),
+            target: Some((C1_EXTRA_TARGET_US, false)),
             unit: " µs",
         },
         GoalBar {
             label: "heavy c=64 gateway / in-process batch 64".into(),
             measured: heavy_ratio,
-            target: Some((0.7, true)),
+            target: Some((SPEED_TARGET, true)),
             unit: "×",
         },
     ];
     writeln!(out, "\n| goal | measured (medians) | target | met |\n|---|---|---|---|")?;
     writeln!(
         out,
-        "| tiny c=64 gateway / floor req/s | {throughput_ratio:.2}× | ≥ 0.70× | {} |",
-        yes(throughput_ratio >= 0.7)
+        "| tiny c=64 gateway / floor req/s | {throughput_ratio:.2}× | ≥ {SPEED_TARGET:.2}× | {} |",
+        yes(throughput_ratio >= SPEED_TARGET)
     )?;
-    writeln!(out, "| tiny c=1 p50 gateway − floor | {c1_extra:.0} µs | ≤ 20 µs | {} |", yes(c1_extra <= 20.0))?;
+    writeln!(
+        out,
+        "| tiny c=1 p50 gateway − floor | {c1_extra:.0} µs | ≤ {C1_EXTRA_TARGET_US:.0} µs | {} |",
+        yes(c1_extra <= C1_EXTRA_TARGET_US)
+    )?;
     if let (Some(gateway), Some(floor)) = (switches("gateway"), switches("floor")) {
         writeln!(
             out,
@@ -459,10 +469,10 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
     }
     writeln!(
         out,
-        "| heavy c=64 gateway rows/s / in-process batch 64 | {:.0} / {:.0} = {heavy_ratio:.2}× | ≥ 0.70× | {} |",
+        "| heavy c=64 gateway rows/s / in-process batch 64 | {:.0} / {:.0} = {heavy_ratio:.2}× | ≥ {SPEED_TARGET:.2}× | {} |",
         heavy_gateway.requests_per_second,
         heavy_inproc.rows_per_second,
-        yes(heavy_ratio >= 0.7)
+        yes(heavy_ratio >= SPEED_TARGET)
     )?;
     if systems.iter().any(|(system, _, _)| *system == "triton") {
         let (triton_rps, gateway_rps) = (pick("triton", 64, rps), pick("gateway", 64, rps));
@@ -488,25 +498,25 @@ pub fn run(spec: &HotpathSpec) -> anyhow::Result<String> {
     bars.push(GoalBar {
         label: "drift on / off, c=64".into(),
         measured: drift_ratio,
-        target: Some((0.95, true)),
+        target: Some((BESIDE_SERVING_TARGET, true)),
         unit: "×",
     });
     bars.push(GoalBar {
         label: "sampling 100% / 0%, c=64".into(),
         measured: sampling_ratio,
-        target: Some((0.95, true)),
+        target: Some((BESIDE_SERVING_TARGET, true)),
         unit: "×",
     });
     let [off, defaults, all] = crate::tapcost::SETUPS.map(|(name, _)| tap.median(name));
     writeln!(
         out,
-        "| drift on / off, c=64 req/s (tiny champion with a profile) | {defaults:.0} / {off:.0} = {drift_ratio:.2}× | ≥ 0.95× | {} |",
-        yes(drift_ratio >= 0.95)
+        "| drift on / off, c=64 req/s (tiny champion with a profile) | {defaults:.0} / {off:.0} = {drift_ratio:.2}× | ≥ {BESIDE_SERVING_TARGET:.2}× | {} |",
+        yes(drift_ratio >= BESIDE_SERVING_TARGET)
     )?;
     writeln!(
         out,
-        "| sampling 100% / 0%, drift on, c=64 req/s | {all:.0} / {defaults:.0} = {sampling_ratio:.2}× | ≥ 0.95× | {} |",
-        yes(sampling_ratio >= 0.95)
+        "| sampling 100% / 0%, drift on, c=64 req/s | {all:.0} / {defaults:.0} = {sampling_ratio:.2}× | ≥ {BESIDE_SERVING_TARGET:.2}× | {} |",
+        yes(sampling_ratio >= BESIDE_SERVING_TARGET)
     )?;
     writeln!(
         out,

@@ -97,17 +97,15 @@ pub async fn read(
     }
     let mut held = budget.empty();
     let body_deadline = tokio::time::Instant::now() + limits.timeout;
-    let (until, request_first) = match limits.request_deadline {
-        Some((at, _)) if at < body_deadline => (at, true),
-        _ => (body_deadline, false),
+    // The sooner deadline, and the answer when it passes.
+    let (until, cut) = match limits.request_deadline {
+        Some((at, after_ms)) if at < body_deadline => (at, ApiError::RequestTimeout { after_ms }),
+        _ => (body_deadline, ApiError::BodyTimeout { after_ms: limits.timeout.as_millis() as u64 }),
     };
     match tokio::time::timeout_at(until, collect(body, limits.max_bytes, declared, &mut held)).await {
         Ok(Ok(bytes)) => Ok((bytes, held)),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(match limits.request_deadline {
-            Some((_, after_ms)) if request_first => ApiError::RequestTimeout { after_ms },
-            _ => ApiError::BodyTimeout { after_ms: limits.timeout.as_millis() as u64 },
-        }),
+        Err(_) => Err(cut),
     }
 }
 

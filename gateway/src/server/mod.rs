@@ -291,21 +291,7 @@ async fn answer(
     let h1 = req.version() < Version::HTTP_2;
     let deadline = tokio::time::Instant::now() + state.limits.request_timeout();
     req.extensions_mut().insert(Deadline(deadline));
-    // An inference request ends by the deadline on its own (its body read and its pipeline
-    // each take it): one timer per request instead of two at the same instant.
-    let own_deadline = routes::bounds_its_own_time(&req);
-    let handled = routes::handle(Arc::clone(&state), req, peer);
-    let mut response = if own_deadline {
-        handled.await
-    } else {
-        match tokio::time::timeout_at(deadline, handled).await {
-            Ok(response) => response,
-            Err(_) => {
-                crate::metrics::count_request_cut("request_timeout");
-                routes::error_response(&ApiError::RequestTimeout { after_ms: state.limits.request_timeout_ms })
-            }
-        }
-    };
+    let mut response = routes::handle(Arc::clone(&state), req, peer, deadline).await;
     if h1 && state.draining.load(Ordering::Relaxed) {
         response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
     }

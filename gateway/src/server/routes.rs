@@ -18,55 +18,73 @@ use crate::model::{ModelVersion, TensorSpec};
 pub(crate) const EXTENSIONS: [&str; 4] =
     ["binary_tensor_data", "statistics", "model_configuration", "model_repository"];
 
-/// Entry point for every request.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: std::net::SocketAddr) -> HttpResponse {
+/// Entry point for every request; the whole request ends by `deadline` (504 beyond it).
+/// Inference bounds its own time (its body read and its pipeline each take the deadline, so
+/// the pipeline can count a timeout against the arm that was slow): no timer around it, one
+/// per request. Every other route runs under one here.
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+    deadline: tokio::time::Instant,
+) -> HttpResponse {
     let path = req.uri().path().to_owned();
-    let method = req.method().clone();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let result = match (method.clone(), segments.as_slice()) {
-        (Method::POST, ["v2", "models", model, "infer"]) => return infer(&state, req, model, None).await,
-        (Method::POST, ["v2", "models", model, "versions", v, "infer"]) => {
-            return infer(&state, req, model, Some(v)).await;
+    if req.method() == Method::POST {
+        match segments.as_slice() {
+            ["v2", "models", model, "infer"] => return infer(&state, req, model, None).await,
+            ["v2", "models", model, "versions", v, "infer"] => return infer(&state, req, model, Some(v)).await,
+            _ => {}
         }
+    }
+    match tokio::time::timeout_at(deadline, route(&state, req, peer, &path, &segments)).await {
+        Ok(response) => response,
+        Err(_) => {
+            crate::metrics::count_request_cut("request_timeout");
+            error_response(&ApiError::RequestTimeout { after_ms: state.limits.request_timeout_ms })
+        }
+    }
+}
+
+/// Every route but inference.
+async fn route(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+    path: &str,
+    segments: &[&str],
+) -> HttpResponse {
+    let method = req.method().clone();
+    let result = match (method.clone(), segments) {
         (Method::POST, ["v2", "models", model, "explain"]) => {
-            return super::explain::explain(&state, req, model, None).await;
+            return super::explain::explain(state, req, model, None).await;
         }
         (Method::POST, ["v2", "models", model, "versions", v, "explain"]) => {
-            return super::explain::explain(&state, req, model, Some(v)).await;
+            return super::explain::explain(state, req, model, Some(v)).await;
         }
-        (_, ["admin", rest @ ..]) => super::admin::handle(&state, req, peer, rest).await,
-        (Method::POST, ["v2", "models", model, "feedback"]) => {
-            super::feedback::feedback(&state, req, model, peer).await
-        }
+        (_, ["admin", rest @ ..]) => super::admin::handle(state, req, peer, rest).await,
+        (Method::POST, ["v2", "models", model, "feedback"]) => super::feedback::feedback(state, req, model, peer).await,
         (Method::GET, ["v2"]) => Ok(server_metadata()),
         (Method::GET, ["v2", "health", "live"]) => Ok(json!({"live": true})),
-        (Method::GET, ["v2", "health", "ready"]) => server_ready(&state),
-        (Method::GET, ["v2", "models", "stats"]) => Ok(all_stats(&state)),
-        (Method::POST, ["v2", "repository", "index"]) => Ok(repository_index(&state)),
-        (_, ["v2", "models", .., "infer" | "explain"]) => Err(wrong_method_or_path(&method, &path, &segments)),
-        (Method::GET, ["v2", "models", model, rest @ ..]) => model_get(&state, model, rest),
-        (_, ["metrics"]) if method == Method::GET => return metrics(&state),
-        (Method::GET, ["dashboard", rest @ ..]) if rest.len() <= 1 && dashboard_enabled(&state) => {
+        (Method::GET, ["v2", "health", "ready"]) => server_ready(state),
+        (Method::GET, ["v2", "models", "stats"]) => Ok(all_stats(state)),
+        (Method::POST, ["v2", "repository", "index"]) => Ok(repository_index(state)),
+        (_, ["v2", "models", .., "infer" | "explain"]) => Err(wrong_method_or_path(&method, path, segments)),
+        (Method::GET, ["v2", "models", model, rest @ ..]) => model_get(state, model, rest),
+        (_, ["metrics"]) if method == Method::GET => return metrics(state),
+        (Method::GET, ["dashboard", rest @ ..]) if rest.len() <= 1 && dashboard_enabled(state) => {
             if let Some(page) = crate::dashboard::asset(rest.first().copied()) {
                 return page;
             }
-            Err(ApiError::NotFound { method: method.to_string(), path: path.clone() })
+            Err(ApiError::NotFound { method: method.to_string(), path: path.to_owned() })
         }
-        (_, ["v2", ..]) | (_, ["metrics"]) => Err(wrong_method_or_path(&method, &path, &segments)),
-        _ => Err(ApiError::NotFound { method: method.to_string(), path: path.clone() }),
+        (_, ["v2", ..]) | (_, ["metrics"]) => Err(wrong_method_or_path(&method, path, segments)),
+        _ => Err(ApiError::NotFound { method: method.to_string(), path: path.to_owned() }),
     };
     match result {
         Ok(body) => json_response(200, &body),
         Err(e) => error_response(&e),
     }
-}
-
-/// Whether `req` goes to a handler that ends by the request's [`super::Deadline`] by itself
-/// (`POST /v2/models/{model}[/versions/{v}]/infer`: its body read and pipeline take the
-/// deadline; any other path of that shape is answered without waiting).
-pub fn bounds_its_own_time<B>(req: &Request<B>) -> bool {
-    let path = req.uri().path();
-    req.method() == Method::POST && path.starts_with("/v2/models/") && path.ends_with("/infer")
 }
 
 fn dashboard_enabled(state: &AppState) -> bool {
